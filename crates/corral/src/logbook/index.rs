@@ -1,0 +1,81 @@
+//! The on-disk seq index of a run log.
+//!
+//! File `run_<run_id>.idx` beside the log: one fixed-size little-endian entry per record,
+//! entry `seq` at byte `(seq - 1) * ENTRY`, so a follower seeks to any seq with one
+//! `pread` and never scans the log. Entry layout (24 bytes):
+//!
+//! | bytes | field                                                             |
+//! |-------|-------------------------------------------------------------------|
+//! | 0..8  | offset of the record's bytes (in the `.log`, or `.sys` for system) |
+//! | 8..12 | length in bytes, newline included                                  |
+//! | 12    | stream: 0 stdout, 1 stderr, 2 system                               |
+//! | 13    | flags: bit 0 = partial                                             |
+//! | 14..16| zero                                                               |
+//! | 16..24| timestamp, microseconds since the Unix epoch                       |
+//!
+//! The `.log` holds exactly the bytes the process wrote, in arrival order; corral's own
+//! lifecycle notes go to the `.sys` file so that the `.log` stays byte-exact.
+
+use corral_core::record::Stream;
+
+pub const ENTRY: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entry {
+    pub offset: u64,
+    pub len: u32,
+    pub stream: Stream,
+    pub partial: bool,
+    pub ts_micros: u64,
+}
+
+impl Entry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.push(self.stream.to_u8());
+        out.push(self.partial as u8);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.ts_micros.to_le_bytes());
+    }
+
+    /// Decodes one entry; `None` for a hole (all zero, never written) or a bad stream byte.
+    pub fn decode(b: &[u8]) -> Option<Entry> {
+        let b: &[u8; ENTRY] = b.try_into().ok()?;
+        if b.iter().all(|&x| x == 0) {
+            return None;
+        }
+        Some(Entry {
+            offset: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            len: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            stream: Stream::from_u8(b[12])?,
+            partial: b[13] & 1 != 0,
+            ts_micros: u64::from_le_bytes(b[16..24].try_into().ok()?),
+        })
+    }
+
+    pub fn ts(&self) -> f64 {
+        self.ts_micros as f64 / 1e6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_holes_read_as_none() {
+        let e = Entry {
+            offset: 1 << 40,
+            len: 65_537,
+            stream: Stream::Stderr,
+            partial: true,
+            ts_micros: 1_704_067_200_123_456,
+        };
+        let mut buf = Vec::new();
+        e.encode(&mut buf);
+        assert_eq!(buf.len(), ENTRY);
+        assert_eq!(Entry::decode(&buf), Some(e));
+        assert_eq!(Entry::decode(&[0u8; ENTRY]), None);
+    }
+}

@@ -1,0 +1,420 @@
+//! The write side of a run log: appends framed records to the files and the ring, and
+//! enforces the size cap by punching the middle out of the files.
+//!
+//! Size cap: the first half of `max_bytes` (the head: how the run started) is kept for
+//! good; beyond it, only about the newest half is kept. The dropped middle is punched out
+//! of the `.log` and `.idx` (`fallocate(PUNCH_HOLE)`: offsets stay valid, disk space is
+//! freed) and recorded as one growing gap of seqs.
+
+use super::index::{Entry, ENTRY};
+use super::{run_paths, Batch, Gap, Rec, RunEnd, RunLog};
+use bytes::Bytes;
+use corral_core::framer::Frame;
+use corral_core::record::Stream;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct LogWriter {
+    log: Arc<RunLog>,
+    file: File,
+    idx: File,
+    sys: File,
+    log_len: u64,
+    sys_len: u64,
+    next_seq: u64,
+    max_bytes: u64,
+    idx_buf: Vec<u8>,
+    /// (first seq, offset) of each batch after the head, oldest first.
+    checkpoints: VecDeque<(u64, u64)>,
+    /// First seq and offset after the head, once the head is full.
+    head_end: Option<(u64, u64)>,
+    gap: Option<Gap>,
+    /// First write error, kept for the run's error message; records still reach followers.
+    pub io_error: Option<std::io::Error>,
+}
+
+impl LogWriter {
+    /// Creates the files of a new run in `dir`.
+    pub fn create(
+        dir: &Path,
+        run_id: &str,
+        cfg: &super::LogConfig,
+    ) -> std::io::Result<(LogWriter, Arc<RunLog>)> {
+        std::fs::create_dir_all(dir)?;
+        let (log_path, idx_path, sys_path) = run_paths(dir, run_id);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(p)
+        };
+        let file = open(&log_path)?;
+        let idx = open(&idx_path)?;
+        let sys = open(&sys_path)?;
+        let log = Arc::new(RunLog::with_files(
+            run_id,
+            log_path,
+            idx.try_clone()?,
+            file.try_clone()?,
+            sys.try_clone()?,
+            cfg.ring_records,
+        ));
+        Ok((
+            LogWriter {
+                log: log.clone(),
+                file,
+                idx,
+                sys,
+                log_len: 0,
+                sys_len: 0,
+                next_seq: 1,
+                max_bytes: cfg.max_bytes.max(64 * 1024),
+                idx_buf: Vec::new(),
+                checkpoints: VecDeque::new(),
+                head_end: None,
+                gap: None,
+                io_error: None,
+            },
+            log,
+        ))
+    }
+
+    pub fn log(&self) -> &Arc<RunLog> {
+        &self.log
+    }
+
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends the framed records of `buf` (the frames cover a prefix of it, in order).
+    pub fn append(&mut self, stream: Stream, buf: &[u8], frames: &[Frame], ts_micros: u64) {
+        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+            return;
+        };
+        let data = &buf[first.start..last.end];
+        let base = self.log_len;
+        self.idx_buf.clear();
+        let mut recs = Vec::with_capacity(frames.len());
+        for f in frames {
+            let off = (f.start - first.start) as u32;
+            let len = (f.end - f.start) as u32;
+            Entry {
+                offset: base + off as u64,
+                len,
+                stream,
+                partial: f.partial,
+                ts_micros,
+            }
+            .encode(&mut self.idx_buf);
+            recs.push(Rec {
+                off,
+                len,
+                stream,
+                partial: f.partial,
+                ts_micros,
+            });
+        }
+        let first_seq = self.next_seq;
+        self.write(data, false);
+        self.log_len += data.len() as u64;
+        self.next_seq += frames.len() as u64;
+        self.checkpoints.push_back((first_seq, base));
+        self.log.publish(
+            Batch::new(first_seq, Bytes::copy_from_slice(data), recs),
+            data.len() as u64,
+        );
+        self.enforce_cap();
+    }
+
+    /// Appends one of corral's own lifecycle notes as a `system` record.
+    pub fn system(&mut self, text: &str, ts_micros: u64) -> u64 {
+        let mut line = text.replace('\n', " ");
+        line.push('\n');
+        let entry = Entry {
+            offset: self.sys_len,
+            len: line.len() as u32,
+            stream: Stream::System,
+            partial: false,
+            ts_micros,
+        };
+        self.idx_buf.clear();
+        entry.encode(&mut self.idx_buf);
+        self.write(line.as_bytes(), true);
+        self.sys_len += line.len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let rec = Rec {
+            off: 0,
+            len: line.len() as u32,
+            stream: Stream::System,
+            partial: false,
+            ts_micros,
+        };
+        self.log.publish(Batch::new(seq, Bytes::from(line), vec![rec]), 0);
+        seq
+    }
+
+    /// Writes the record bytes, then their index entries (in `idx_buf`), so that an
+    /// entry never points at bytes not yet written.
+    fn write(&mut self, data: &[u8], system: bool) {
+        let target = if system { &mut self.sys } else { &mut self.file };
+        let r = target
+            .write_all(data)
+            .and_then(|_| self.idx.write_all(&self.idx_buf));
+        if let Err(e) = r {
+            if self.io_error.is_none() {
+                eprintln!(
+                    "corral: writing the log of run {} failed: {e}; records still reach followers",
+                    self.log.run_id
+                );
+                self.io_error = Some(e);
+            }
+        }
+    }
+
+    fn enforce_cap(&mut self) {
+        let half = self.max_bytes / 2;
+        if self.head_end.is_none() {
+            // The head ends at the first batch that starts past half the cap.
+            while let Some(&(seq, off)) = self.checkpoints.front() {
+                if off >= half {
+                    self.head_end = Some((seq, off));
+                    break;
+                }
+                self.checkpoints.pop_front();
+            }
+        }
+        let Some((head_seq, head_off)) = self.head_end else {
+            return;
+        };
+        let tail_start = self.gap.map_or(head_off, |g| g.off_to);
+        let tail_budget = self.max_bytes.saturating_sub(head_off);
+        let slack = (self.max_bytes / 16).max(64 * 1024);
+        if self.log_len - tail_start <= tail_budget + slack {
+            return;
+        }
+        // Drop whole batches from the front of the tail until it fits the budget.
+        let keep_from = self.log_len - tail_budget;
+        let mut cut = None;
+        while let Some(&(_, off)) = self.checkpoints.front() {
+            if off >= keep_from {
+                break;
+            }
+            self.checkpoints.pop_front();
+            cut = Some(
+                self.checkpoints
+                    .front()
+                    .copied()
+                    .unwrap_or((self.next_seq, self.log_len)),
+            );
+        }
+        let Some((cut_seq, cut_off)) = cut else {
+            return;
+        };
+        if cut_seq <= head_seq {
+            return;
+        }
+        let old_to = self.gap.map_or(head_seq, |g| g.to + 1);
+        punch(&self.file, tail_start, cut_off - tail_start);
+        punch(
+            &self.idx,
+            (old_to - 1) * ENTRY as u64,
+            (cut_seq - old_to) * ENTRY as u64,
+        );
+        let gap = Gap {
+            from: head_seq,
+            to: cut_seq - 1,
+            off_from: head_off,
+            off_to: cut_off,
+        };
+        self.gap = Some(gap);
+        self.log.set_gap(gap);
+    }
+
+    pub fn gap(&self) -> Option<Gap> {
+        self.gap
+    }
+
+    /// Flushes and marks the run ended; followers get the end record.
+    pub fn finish(mut self, end: RunEnd) -> Option<Gap> {
+        let _ = self.file.flush();
+        let _ = self.idx.flush();
+        self.log.finish(end);
+        self.gap
+    }
+}
+
+/// Frees a byte range of a file, keeping its size. Where the filesystem cannot punch
+/// holes the bytes stay on disk but are still reported as a gap.
+fn punch(f: &File, off: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: fallocate on an open descriptor with plain integer arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "corral: this filesystem cannot free the middle of capped logs ({}); \
+                 the dropped range is still reported as a gap",
+                std::io::Error::last_os_error()
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::follow::{Follower, Item};
+    use super::super::{Format, LogConfig};
+    use super::*;
+    use corral_core::framer::frame;
+
+    fn append_lines(w: &mut LogWriter, lines: &[String]) {
+        let mut buf = Vec::new();
+        for l in lines {
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
+        }
+        let mut frames = Vec::new();
+        frame(&buf, 1 << 16, true, &mut frames);
+        w.append(Stream::Stdout, &buf, &frames, 1_000_000);
+    }
+
+    async fn collect(f: &mut Follower) -> (Vec<u64>, Vec<(u64, u64)>) {
+        let mut seqs = Vec::new();
+        let mut gaps = Vec::new();
+        while let Some(item) = f.next().await {
+            match item {
+                Item::Records { data, .. } => {
+                    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                        seqs.push(v["seq"].as_u64().unwrap());
+                    }
+                }
+                Item::Gap { from, to, .. } => gaps.push((from, to)),
+                Item::End(_) => break,
+            }
+        }
+        (seqs, gaps)
+    }
+
+    #[tokio::test]
+    async fn ring_and_file_serve_the_same_dense_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            ring_records: 10,
+            ..LogConfig::default()
+        };
+        let (mut w, log) = LogWriter::create(dir.path(), "r1", &cfg).unwrap();
+        for i in 0..100 {
+            let lines: Vec<String> = (0..7).map(|j| format!("line {i}-{j}")).collect();
+            append_lines(&mut w, &lines);
+        }
+        w.system("exited with code 0", 2_000_000);
+        w.finish(RunEnd {
+            status: "succeeded".into(),
+            exit_code: Some(0),
+            signal: None,
+        });
+        for start in [1, 5, 256, 257, 690, 701, 702] {
+            let mut f = Follower::new(log.clone(), start, Format::Ndjson, true);
+            let (seqs, gaps) = collect(&mut f).await;
+            assert!(gaps.is_empty());
+            assert_eq!(seqs, (start..=701).collect::<Vec<_>>(), "start {start}");
+        }
+        let bytes = std::fs::read(&log.log_path).unwrap();
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 700);
+    }
+
+    #[tokio::test]
+    async fn size_cap_keeps_head_and_tail_and_reports_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            ring_records: 4,
+            max_bytes: 256 * 1024,
+            ..LogConfig::default()
+        };
+        let (mut w, log) = LogWriter::create(dir.path(), "r2", &cfg).unwrap();
+        let mut seq = 0u64;
+        for _ in 0..400 {
+            let lines: Vec<String> = (0..10)
+                .map(|_| {
+                    seq += 1;
+                    format!("{seq:0>120}")
+                })
+                .collect();
+            append_lines(&mut w, &lines);
+        }
+        let gap = w.gap().expect("the cap must have dropped a range");
+        w.finish(RunEnd {
+            status: "succeeded".into(),
+            exit_code: Some(0),
+            signal: None,
+        });
+        let mut f = Follower::new(log.clone(), 1, Format::Ndjson, true);
+        let (seqs, gaps) = collect(&mut f).await;
+        assert_eq!(gaps, [(gap.from, gap.to)]);
+        let expect: Vec<u64> = (1..gap.from).chain(gap.to + 1..=4000).collect();
+        assert_eq!(seqs, expect);
+        // Head and tail together fit the cap (plus one batch of slack).
+        let kept = (gap.off_from) + (log.stats().bytes - gap.off_to);
+        assert!(kept <= 256 * 1024 + 64 * 1024 + 1300, "kept {kept}");
+        // The raw ranges are exactly the kept records' bytes.
+        let ranges = log.raw_ranges().unwrap();
+        let mut raw = Vec::new();
+        for (a, b) in ranges {
+            let mut buf = vec![0u8; (b - a) as usize];
+            log.read_raw(a, &mut buf).unwrap();
+            raw.extend_from_slice(&buf);
+        }
+        let expect_raw: String = expect.iter().map(|s| format!("{s:0>120}\n")).collect();
+        assert_eq!(String::from_utf8(raw).unwrap(), expect_raw);
+    }
+
+    #[tokio::test]
+    async fn a_live_follower_wakes_for_new_records_and_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, log) = LogWriter::create(dir.path(), "r3", &LogConfig::default()).unwrap();
+        let mut f = Follower::new(log.clone(), 1, Format::Sse, true);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(item) = f.next().await {
+                match item {
+                    Item::Records { data, .. } => got.push(String::from_utf8(data.to_vec()).unwrap()),
+                    Item::End(end) => got.push(format!("end {}", end.status)),
+                    Item::Gap { .. } => panic!("no gap expected"),
+                }
+            }
+            got
+        });
+        append_lines(&mut w, &["a".to_string()]);
+        append_lines(&mut w, &["b".to_string()]);
+        w.finish(RunEnd {
+            status: "failed".into(),
+            exit_code: Some(1),
+            signal: None,
+        });
+        let got = reader.await.unwrap();
+        let all = got.concat();
+        assert!(all.starts_with("id: 1\ndata: {\"seq\":1,"), "{all}");
+        assert!(all.contains("id: 2\ndata: {\"seq\":2,"), "{all}");
+        assert!(all.ends_with("end failed"), "{all}");
+    }
+}

@@ -1,0 +1,48 @@
+//! corral: keeps llama.cpp servers and GPU jobs running, and lets anyone watch them live.
+//!
+//! One binary: `corral serve` is the daemon, every other command is a client of its API.
+
+mod api;
+mod capture;
+mod cli;
+mod daemon;
+mod demo;
+mod events;
+mod llama;
+mod logbook;
+mod metrics;
+mod registry;
+mod supervisor;
+mod util;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corral: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match cli::dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                let broken_pipe = e
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                    .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+                if broken_pipe {
+                    // The reader went away (`corral logs … | head`): not an error.
+                    return 0;
+                }
+                eprintln!("corral: {e:#}");
+                1
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

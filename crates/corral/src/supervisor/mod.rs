@@ -1,0 +1,467 @@
+//! The supervisor: owns the tasks of this daemon. Each task is an actor (a tokio task,
+//! see [`task`]) that spawns runs, reacts to exits with the pure restart policy of
+//! `corral_core::policy`, stops process groups, and records every run in the registry.
+//!
+//! Invariants:
+//! - one actor per task; all changes to a task go through its command channel, so two
+//!   requests can never race on one process;
+//! - a run is in the registry (status `running`) before its process starts, and gets its
+//!   final status after its output is drained;
+//! - every lifecycle transition is also a `system` record in the run's log and an event.
+
+pub mod process;
+pub mod probe;
+mod task;
+
+use crate::events::Bus;
+use crate::logbook::{LogConfig, RunEnd, RunLog};
+use crate::registry::{Registry, RegistryError, RunRow};
+use corral_core::policy::{Restart, RestartPolicy, TaskStatus};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// A readiness and liveness check over HTTP (`GET url` answering 200).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthCheck {
+    pub url: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Readiness attempts before the start counts as failed.
+    pub attempts: u32,
+    pub liveness_interval_ms: u64,
+    pub liveness_failures: u32,
+    /// Adopt a server already answering at `url` instead of starting a second one.
+    pub adopt: bool,
+}
+
+/// What to run and how to keep it running (stored as JSON in the registry).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: Restart,
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_ms: u64,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// What the task is, for parsers and status (`"llama"`, `"rpc"`; none for plain tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Kind-specific settings (model path, port, backends, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub extra: serde_json::Value,
+}
+
+fn default_retries() -> u32 {
+    5
+}
+fn default_backoff_initial() -> u64 {
+    1000
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_stop_timeout() -> u64 {
+    5000
+}
+
+impl TaskSpec {
+    pub fn policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            restart: self.restart,
+            max_retries: self.max_retries,
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A task as shown by `corral ps` (contract).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub status: String,
+    pub pid: Option<u32>,
+    pub run_id: Option<String>,
+    pub restarts: u32,
+    pub uptime_s: Option<f64>,
+    pub command: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub adopted: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<f64>,
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// The live state of a task, written by its actor, read by the API.
+#[derive(Clone)]
+pub(crate) struct View {
+    pub status: TaskStatus,
+    pub pid: Option<u32>,
+    pub run_id: Option<String>,
+    pub restarts: u32,
+    pub started_at: Option<f64>,
+    pub log: Option<Arc<RunLog>>,
+    pub adopted: bool,
+    pub last_error: Option<String>,
+}
+
+pub(crate) enum Cmd {
+    Start(oneshot::Sender<Result<String, SupError>>),
+    Stop(Option<Duration>, oneshot::Sender<()>),
+    Restart(oneshot::Sender<Result<String, SupError>>),
+    Remove(oneshot::Sender<()>),
+}
+
+struct Handle {
+    spec: TaskSpec,
+    view: Arc<Mutex<View>>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupError {
+    #[error("no task named `{0}`; `corral ps` lists the tasks")]
+    UnknownTask(String),
+    #[error("task `{0}` is {1}; stop it first (`corral stop {0}`) or choose another name")]
+    Busy(String, String),
+    #[error("no run `{0}`; `corral runs` lists the runs")]
+    UnknownRun(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the log of run {run_id} cannot be read: {source}")]
+    LogUnreadable {
+        run_id: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the task `{0}` went away while the request was in flight")]
+    Gone(String),
+}
+
+/// Daemon-wide settings the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub home: PathBuf,
+    pub log: LogConfig,
+}
+
+pub struct Supervisor {
+    pub settings: Settings,
+    pub registry: Arc<Registry>,
+    pub bus: Arc<Bus>,
+    /// llama.cpp state (metrics sink of the log watchers), set once at daemon start.
+    pub llama: std::sync::OnceLock<Arc<crate::llama::state::Inner>>,
+    tasks: Mutex<HashMap<String, Handle>>,
+}
+
+impl Supervisor {
+    pub fn new(settings: Settings, registry: Arc<Registry>, bus: Arc<Bus>) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            settings,
+            registry,
+            bus,
+            llama: std::sync::OnceLock::new(),
+            tasks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The directory of a task's run logs.
+    pub fn log_dir(&self, task: &str) -> PathBuf {
+        self.settings.home.join("runs").join(task).join("logs")
+    }
+
+    /// Marks runs left `running` by an earlier daemon as `lost`, and loads the saved
+    /// tasks (in state `initial`: a daemon restart does not start anything by itself).
+    pub fn recover(self: &Arc<Self>) -> Result<Vec<String>, SupError> {
+        let mut notes = Vec::new();
+        for run in self.registry.running()? {
+            let pid = run.pid.unwrap_or(0) as u32;
+            let alive = pid != 0 && process::is_same_process(pid, run.pid_start.map(|v| v as u64));
+            let why = if alive {
+                format!("the daemon restarted while this run was live; pid {pid} still runs but its output pipes are gone, so it was not adopted")
+            } else {
+                "the daemon restarted and the run's process is gone".to_string()
+            };
+            let log = RunLog::open_finished(
+                &self.log_dir(&run.task),
+                &run.run_id,
+                None,
+                RunEnd {
+                    status: "lost".into(),
+                    exit_code: None,
+                    signal: None,
+                },
+            )
+            .ok();
+            let stats = log.map(|l| l.stats());
+            self.registry.finish_run(
+                &run.run_id,
+                &crate::registry::RunOutcome {
+                    status: "lost".into(),
+                    ended_at: crate::util::unix_now(),
+                    error_message: Some(why),
+                    lines: stats.as_ref().map_or(0, |s| s.lines),
+                    bytes: stats.as_ref().map_or(0, |s| s.bytes),
+                    ..Default::default()
+                },
+            )?;
+            notes.push(run.run_id);
+        }
+        for (name, spec) in self.registry.tasks()? {
+            match serde_json::from_str::<TaskSpec>(&spec) {
+                Ok(spec) => {
+                    let last = self.registry.runs(Some(&name), 1)?.into_iter().next();
+                    self.insert(spec, false, last.as_ref());
+                }
+                Err(e) => eprintln!("corral: skipping saved task `{name}`: its spec is unreadable ({e})"),
+            }
+        }
+        Ok(notes)
+    }
+
+    fn insert(self: &Arc<Self>, spec: TaskSpec, start: bool, last: Option<&RunRow>) -> Option<oneshot::Receiver<Result<String, SupError>>> {
+        let view = Arc::new(Mutex::new(View {
+            status: TaskStatus::Initial,
+            pid: None,
+            run_id: last.map(|r| r.run_id.clone()),
+            restarts: 0,
+            started_at: None,
+            log: None,
+            adopted: false,
+            last_error: last.and_then(|r| r.error_message.clone()),
+        }));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut reply = None;
+        if start {
+            let (rtx, rrx) = oneshot::channel();
+            let _ = tx.send(Cmd::Start(rtx));
+            reply = Some(rrx);
+        }
+        task::spawn_actor(self.clone(), spec.clone(), view.clone(), rx);
+        self.tasks().insert(spec.name.clone(), Handle { spec, view, tx });
+        reply
+    }
+
+    /// Creates a task (or replaces a settled one of the same name) and starts it.
+    /// Returns the new run's id.
+    pub async fn run(self: &Arc<Self>, spec: TaskSpec) -> Result<String, SupError> {
+        crate::util::validate_task_name(&spec.name).map_err(SupError::BadRequest)?;
+        crate::llama::validate(&spec).map_err(SupError::BadRequest)?;
+        if spec.command.is_empty() {
+            return Err(SupError::BadRequest(
+                "no command given: put it after `--`, e.g. `corral run --name job -- python3 train.py`".into(),
+            ));
+        }
+        {
+            let tasks = self.tasks();
+            if let Some(h) = tasks.get(&spec.name) {
+                let status = h.view.lock().unwrap_or_else(|e| e.into_inner()).status;
+                if !status.is_settled() {
+                    return Err(SupError::Busy(spec.name.clone(), status.as_str().into()));
+                }
+            }
+        }
+        let old = self.tasks().remove(&spec.name);
+        if let Some(old) = old {
+            let (tx, rx) = oneshot::channel();
+            if old.tx.send(Cmd::Remove(tx)).is_ok() {
+                let _ = rx.await;
+            }
+        }
+        let json = serde_json::to_string(&spec).map_err(|e| SupError::BadRequest(e.to_string()))?;
+        self.registry.save_task(&spec.name, &json, crate::util::unix_now())?;
+        let name = spec.name.clone();
+        let rx = self.insert(spec, true, None).expect("start requested");
+        rx.await.map_err(|_| SupError::Gone(name))?
+    }
+
+    fn with_handle<T>(&self, name: &str, f: impl FnOnce(&Handle) -> T) -> Result<T, SupError> {
+        self.tasks()
+            .get(name)
+            .map(f)
+            .ok_or_else(|| SupError::UnknownTask(name.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<TaskInfo> {
+        let mut out: Vec<TaskInfo> = self.tasks().values().map(info).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn get(&self, name: &str) -> Result<TaskInfo, SupError> {
+        self.with_handle(name, info)
+    }
+
+    pub fn spec(&self, name: &str) -> Result<TaskSpec, SupError> {
+        self.with_handle(name, |h| h.spec.clone())
+    }
+
+    /// Stops a task and waits until its process group is gone.
+    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<TaskInfo, SupError> {
+        let (tx, rx) = oneshot::channel();
+        self.with_handle(name, |h| h.tx.send(Cmd::Stop(timeout, tx)))?
+            .map_err(|_| SupError::Gone(name.into()))?;
+        rx.await.map_err(|_| SupError::Gone(name.into()))?;
+        self.get(name)
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<String, SupError> {
+        let (tx, rx) = oneshot::channel();
+        self.with_handle(name, |h| h.tx.send(Cmd::Restart(tx)))?
+            .map_err(|_| SupError::Gone(name.into()))?;
+        rx.await.map_err(|_| SupError::Gone(name.into()))?
+    }
+
+    /// Stops (if needed) and forgets a task. Its runs stay in the registry.
+    pub async fn remove(&self, name: &str) -> Result<(), SupError> {
+        let (tx, rx) = oneshot::channel();
+        self.with_handle(name, |h| h.tx.send(Cmd::Remove(tx)))?
+            .map_err(|_| SupError::Gone(name.into()))?;
+        let _ = rx.await;
+        self.tasks().remove(name);
+        self.registry.remove_task(name)?;
+        Ok(())
+    }
+
+    /// Stops every task (daemon shutdown).
+    pub async fn stop_all(&self) {
+        let names: Vec<String> = self.tasks().keys().cloned().collect();
+        let stops = names.iter().map(|n| self.stop(n, None));
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// The log of a task's current run, or of its last run when none is live.
+    pub fn task_log(&self, name: &str) -> Result<Arc<RunLog>, SupError> {
+        let live = self.with_handle(name, |h| h.view.lock().unwrap_or_else(|e| e.into_inner()).log.clone());
+        match live {
+            Ok(Some(log)) => Ok(log),
+            Ok(None) | Err(SupError::UnknownTask(_)) => {
+                let last = self.registry.runs(Some(name), 1)?.into_iter().next();
+                match last {
+                    Some(run) => self.run_log(&run.run_id),
+                    None if live.is_ok() => Err(SupError::BadRequest(format!(
+                        "task `{name}` has no run yet; start it with `corral restart {name}`"
+                    ))),
+                    None => Err(SupError::UnknownTask(name.into())),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The log of any run: live from its task when it is the current run, else from disk.
+    pub fn run_log(&self, run_id: &str) -> Result<Arc<RunLog>, SupError> {
+        for h in self.tasks().values() {
+            let v = h.view.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(log) = v.log.as_ref().filter(|l| l.run_id == run_id) {
+                return Ok(log.clone());
+            }
+        }
+        let row = self
+            .registry
+            .run(run_id)?
+            .ok_or_else(|| SupError::UnknownRun(run_id.into()))?;
+        let gap = row.gap.map(|g| crate::logbook::Gap {
+            from: g[0] as u64,
+            to: g[1] as u64,
+            off_from: g[2] as u64,
+            off_to: g[3] as u64,
+        });
+        let end = RunEnd {
+            status: row.status.clone(),
+            exit_code: row.exit_code.map(|c| c as i32),
+            signal: row.signal.map(|s| s as i32),
+        };
+        RunLog::open_finished(&self.log_dir(&row.task), run_id, gap, end).map_err(|source| {
+            SupError::LogUnreadable {
+                run_id: run_id.into(),
+                source,
+            }
+        })
+    }
+
+    /// Live line and byte counts of running runs, for `corral runs`.
+    pub fn live_counts(&self) -> HashMap<String, (u64, u64)> {
+        self.tasks()
+            .values()
+            .filter_map(|h| {
+                let v = h.view.lock().unwrap_or_else(|e| e.into_inner());
+                v.log.as_ref().map(|l| {
+                    let s = l.stats();
+                    (l.run_id.clone(), (s.lines, s.bytes))
+                })
+            })
+            .collect()
+    }
+}
+
+fn info(h: &Handle) -> TaskInfo {
+    let v = h.view.lock().unwrap_or_else(|e| e.into_inner());
+    let live = matches!(
+        v.status,
+        TaskStatus::Starting | TaskStatus::Ready | TaskStatus::Stopping
+    );
+    TaskInfo {
+        name: h.spec.name.clone(),
+        status: v.status.as_str().to_string(),
+        pid: v.pid.filter(|_| live),
+        run_id: v.run_id.clone(),
+        restarts: v.restarts,
+        uptime_s: v
+            .started_at
+            .filter(|_| live)
+            .map(|s| ((crate::util::unix_now() - s) * 10.0).round() / 10.0),
+        command: shell_words(&h.spec.command),
+        labels: h.spec.labels.clone(),
+        adopted: v.adopted,
+        last_error: v.last_error.clone(),
+        started_at: v.started_at,
+        kind: h.spec.kind.clone(),
+    }
+}
+
+/// A command line as one string, quoting words that need it.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

