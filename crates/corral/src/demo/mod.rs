@@ -21,8 +21,9 @@ pub struct DemoArgs {
     /// Port of the simulated llama-server (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Seconds of serving before the simulated coordinator crashes (0 = never).
-    #[arg(long, default_value_t = 45.0)]
+    /// Seconds of serving before the simulated coordinator crashes (0 = never). Above the
+    /// 60 s that reset the retry budget, so the demo keeps restarting rather than ending in error.
+    #[arg(long, default_value_t = 90.0)]
     pub crash_after: f64,
     /// Start the fleet and exit at once instead of running until Ctrl-C.
     #[arg(long)]
@@ -69,6 +70,50 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         println!("using the corral daemon at {}", client.base);
     }
 
+    let launched = launch(&client, &a).await;
+    let (port, backends) = match launched {
+        Ok(v) => v,
+        Err(e) => {
+            stop_fleet(&client).await;
+            if let Some(h) = own_daemon {
+                h.abort();
+            }
+            return Err(e);
+        }
+    };
+    let addr_flag = if client.base == "http://127.0.0.1:7070" {
+        String::new()
+    } else {
+        format!(" --addr {}", client.base)
+    };
+    println!(
+        "\nA simulated llama.cpp fleet is running: coordinator on 127.0.0.1:{port}, rpc backends on {}.\n\
+         It crashes now and then so that the restart policy shows. Watch it from another terminal:\n\n\
+         \x20 corral{addr_flag} ps\n\
+         \x20 corral{addr_flag} monitor coordinator\n\
+         \x20 corral{addr_flag} events --follow\n\
+         \x20 corral{addr_flag} llama status coordinator\n\
+         \x20 corral{addr_flag} runs coordinator\n\
+         \x20 curl {}/metrics\n",
+        backends.join(", "),
+        client.base
+    );
+    if a.detach {
+        return Ok(0);
+    }
+    println!("Press Ctrl-C to stop the demo.");
+    let _ = tokio::signal::ctrl_c().await;
+    println!("\nstopping the demo fleet…");
+    stop_fleet(&client).await;
+    if let Some(h) = own_daemon {
+        h.abort();
+    }
+    println!("done");
+    Ok(0)
+}
+
+/// Starts the fleet; returns the coordinator's port and the backends' addresses.
+async fn launch(client: &Client, a: &DemoArgs) -> anyhow::Result<(u16, Vec<String>)> {
     let exe = std::env::current_exe().context("locating the corral binary")?;
     let exe = exe.display().to_string();
     let rpc_ports = [free_port()?, free_port()?];
@@ -82,7 +127,7 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
             "labels": {"demo": "true", "role": "rpc_backend"},
             "extra": {"host": "127.0.0.1", "port": p},
         });
-        start(&client, &spec).await?;
+        start(client, &spec).await?;
     }
     let backends: Vec<String> = rpc_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let spec = crate::llama::coordinator_spec(&crate::llama::CoordinatorSettings {
@@ -108,41 +153,24 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         health: crate::llama::HealthSettings::default(),
         labels: [("demo".to_string(), "true".to_string())].into(),
     });
-    start(&client, &serde_json::to_value(&spec)?).await?;
+    let mut spec = serde_json::to_value(&spec)?;
+    // The simulated server has no model file to check.
+    spec["extra"]["check_files"] = false.into();
+    start(client, &spec).await?;
+    Ok((port, backends))
+}
 
-    let addr_flag = if client.base == "http://127.0.0.1:7070" {
-        String::new()
-    } else {
-        format!(" --addr {}", client.base)
-    };
-    println!(
-        "\nA simulated llama.cpp fleet is running: coordinator on 127.0.0.1:{port}, rpc backends on {}.\n\
-         It crashes now and then so that the restart policy shows. Watch it from another terminal:\n\n\
-         \x20 corral{addr_flag} ps\n\
-         \x20 corral{addr_flag} monitor coordinator\n\
-         \x20 corral{addr_flag} events --follow\n\
-         \x20 corral{addr_flag} llama status coordinator\n\
-         \x20 corral{addr_flag} runs coordinator\n\
-         \x20 curl {}/metrics\n",
-        backends.join(", "),
-        client.base
-    );
-    if a.detach {
-        return Ok(0);
-    }
-    println!("Press Ctrl-C to stop the demo.");
-    let _ = tokio::signal::ctrl_c().await;
-    println!("\nstopping the demo fleet…");
-    for name in ["coordinator", "rpc0", "rpc1"] {
+
+const FLEET: [&str; 3] = ["coordinator", "rpc0", "rpc1"];
+
+async fn stop_fleet(client: &Client) {
+    for name in FLEET {
         if let Err(e) = client.delete(&format!("/tasks/{name}")).await {
-            eprintln!("corral: removing {name}: {e:#}");
+            if !e.to_string().contains("no task named") {
+                eprintln!("corral: removing {name}: {e:#}");
+            }
         }
     }
-    if let Some(h) = own_daemon {
-        h.abort();
-    }
-    println!("done");
-    Ok(0)
 }
 
 async fn start(client: &Client, spec: &Value) -> anyhow::Result<()> {

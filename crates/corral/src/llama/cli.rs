@@ -175,7 +175,13 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
         },
         LlamaCommand::RpcServer(a) => {
             let bin = resolve_bin(a.bin.as_deref(), &["rpc-server", "ggml-rpc-server"], "--bin")?;
-            let mut command = vec![bin, "-H".into(), a.host.clone(), "-p".into(), a.port.to_string()];
+            // rpc-server prints with C stdio: into a pipe its lines would wait in a block
+            // buffer, so it runs line-buffered under stdbuf where that exists.
+            let mut command: Vec<String> = match which("stdbuf") {
+                Some(sb) => vec![sb.display().to_string(), "-oL".into(), "-eL".into()],
+                None => Vec::new(),
+            };
+            command.extend([bin, "-H".into(), a.host.clone(), "-p".into(), a.port.to_string()]);
             command.extend(a.args);
             let spec = json!({
                 "name": a.name, "command": command, "restart": "always", "kind": "rpc",

@@ -410,10 +410,14 @@ pub fn watch_run(
         let mut parser = LogParser::new(parser_kind);
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
         let mut errors: Vec<String> = Vec::new();
-        let mut handle = |kinds: Vec<EventKind>, errors: &mut Vec<String>| {
+        let mut path: Option<String> = None;
+        let handle = |kinds: Vec<EventKind>, errors: &mut Vec<String>, path: &mut Option<String>| {
             for k in kinds {
                 if k.level >= Level::Error {
                     errors.push(k.message.clone());
+                    if let Some(p) = k.details.get("path").and_then(Value::as_str) {
+                        path.get_or_insert_with(|| p.to_string());
+                    }
                 }
                 if k.event_type == EventType::Metrics && k.details.get("kind").and_then(Value::as_str) == Some("request") {
                     if let Some(inner) = &inner {
@@ -433,7 +437,7 @@ pub fn watch_run(
                         }
                         let line = String::from_utf8_lossy(batch.content(i));
                         let kinds = parser.feed(&line);
-                        handle(kinds, &mut errors);
+                        handle(kinds, &mut errors, &mut path);
                     }
                 }
                 RawItem::Gap { .. } => {}
@@ -441,13 +445,24 @@ pub fn watch_run(
             }
         }
         let kinds = parser.finish();
-        handle(kinds, &mut errors);
-        match (errors.first(), errors.last()) {
-            (Some(first), Some(last)) if first != last => Some(format!("{last}: {first}")),
-            (_, Some(last)) => Some(last.clone()),
-            _ => None,
-        }
+        handle(kinds, &mut errors, &mut path);
+        failure_reason(&errors, path.as_deref())
     }))
+}
+
+/// Why a server died, from its error lines: the last one (llama.cpp ends with the verdict,
+/// e.g. "exiting due to model loading error"), the first one (usually the cause), and the
+/// file involved when neither names it.
+fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {
+    let last = errors.last()?;
+    let mut reason = last.clone();
+    if let Some(first) = errors.first().filter(|f| *f != last) {
+        reason = format!("{reason}: {first}");
+    }
+    if let Some(p) = path.filter(|p| !reason.contains(p)) {
+        reason = format!("{reason} ({p})");
+    }
+    Some(reason)
 }
 
 fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
@@ -461,4 +476,25 @@ fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<St
     m.eval_seconds += num("eval_ms") / 1000.0;
     m.last_prompt_tps = num("prompt_tokens_per_second");
     m.last_eval_tps = num("eval_tokens_per_second");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_reason;
+
+    #[test]
+    fn the_reason_has_the_verdict_the_cause_and_the_file() {
+        let errs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(failure_reason(&[], Some("/m.gguf")), None);
+        assert_eq!(failure_reason(&errs(&["only"]), None).unwrap(), "only");
+        assert_eq!(
+            failure_reason(&errs(&["invalid magic", "x", "exiting due to model loading error"]), Some("/b.gguf"))
+                .unwrap(),
+            "exiting due to model loading error: invalid magic (/b.gguf)"
+        );
+        assert_eq!(
+            failure_reason(&errs(&["failed to open '/b.gguf'", "exiting"]), Some("/b.gguf")).unwrap(),
+            "exiting: failed to open '/b.gguf'"
+        );
+    }
 }

@@ -65,19 +65,28 @@ pub fn signal_group(pgid: u32, sig: i32) -> bool {
     unsafe { libc::kill(-(pgid as i32), sig) == 0 }
 }
 
-/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat),
-/// which tells a live process from a later one that reused its pid.
-pub fn start_time(pid: u32) -> Option<u64> {
+/// The state (field 3) and start time in clock ticks since boot (field 22) of
+/// /proc/PID/stat.
+fn stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
-/// Whether `pid` is the same live process that had `start` as its start time.
+/// The start time of a process, which tells a live process from a later one that
+/// reused its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
+}
+
+/// Whether `pid` is the same live process that had `start` as its start time. A zombie
+/// is not live: it has exited, and its parent (an earlier daemon) may never reap it.
 pub fn is_same_process(pid: u32, start: Option<u64>) -> bool {
-    match (start_time(pid), start) {
-        (Some(now), Some(then)) => now == then,
+    match (stat(pid), start) {
+        (Some((state, now)), Some(then)) => now == then && !matches!(state, 'Z' | 'X' | 'x'),
         _ => false,
     }
 }
@@ -114,5 +123,20 @@ mod tests {
         assert!(is_same_process(me, t));
         assert!(!is_same_process(me, t.map(|v| v + 1)));
         assert!(!is_same_process(u32::MAX / 2, t));
+    }
+
+    #[test]
+    fn a_zombie_is_not_the_same_process() {
+        let mut child = std::process::Command::new("sleep").arg("0.1").spawn().unwrap();
+        let pid = child.id();
+        let t = start_time(pid);
+        assert!(is_same_process(pid, t));
+        // Not reaped yet: it lingers as a zombie with the same pid and start time.
+        while stat(pid).is_some_and(|(state, _)| state != 'Z') {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(start_time(pid), t);
+        assert!(!is_same_process(pid, t));
+        child.wait().unwrap();
     }
 }

@@ -92,6 +92,19 @@ pub fn human_ms(ms: u64) -> String {
     corral_core::duration::format_duration(Duration::from_millis(ms))
 }
 
+/// A jittered delay for people: `250ms`, `2s`, `4.4s`.
+fn human_delay(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let tenths = (d.as_secs_f64() * 10.0).round() / 10.0;
+    if tenths.fract() == 0.0 {
+        format!("{tenths:.0}s")
+    } else {
+        format!("{tenths:.1}s")
+    }
+}
+
 fn exit_text(exit: Exit) -> String {
     match exit {
         Exit::Code(c) => format!("exited with code {c}"),
@@ -117,6 +130,7 @@ impl Actor {
                 }
                 if let Some(reply) = self.restart_pending.take() {
                     self.start_replies.push(reply);
+                    self.clear_last_error();
                     let a = self.lc.start();
                     self.act(a).await;
                     continue;
@@ -173,6 +187,12 @@ impl Actor {
         }
     }
 
+    /// A start by hand begins a clean slate; automatic restarts keep showing why the
+    /// last run failed.
+    fn clear_last_error(&self) {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
+    }
+
     fn publish_view(&self) {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         v.status = self.lc.status;
@@ -196,6 +216,7 @@ impl Actor {
                     return;
                 }
                 self.start_replies.push(reply);
+                self.clear_last_error();
                 let a = self.lc.start();
                 self.act(a).await;
             }
@@ -216,6 +237,7 @@ impl Actor {
                     self.act(a).await;
                 } else {
                     self.start_replies.push(reply);
+                    self.clear_last_error();
                     let a = self.lc.start();
                     self.act(a).await;
                 }
@@ -268,6 +290,8 @@ impl Actor {
     }
 
     fn emit(&self, component: Component, level: Level, t: EventType, msg: String, run_id: &str) -> EventKind {
+        // Whoever reacts to the event reads the task's state: it must be current.
+        self.publish_view();
         let kind = EventKind::new(component, level, t, msg);
         self.sup.bus.emit(kind.clone(), &self.spec.name, run_id);
         kind
@@ -315,7 +339,6 @@ impl Actor {
             v.log = Some(log.clone());
             v.started_at = Some(started_at);
             v.adopted = false;
-            v.last_error = None;
         }
         let capture: SharedCapture = Arc::new(Mutex::new(Capture {
             writer,
@@ -503,6 +526,9 @@ impl Actor {
             ("succeeded", _) => None,
             ("killed", _) => Some(format!("stopped by request ({text})")),
             (_, Some(reason)) => Some(format!("{reason} ({text})")),
+            // llama.cpp servers log everything to stderr: their reason comes from the
+            // log parser instead (see `finish_with`).
+            _ if self.spec.kind.is_some() => Some(text.clone()),
             _ => {
                 let tail = {
                     let c = capture::lock(&self.run.as_ref().expect("live run").capture);
@@ -524,10 +550,7 @@ impl Actor {
         self.emit(Component::Task, level, EventType::Exit, what, &run_id);
         match &action {
             Action::RestartAfter { delay, retry, of } => {
-                let note = format!(
-                    "restarting in {} (retry {retry}/{of})",
-                    corral_core::duration::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                );
+                let note = format!("restarting in {} (retry {retry}/{of})", human_delay(*delay));
                 self.system(&note);
                 self.emit(Component::Task, Level::Warning, EventType::Restart,
                     format!("task {} {note}", self.spec.name), &run_id);
@@ -606,7 +629,9 @@ impl Actor {
             eprintln!("corral: recording the end of run {}: {e}", run.run_id);
         }
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        v.last_error = message.or(v.last_error.take().filter(|_| status == "succeeded"));
+        if status == "failed" {
+            v.last_error = message;
+        }
         v.pid = None;
     }
 }

