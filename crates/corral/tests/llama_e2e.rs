@@ -278,3 +278,49 @@ async fn rpc_server_connect_and_disconnect_events() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_restarted_by_the_liveness_probe() {
+    let d = Daemon::start().await;
+    start_coordinator(
+        &d,
+        "coord",
+        free_port(),
+        &["--liveness-interval", "200ms", "--health-timeout", "300ms", "--liveness-failures", "2"],
+    )
+    .await
+    .ok();
+    let s = wait_status(&d, "coord", "ready", |s| s["status"] == "ready").await;
+    let first_run = s["run_id"].clone();
+    let pid = d.task("coord").await["pid"].as_i64().expect("a pid") as i32;
+    // Frozen, not dead: only the liveness probe can tell.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let s = wait_status(&d, "coord", "ready again in a new run", |s| {
+        s["status"] == "ready" && s["run_id"] != first_run
+    })
+    .await;
+    assert_eq!(s["retries"], 1, "{s}");
+    assert!(s["lastError"].as_str().unwrap_or("").contains("liveness check failed"), "{s}");
+    // The frozen process did not survive (SIGKILL reaches a stopped process).
+    assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the hung server must be gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_startup_crash_with_the_bind_error() {
+    let d = Daemon::start().await;
+    // Something that is not a llama-server holds the port: nothing to adopt, and
+    // llama-server cannot bind it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    start_coordinator(&d, "coord", port, &["--max-retries", "0", "--health-timeout", "500ms"]).await.ok();
+    let s = wait_status(&d, "coord", "error", |s| s["status"] == "error").await;
+    let reason = s["lastError"].as_str().unwrap_or("");
+    assert!(reason.contains("couldn't bind"), "{s}");
+    assert!(reason.contains(&port.to_string()), "the reason names the port: {s}");
+    let bind = events(&d, "task=coord&level=error").await;
+    assert!(
+        bind.iter().any(|e| e["component"] == "coordinator" && e["details"]["port"] == port),
+        "{bind:?}"
+    );
+    drop(holder);
+}

@@ -542,18 +542,13 @@ impl Actor {
             }
         };
         let run_id = self.run.as_ref().map(|r| r.run_id.clone()).unwrap_or_default();
-        let (level, what) = if status == "failed" {
-            (Level::Warning, format!("task {} {text}", self.spec.name))
-        } else {
-            (Level::Info, format!("task {} {text}", self.spec.name))
-        };
-        self.emit(Component::Task, level, EventType::Exit, what, &run_id);
+        let level = if status == "failed" { Level::Warning } else { Level::Info };
+        let mut events = vec![(level, EventType::Exit, format!("task {} {text}", self.spec.name))];
         match &action {
             Action::RestartAfter { delay, retry, of } => {
                 let note = format!("restarting in {} (retry {retry}/{of})", human_delay(*delay));
                 self.system(&note);
-                self.emit(Component::Task, Level::Warning, EventType::Restart,
-                    format!("task {} {note}", self.spec.name), &run_id);
+                events.push((Level::Warning, EventType::Restart, format!("task {} {note}", self.spec.name)));
             }
             _ if self.lc.status == TaskStatus::Error => {
                 let note = format!(
@@ -561,8 +556,7 @@ impl Actor {
                     self.lc.failures, self.spec.name
                 );
                 self.system(&note);
-                self.emit(Component::Task, Level::Error, EventType::Error,
-                    format!("task {} {note}", self.spec.name), &run_id);
+                events.push((Level::Error, EventType::Error, format!("task {} {note}", self.spec.name)));
             }
             _ => {}
         }
@@ -571,7 +565,11 @@ impl Actor {
             Exit::Code(c) => (Some(c), None),
             Exit::Signal(s) => (None, Some(s)),
         };
+        // The registry and the task's view are final before anyone hears of the exit.
         self.finish_with(code, signal, status, message).await;
+        for (level, t, msg) in events {
+            self.emit(Component::Task, level, t, msg, &run_id);
+        }
         self.act(action).await;
     }
 
