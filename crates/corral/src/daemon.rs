@@ -41,6 +41,27 @@ pub fn node_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Takes `<home>/daemon.lock` (an advisory `flock`, released by the kernel when the
+/// daemon exits, however it exits). Fails when another live daemon holds it.
+fn lock_home(home: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = home.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another corral daemon is using the home {}; stop it first, or give this one another --home",
+            home.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Runs the daemon until SIGINT/SIGTERM. Calls `on_ready` with the bound address.
 pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let addr: SocketAddr = tokio::net::lookup_host(&opts.listen)
@@ -54,8 +75,20 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
              (set CORRAL_TOKEN or pass --token-file FILE), or listen on 127.0.0.1"
         );
     }
+    // Bind before touching the registry: a second daemon started by mistake on a live
+    // one's address must fail without marking that daemon's runs `lost`.
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another program (another corral daemon?) is using it: stop it or choose another with --listen"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
+    })?;
     std::fs::create_dir_all(&opts.home)
         .with_context(|| format!("cannot create the home directory {}", opts.home.display()))?;
+    // One daemon per home: a second one would mark the first one's live runs `lost`.
+    let _home_lock = lock_home(&opts.home)?;
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);
     let sup = Supervisor::new(
@@ -70,14 +103,6 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     if !lost.is_empty() {
         eprintln!("corral: marked {} run(s) left by an earlier daemon as lost", lost.len());
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "; another program (another corral daemon?) is using it: stop it or choose another with --listen"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
-    })?;
     let bound = listener.local_addr()?;
     let extra = crate::llama::LlamaState::new(opts.llama.clone(), sup.clone(), bus.clone());
     let state = Arc::new(AppState {

@@ -120,7 +120,47 @@ async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if resp.status().is_client_error() && !is_json {
+        // An extractor's plain-text rejection (bad query string or body, wrong method):
+        // the same JSON error shape as every other error.
+        return json_rejection(resp).await;
+    }
     resp
+}
+
+async fn json_rejection(resp: Response) -> Response {
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, fallback) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send JSON with `Content-Type: application/json`",
+        ),
+        _ => ("bad_request", "bad request"),
+    };
+    let message = if text.is_empty() {
+        fallback.to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {

@@ -19,7 +19,15 @@ pub async fn create(
     State(st): State<Shared>,
     body: Result<Json<TaskSpec>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(spec) = body.map_err(|e| ApiError::bad_request(format!("bad task: {}", e.body_text())))?;
+    let Json(spec) = body.map_err(|e| match e.status() {
+        // A chunked body that grew past the limit is refused like a declared one.
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over {} bytes", super::MAX_BODY),
+        ),
+        _ => ApiError::bad_request(format!("bad task: {}", e.body_text())),
+    })?;
     let name = spec.name.clone();
     let run_id = st.sup.run(spec).await?;
     Ok((StatusCode::CREATED, Json(json!({"task": name, "run_id": run_id}))))

@@ -420,6 +420,31 @@ async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The last records of a run, holding at least `tail` of the process's records: the
+/// server's `tail` counts corral's own notes too, so the window widens until enough are
+/// in it (or it reaches the start of the run).
+async fn tail_records(c: &Client, base: &str, tail: u64) -> anyhow::Result<bytes::Bytes> {
+    let mut n = tail.saturating_add(8);
+    loop {
+        let path = format!("{base}&tail={n}");
+        let body = c.send(c.request(reqwest::Method::GET, &path)).await?.bytes().await?;
+        let (mut output, mut first) = (0u64, None);
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            if let Some(seq) = v["seq"].as_u64() {
+                first.get_or_insert(seq);
+                if v["stream"] != "system" {
+                    output += 1;
+                }
+            }
+        }
+        if output >= tail || first.is_none_or(|s| s <= 1) || n == u64::MAX {
+            return Ok(body);
+        }
+        n = n.saturating_mul(4);
+    }
+}
+
 async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
     let run_id = match &a.run {
         Some(r) => r.clone(),
@@ -460,12 +485,14 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(0);
     }
-    let mut path = format!("/tasks/{}/logs?follow=false&run={}", enc(&a.name), enc(&run_id));
-    match a.tail {
-        Some(t) if grep.is_none() && stream.is_none() => path.push_str(&format!("&tail={t}")),
-        _ => path.push_str("&since=0"),
-    }
-    let body = c.send(c.request(reqwest::Method::GET, &path)).await?.bytes().await?;
+    let base = format!("/tasks/{}/logs?follow=false&run={}", enc(&a.name), enc(&run_id));
+    let body = match a.tail {
+        Some(t) if grep.is_none() && stream.is_none() => tail_records(c, &base, t).await?,
+        _ => {
+            let path = format!("{base}&since=0");
+            c.send(c.request(reqwest::Method::GET, &path)).await?.bytes().await?
+        }
+    };
     let mut kept: Vec<&[u8]> = Vec::new();
     for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };

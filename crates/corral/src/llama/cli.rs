@@ -33,28 +33,28 @@ pub struct LlamaArgs {
     /// Task name.
     #[arg(long, required = true)]
     pub name: Option<String>,
-    /// Model file (GGUF) [config: llama_model_path; env: CORRAL_LLAMA_MODEL].
+    /// Model file (GGUF) [config: llama_model_path].
     #[arg(long, env = "CORRAL_LLAMA_MODEL")]
     pub model: Option<String>,
-    /// [config: llama_server_host; env: CORRAL_LLAMA_HOST; default 127.0.0.1]
+    /// Address llama-server listens on [config: llama_server_host; default: 127.0.0.1].
     #[arg(long, env = "CORRAL_LLAMA_HOST")]
     pub host: Option<String>,
-    /// [config: llama_server_port; env: CORRAL_LLAMA_PORT; default 8080]
+    /// Port llama-server listens on [config: llama_server_port; default: 8080].
     #[arg(long, env = "CORRAL_LLAMA_PORT")]
     pub port: Option<u16>,
-    /// Comma-separated rpc backends HOST:PORT [config: rpc_backends; env: CORRAL_LLAMA_RPC_BACKENDS].
+    /// Comma-separated rpc backends HOST:PORT [config: rpc_backends].
     #[arg(long, env = "CORRAL_LLAMA_RPC_BACKENDS")]
     pub rpc: Option<String>,
-    /// Layers to offload to GPUs [config: n_gpu_layers; env: CORRAL_LLAMA_N_GPU_LAYERS].
+    /// Layers to offload to GPUs [config: n_gpu_layers].
     #[arg(long, env = "CORRAL_LLAMA_N_GPU_LAYERS")]
     pub ngl: Option<i64>,
-    /// Context size [config: ctx_size; env: CORRAL_LLAMA_CTX_SIZE].
+    /// Context size [config: ctx_size].
     #[arg(long, env = "CORRAL_LLAMA_CTX_SIZE")]
     pub ctx: Option<i64>,
-    /// The llama-server binary [config: llama_server_bin; env: CORRAL_LLAMA_BIN; default: llama-server on PATH].
+    /// The llama-server binary [config: llama_server_bin; default: llama-server on PATH].
     #[arg(long, env = "CORRAL_LLAMA_BIN")]
     pub bin: Option<String>,
-    /// Config file (TOML, or JSON when it ends in .json) [env: CORRAL_CONFIG].
+    /// Config file (TOML, or JSON when it ends in .json).
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// Time between readiness checks of /health.

@@ -32,6 +32,7 @@ pub(super) fn spawn_actor(
         view,
         run: None,
         retry_at: None,
+        stop_timeout: None,
         origin: Instant::now(),
         start_replies: Vec::new(),
         stop_replies: Vec::new(),
@@ -53,6 +54,8 @@ struct LiveRun {
     thread: Option<std::thread::JoinHandle<()>>,
     log: Arc<RunLog>,
     kill_at: Option<Instant>,
+    /// The grace between SIGTERM and SIGKILL of the stop in progress.
+    grace_ms: u64,
     probe: Option<tokio::task::JoinHandle<()>>,
     /// Why corral is killing this run (a failed probe), so the exit counts as a failure.
     failing: Option<String>,
@@ -66,6 +69,8 @@ struct Actor {
     lc: Lifecycle,
     run: Option<LiveRun>,
     retry_at: Option<Instant>,
+    /// The grace given by the stop request being handled (`stop --timeout`), if any.
+    stop_timeout: Option<Duration>,
     origin: Instant,
     start_replies: Vec<oneshot::Sender<Result<String, SupError>>>,
     stop_replies: Vec<oneshot::Sender<()>>,
@@ -174,10 +179,10 @@ impl Actor {
                 _ = sleep_opt(kill_at) => {
                     if let Some(run) = self.run.as_mut() {
                         run.kill_at = None;
-                        let pid = run.pid;
+                        let (pid, grace_ms) = (run.pid, run.grace_ms);
                         self.system(&format!(
                             "still running {} after SIGTERM: SIGKILL to process group {pid}",
-                            human_ms(self.spec.stop_timeout_ms)
+                            human_ms(grace_ms)
                         ));
                         process::signal_group(pid, libc::SIGKILL);
                     }
@@ -221,13 +226,13 @@ impl Actor {
                 self.act(a).await;
             }
             Cmd::Stop(timeout, reply) => {
-                if let Some(t) = timeout {
-                    self.spec.stop_timeout_ms = t.as_millis() as u64;
-                }
+                // `stop --timeout` is for this stop only, not for the task's later stops.
+                self.stop_timeout = timeout;
                 self.stop_replies.push(reply);
                 self.retry_at = None;
                 let a = self.lc.stop();
                 self.act(a).await;
+                self.stop_timeout = None;
             }
             Cmd::Restart(reply) => {
                 self.retry_at = None;
@@ -262,7 +267,10 @@ impl Actor {
 
     /// SIGTERM to the run's process group now, SIGKILL after the stop timeout.
     async fn terminate(&mut self, why: &str) {
-        let timeout = human_ms(self.spec.stop_timeout_ms);
+        let grace_ms = self
+            .stop_timeout
+            .map_or(self.spec.stop_timeout_ms, |t| t.as_millis() as u64);
+        let timeout = human_ms(grace_ms);
         let Some(run) = self.run.as_mut() else { return };
         if run.child.is_none() {
             // An adopted server is not ours to kill: release it.
@@ -273,7 +281,8 @@ impl Actor {
         if run.kill_at.is_some() {
             return;
         }
-        run.kill_at = Some(Instant::now() + Duration::from_millis(self.spec.stop_timeout_ms));
+        run.kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
+        run.grace_ms = grace_ms;
         let pid = run.pid;
         self.system(&format!(
             "{why}: SIGTERM to process group {pid} (SIGKILL after {timeout})"
@@ -353,6 +362,7 @@ impl Actor {
             thread: None,
             log: log.clone(),
             kill_at: None,
+            grace_ms: 0,
             probe: None,
             failing: None,
             watcher: crate::llama::watch_run(&sup, &self.spec, log.clone(), &run_id),
