@@ -37,7 +37,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow::Result<i32> {
     let mut client = client.clone();
-    let mut own_daemon = None;
+    let mut own_daemon: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     if client.get::<Value>("/health").await.is_err() {
         let opts = crate::cli::serve_opts(
             &crate::cli::ServeArgs {
@@ -102,11 +102,31 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         return Ok(0);
     }
     println!("Press Ctrl-C to stop the demo.");
-    let _ = tokio::signal::ctrl_c().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let daemon_ended = async {
+        match own_daemon.as_mut() {
+            Some(h) => {
+                let _ = h.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = daemon_ended => {
+            println!("the daemon stopped; the demo ends");
+            return Ok(0);
+        }
+    }
     println!("\nstopping the demo fleet…");
-    stop_fleet(&client).await;
-    if let Some(h) = own_daemon {
-        h.abort();
+    match own_daemon {
+        // Our own daemon saw the same signal: it stops every task, then ends.
+        Some(h) => {
+            let _ = h.await;
+        }
+        None => stop_fleet(&client).await,
     }
     println!("done");
     Ok(0)
