@@ -64,6 +64,8 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
     }
     let _ = writeln!(out, "# HELP corral_events_sampled_out_total Events thinned by sampling.\n# TYPE corral_events_sampled_out_total counter");
     let _ = writeln!(out, "corral_events_sampled_out_total {}", stats.sampled_out);
+    let _ = writeln!(out, "# HELP corral_events_stored Events held by the observer store.\n# TYPE corral_events_stored gauge");
+    let _ = writeln!(out, "corral_events_stored {}", stats.stored);
     st.extra.write_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

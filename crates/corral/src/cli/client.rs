@@ -67,7 +67,7 @@ impl Client {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("the daemon answered {status}: {}", body.trim()));
-        Err(ApiFailure { status: status.as_u16(), message: msg }.into())
+        Err(ApiFailure { message: msg }.into())
     }
 
     pub fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
@@ -103,7 +103,6 @@ impl Client {
 /// An error the daemon answered with.
 #[derive(Debug)]
 pub struct ApiFailure {
-    pub status: u16,
     pub message: String,
 }
 

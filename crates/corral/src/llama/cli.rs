@@ -410,7 +410,7 @@ fn parse(file: &str) -> anyhow::Result<i32> {
     };
     let mut parser = LogParser::new(ParserKind::Auto);
     let mut out = std::io::stdout().lock();
-    let mut emit = |kinds: Vec<corral_core::event::EventKind>, line_no: usize, out: &mut dyn Write| -> anyhow::Result<()> {
+    let emit = |kinds: Vec<corral_core::event::EventKind>, line_no: usize, out: &mut dyn Write| -> anyhow::Result<()> {
         for k in kinds {
             let mut v = serde_json::to_value(&k)?;
             v["line_no"] = line_no.into();

@@ -97,10 +97,6 @@ impl LlamaState {
         }
     }
 
-    fn llama_tasks(&self) -> Vec<(TaskInfo, TaskSpec)> {
-        llama_tasks(&self.inner.sup, "llama")
-    }
-
     pub fn status(&self, name: &str) -> Option<Value> {
         let spec = self.inner.sup.spec(name).ok()?;
         let info = self.inner.sup.get(name).ok()?;

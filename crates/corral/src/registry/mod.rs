@@ -155,6 +155,7 @@ impl Registry {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn schema_version(&self) -> Result<i64> {
         Ok(self
             .conn()
@@ -298,12 +299,6 @@ impl Registry {
         let mut st = conn.prepare(&sql)?;
         let rows = st.query_map([], Self::row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
-    }
-
-    pub fn delete_runs_of(&self, task: &str) -> Result<usize> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM runs WHERE task = ?1", params![task])?)
     }
 }
 

@@ -407,7 +407,7 @@ impl Actor {
                 self.system(&msg);
                 self.lc.spawn_failed();
                 self.emit(Component::Task, Level::Error, EventType::Error, msg.clone(), &run_id);
-                self.finish(None, "failed", Some(msg)).await;
+                self.finish_with(None, None, "failed", Some(msg)).await;
                 self.reply_started(Ok(run_id));
                 return;
             }
@@ -581,15 +581,6 @@ impl Actor {
             self.emit(Component::Task, level, t, msg, &run_id);
         }
         self.act(action).await;
-    }
-
-    async fn finish(&mut self, exit: Option<Exit>, status: &str, message: Option<String>) {
-        let (code, signal) = match exit {
-            Some(Exit::Code(c)) => (Some(c), None),
-            Some(Exit::Signal(s)) => (None, Some(s)),
-            None => (None, None),
-        };
-        self.finish_with(code, signal, status, message).await;
     }
 
     /// Ends the run: the log gets its end mark, the registry its final row.
