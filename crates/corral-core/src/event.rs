@@ -151,7 +151,13 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn from_kind(kind: EventKind, timestamp: f64, node: &str, task: &str, run_id: &str) -> Self {
+    pub fn from_kind(
+        kind: EventKind,
+        timestamp: f64,
+        node: &str,
+        task: &str,
+        run_id: &str,
+    ) -> Self {
         Event {
             timestamp,
             node: node.to_string(),
@@ -173,8 +179,13 @@ mod tests {
     #[test]
     fn event_serializes_with_contract_names() {
         let e = Event::from_kind(
-            EventKind::new(Component::RpcBackend, Level::Warning, EventType::ModelLoad, "m")
-                .with("port", 8080),
+            EventKind::new(
+                Component::RpcBackend,
+                Level::Warning,
+                EventType::ModelLoad,
+                "m",
+            )
+            .with("port", 8080),
             1.5,
             "gpu-01",
             "llama",

@@ -114,7 +114,11 @@ mod tests {
         let r = run(&[b"a\nbb\nc", b"cc\n", b""], 64);
         assert_eq!(
             texts(&r),
-            [("a\n".into(), false), ("bb\n".into(), false), ("ccc\n".into(), false)]
+            [
+                ("a\n".into(), false),
+                ("bb\n".into(), false),
+                ("ccc\n".into(), false)
+            ]
         );
     }
 
@@ -173,7 +177,10 @@ mod tests {
     fn invalid_utf8_is_cut_where_asked() {
         let input = [0x80u8; 20];
         let r = run(&[&input, b""], 8);
-        assert_eq!(r.iter().map(|(b, _)| b.len()).collect::<Vec<_>>(), [8, 8, 4]);
+        assert_eq!(
+            r.iter().map(|(b, _)| b.len()).collect::<Vec<_>>(),
+            [8, 8, 4]
+        );
     }
 
     /// Exhaustive over small inputs: every split of every input made of `a`, `é` bytes,

@@ -143,7 +143,11 @@ pub enum Action {
     /// Nothing to do.
     None,
     /// Start a new run after `delay`; this is retry `retry` of `of`.
-    RestartAfter { delay: Duration, retry: u32, of: u32 },
+    RestartAfter {
+        delay: Duration,
+        retry: u32,
+        of: u32,
+    },
     /// Send SIGTERM to the group now, SIGKILL after the stop timeout.
     Terminate,
     /// Spawn a run now.
@@ -445,6 +449,9 @@ mod tests {
     #[test]
     fn parses_restart_names() {
         assert_eq!("on-failure".parse::<Restart>().unwrap(), Restart::OnFailure);
-        assert!("sometimes".parse::<Restart>().unwrap_err().contains("on-failure"));
+        assert!("sometimes"
+            .parse::<Restart>()
+            .unwrap_err()
+            .contains("on-failure"));
     }
 }

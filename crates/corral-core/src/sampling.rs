@@ -21,7 +21,11 @@ impl Sampler {
     pub fn new(enabled: bool, rate: f64) -> Self {
         Sampler {
             enabled,
-            rate: if rate.is_finite() { rate.clamp(0.0, 1.0) } else { 1.0 },
+            rate: if rate.is_finite() {
+                rate.clamp(0.0, 1.0)
+            } else {
+                1.0
+            },
             credit: 1.0,
             kept: 0,
             sampled_out: 0,

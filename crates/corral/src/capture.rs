@@ -62,6 +62,7 @@ pub fn start(
     std::thread::Builder::new()
         .name(name.chars().take(15).collect())
         .spawn(move || {
+            raise_priority();
             let mut pipes = [stdout, stderr]
                 .into_iter()
                 .zip([Stream::Stdout, Stream::Stderr])
@@ -156,22 +157,36 @@ fn read_once(capture: &SharedCapture, p: &mut Pipe, max_record: usize, frames: &
     append(capture, p, max_record, false, frames);
 }
 
-fn flush_pending(capture: &SharedCapture, p: &mut Pipe, max_record: usize, frames: &mut Vec<Frame>) {
+fn flush_pending(
+    capture: &SharedCapture,
+    p: &mut Pipe,
+    max_record: usize,
+    frames: &mut Vec<Frame>,
+) {
     if p.len > 0 {
         append(capture, p, max_record, true, frames);
     }
 }
 
-fn append(capture: &SharedCapture, p: &mut Pipe, max_record: usize, eof: bool, frames: &mut Vec<Frame>) {
+fn append(
+    capture: &SharedCapture,
+    p: &mut Pipe,
+    max_record: usize,
+    eof: bool,
+    frames: &mut Vec<Frame>,
+) {
     frames.clear();
     let used = frame(&p.buf[..p.len], max_record, eof, frames);
     if !frames.is_empty() {
         let mut c = lock(capture);
-        c.writer.append(p.stream, &p.buf[..p.len], frames, now_micros());
+        c.writer
+            .append(p.stream, &p.buf[..p.len], frames, now_micros());
         if p.stream == Stream::Stderr {
             let tail = frames.len().saturating_sub(STDERR_TAIL);
             for f in &frames[tail..] {
-                let text = String::from_utf8_lossy(f.content(&p.buf)).trim_end().to_string();
+                let text = String::from_utf8_lossy(f.content(&p.buf))
+                    .trim_end()
+                    .to_string();
                 if c.stderr_tail.len() == STDERR_TAIL {
                     c.stderr_tail.pop_front();
                 }
@@ -181,6 +196,26 @@ fn append(capture: &SharedCapture, p: &mut Pipe, max_record: usize, eof: bool, f
     }
     p.buf.copy_within(used..p.len, 0);
     p.len -= used;
+}
+
+/// How much the capture thread is favoured over the rest of the daemon (nice levels).
+const PRIORITY_BOOST: libc::c_int = 5;
+
+/// Gives this thread a lower nice value than the daemon's other threads, where allowed
+/// (root, `CAP_SYS_NICE` or `RLIMIT_NICE`); best effort. On a busy machine, the runtime's
+/// workers serving a crowd of followers would otherwise take the CPU turns the capture needs,
+/// and the child would block on a full pipe. The capture only runs when the child wrote
+/// something, so it cannot starve anyone for longer than the child keeps printing.
+fn raise_priority() {
+    // SAFETY: plain syscalls on this thread's own id.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice - PRIORITY_BOOST);
+        }
+    }
 }
 
 /// Asks for a bigger pipe so that a fast child needs fewer wake-ups; best effort.

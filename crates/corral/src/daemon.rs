@@ -66,7 +66,12 @@ fn lock_home(home: &std::path::Path) -> anyhow::Result<std::fs::File> {
 pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let addr: SocketAddr = tokio::net::lookup_host(&opts.listen)
         .await
-        .with_context(|| format!("bad --listen address `{}`; use HOST:PORT, e.g. 127.0.0.1:7070", opts.listen))?
+        .with_context(|| {
+            format!(
+                "bad --listen address `{}`; use HOST:PORT, e.g. 127.0.0.1:7070",
+                opts.listen
+            )
+        })?
         .next()
         .with_context(|| format!("--listen `{}` resolves to no address", opts.listen))?;
     if !addr.ip().is_loopback() && opts.token.is_none() {
@@ -101,7 +106,10 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     );
     let lost = sup.recover()?;
     if !lost.is_empty() {
-        eprintln!("corral: marked {} run(s) left by an earlier daemon as lost", lost.len());
+        eprintln!(
+            "corral: marked {} run(s) left by an earlier daemon as lost",
+            lost.len()
+        );
     }
     let bound = listener.local_addr()?;
     let extra = crate::llama::LlamaState::new(opts.llama.clone(), sup.clone(), bus.clone());

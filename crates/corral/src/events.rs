@@ -118,7 +118,11 @@ impl Bus {
     }
 
     /// History and a live subscription, taken together so nothing falls between them.
-    pub fn subscribe(&self, since: u64, filter: &Filter) -> (Vec<Stored>, broadcast::Receiver<Stored>) {
+    pub fn subscribe(
+        &self,
+        since: u64,
+        filter: &Filter,
+    ) -> (Vec<Stored>, broadcast::Receiver<Stored>) {
         let s = self.lock();
         let rx = self.tx.subscribe();
         let hist = s

@@ -36,27 +36,61 @@ impl Drop for FollowerGuard {
 
 /// Escapes a Prometheus label value.
 pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
     let mut out = String::new();
     let tasks = st.sup.list();
-    let _ = writeln!(out, "# HELP corral_tasks Supervised tasks by status.\n# TYPE corral_tasks gauge");
-    for status in ["initial", "starting", "ready", "crashed", "error", "stopping", "stopped", "completed"] {
+    let _ = writeln!(
+        out,
+        "# HELP corral_tasks Supervised tasks by status.\n# TYPE corral_tasks gauge"
+    );
+    for status in [
+        "initial",
+        "starting",
+        "ready",
+        "crashed",
+        "error",
+        "stopping",
+        "stopped",
+        "completed",
+    ] {
         let n = tasks.iter().filter(|t| t.status == status).count();
         let _ = writeln!(out, "corral_tasks{{status=\"{status}\"}} {n}");
     }
     let _ = writeln!(out, "# HELP corral_task_restarts_total Restarts per task.\n# TYPE corral_task_restarts_total counter");
     for t in &tasks {
-        let _ = writeln!(out, "corral_task_restarts_total{{task=\"{}\"}} {}", label(&t.name), t.restarts);
+        let _ = writeln!(
+            out,
+            "corral_task_restarts_total{{task=\"{}\"}} {}",
+            label(&t.name),
+            t.restarts
+        );
     }
     let _ = writeln!(out, "# HELP corral_records_captured_total Log records captured.\n# TYPE corral_records_captured_total counter");
-    let _ = writeln!(out, "corral_records_captured_total {}", RECORDS.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "corral_records_captured_total {}",
+        RECORDS.load(Ordering::Relaxed)
+    );
     let _ = writeln!(out, "# HELP corral_bytes_captured_total Log bytes captured.\n# TYPE corral_bytes_captured_total counter");
-    let _ = writeln!(out, "corral_bytes_captured_total {}", BYTES.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP corral_followers Connected log followers.\n# TYPE corral_followers gauge");
-    let _ = writeln!(out, "corral_followers {}", FOLLOWERS.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "corral_bytes_captured_total {}",
+        BYTES.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_followers Connected log followers.\n# TYPE corral_followers gauge"
+    );
+    let _ = writeln!(
+        out,
+        "corral_followers {}",
+        FOLLOWERS.load(Ordering::Relaxed)
+    );
     let stats = st.bus.stats();
     let _ = writeln!(out, "# HELP corral_events_total Events by type (before sampling).\n# TYPE corral_events_total counter");
     for (t, n) in &stats.by_type {

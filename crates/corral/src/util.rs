@@ -68,7 +68,15 @@ mod tests {
         for ok in ["job", "llama-0", "a.b_c"] {
             assert!(validate_task_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(65), "sp ace"] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "-x",
+            &"x".repeat(65),
+            "sp ace",
+        ] {
             assert!(validate_task_name(bad).is_err(), "{bad}");
         }
     }

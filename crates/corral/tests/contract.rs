@@ -439,7 +439,11 @@ async fn a_second_daemon_on_the_same_home_is_refused() {
     first.run_task("live", &[], &["sleep", "1000"]).await;
     let home = first.home.to_str().unwrap().to_string();
     let out = cli(&["serve", "--listen", "127.0.0.1:0", "--home", &home], &[]).await;
-    assert_ne!(out.code, Some(0), "a second daemon on a live home must fail");
+    assert_ne!(
+        out.code,
+        Some(0),
+        "a second daemon on a live home must fail"
+    );
     assert!(
         out.stderr.contains("another corral daemon") && out.stderr.contains(&home),
         "{}",

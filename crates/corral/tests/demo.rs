@@ -11,19 +11,30 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
     let d = Daemon::start().await;
     let out = d.cli(&["demo", "--detach"]).await.ok();
     let text = out.stdout();
-    assert!(text.contains("corral") && text.contains("monitor coordinator"), "{text}");
+    assert!(
+        text.contains("corral") && text.contains("monitor coordinator"),
+        "{text}"
+    );
     for name in ["rpc0", "rpc1"] {
         d.wait_task_status(name, "ready").await;
     }
-    wait_for("the simulated coordinator to be ready", Duration::from_secs(60), || async {
-        let (_, s) = d.get("/llama/coordinator/status").await;
-        (s["status"] == "ready" && s["models"].as_array().is_some_and(|m| !m.is_empty())).then_some(())
-    })
+    wait_for(
+        "the simulated coordinator to be ready",
+        Duration::from_secs(60),
+        || async {
+            let (_, s) = d.get("/llama/coordinator/status").await;
+            (s["status"] == "ready" && s["models"].as_array().is_some_and(|m| !m.is_empty()))
+                .then_some(())
+        },
+    )
     .await;
 
     // Live events over SSE: the simulated requests become metrics events.
     let resp = d
-        .request(reqwest::Method::GET, "/events?type=metrics&task=coordinator")
+        .request(
+            reqwest::Method::GET,
+            "/events?type=metrics&task=coordinator",
+        )
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -43,12 +54,33 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
     .expect("a metrics event within 60 s");
     assert!(seen.contains("id: "), "SSE events carry ids: {seen}");
 
-    let metrics = d.http.get(format!("{}/metrics", d.addr)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("corral_tasks{status=\"ready\"} 3"), "{metrics}");
-    assert!(metrics.contains("corral_llama_requests_total{task=\"coordinator\""), "{metrics}");
+    let metrics = d
+        .http
+        .get(format!("{}/metrics", d.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("corral_tasks{status=\"ready\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("corral_llama_requests_total{task=\"coordinator\""),
+        "{metrics}"
+    );
     // The simulated coordinator connects to its backends, which log it.
     wait_for("rpc connect events", Duration::from_secs(30), || async {
-        let resp = d.request(reqwest::Method::GET, "/events?component=rpc_backend&type=connect").send().await.unwrap();
+        let resp = d
+            .request(
+                reqwest::Method::GET,
+                "/events?component=rpc_backend&type=connect",
+            )
+            .send()
+            .await
+            .unwrap();
         let evs = parse_ndjson(&resp.bytes().await.unwrap());
         evs.iter().any(|e| e["task"] == "rpc0").then_some(())
     })
@@ -57,16 +89,28 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
 
 #[tokio::test]
 async fn parse_turns_a_saved_log_into_events() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../corral-core/tests/fixtures/llama/startup-requests-stop.stderr.log");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../corral-core/tests/fixtures/llama/startup-requests-stop.stderr.log"
+    );
     let out = cli(&["parse", fixture], &[]).await.ok();
     let events = out.ndjson();
-    let metrics: Vec<_> = events.iter().filter(|e| e["event_type"] == "metrics").collect();
+    let metrics: Vec<_> = events
+        .iter()
+        .filter(|e| e["event_type"] == "metrics")
+        .collect();
     assert_eq!(metrics.len(), 2, "{events:?}");
     assert_eq!(metrics[0]["details"]["eval_tokens"], 120);
-    assert!(events.iter().any(|e| e["event_type"] == "start" && e["details"]["port"] == 18134));
+    assert!(events
+        .iter()
+        .any(|e| e["event_type"] == "start" && e["details"]["port"] == 18134));
     assert!(events.iter().all(|e| e["line_no"].as_u64().is_some()));
 
     let missing = cli(&["parse", "/nonexistent.log"], &[]).await;
     assert_ne!(missing.code, Some(0));
-    assert!(missing.stderr.contains("/nonexistent.log"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent.log"),
+        "{}",
+        missing.stderr
+    );
 }

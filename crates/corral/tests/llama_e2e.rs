@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const HOW: &str = "the llama.cpp end-to-end tests need a real llama-server: run `scripts/test.sh`, \
+const HOW: &str =
+    "the llama.cpp end-to-end tests need a real llama-server: run `scripts/test.sh`, \
                    or `eval \"$(scripts/llama-deps.sh)\"` and then cargo test";
 
 fn env(name: &str) -> String {
@@ -21,7 +22,10 @@ fn env(name: &str) -> String {
 
 fn binary(var: &str) -> String {
     let bin = env(var);
-    assert!(PathBuf::from(&bin).is_file(), "{var}={bin} does not exist: {HOW}");
+    assert!(
+        PathBuf::from(&bin).is_file(),
+        "{var}={bin} does not exist: {HOW}"
+    );
     bin
 }
 
@@ -38,7 +42,10 @@ fn tiny_model() -> String {
             let dir = std::env::temp_dir().join(format!("corral-tiny-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let out = dir.join("tiny.gguf");
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-tiny-model.py");
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/make-tiny-model.py"
+            );
             let st = Command::new(env("CORRAL_TEST_PYTHON"))
                 .args([script, &env("CORRAL_TEST_VOCAB")])
                 .arg(&out)
@@ -68,7 +75,10 @@ async fn wait_status(d: &Daemon, name: &str, what: &str, f: impl Fn(&Value) -> b
 
 async fn events(d: &Daemon, query: &str) -> Vec<Value> {
     let resp = d
-        .request(reqwest::Method::GET, &format!("/events?follow=false&{query}"))
+        .request(
+            reqwest::Method::GET,
+            &format!("/events?follow=false&{query}"),
+        )
         .send()
         .await
         .unwrap();
@@ -76,7 +86,12 @@ async fn events(d: &Daemon, query: &str) -> Vec<Value> {
     parse_ndjson(&resp.bytes().await.unwrap())
 }
 
-async fn wait_events(d: &Daemon, query: &str, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+async fn wait_events(
+    d: &Daemon,
+    query: &str,
+    what: &str,
+    f: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     wait_for(what, Duration::from_secs(60), || async {
         let evs = events(d, query).await;
         f(&evs).then_some(evs)
@@ -89,8 +104,19 @@ async fn start_coordinator(d: &Daemon, name: &str, port: u16, extra: &[&str]) ->
     let port = port.to_string();
     let bin = binary("LLAMA_SERVER_BIN");
     let mut args = vec![
-        "llama", "--name", name, "--model", &model, "--port", &port, "--ctx", "512",
-        "--health-interval", "200ms", "--bin", &bin,
+        "llama",
+        "--name",
+        name,
+        "--model",
+        &model,
+        "--port",
+        &port,
+        "--ctx",
+        "512",
+        "--health-interval",
+        "200ms",
+        "--bin",
+        &bin,
     ];
     args.extend_from_slice(extra);
     d.cli(&args).await
@@ -121,15 +147,32 @@ async fn start_ready_models_and_request_metrics() {
         .await
         .expect("completion request");
     assert!(resp.status().is_success());
-    let evs = wait_events(&d, "task=coord&type=metrics", "a request metrics event", |e| !e.is_empty()).await;
+    let evs = wait_events(
+        &d,
+        "task=coord&type=metrics",
+        "a request metrics event",
+        |e| !e.is_empty(),
+    )
+    .await;
     let ev = &evs[0];
     assert_eq!(ev["component"], "coordinator");
     let det = &ev["details"];
     assert_eq!(det["kind"], "request", "{ev}");
     assert!(det["eval_tokens"].as_u64().unwrap() >= 1, "{ev}");
-    assert!(det["eval_tokens_per_second"].as_f64().unwrap() > 0.0, "{ev}");
+    assert!(
+        det["eval_tokens_per_second"].as_f64().unwrap() > 0.0,
+        "{ev}"
+    );
     assert!(det["prompt_tokens"].as_u64().unwrap() >= 1, "{ev}");
-    let metrics = d.http.get(format!("{}/metrics", d.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = d
+        .http
+        .get(format!("{}/metrics", d.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("corral_llama_requests_total{task=\"coord\",model=\"tiny.gguf\"} 1"),
         "{metrics}"
@@ -137,10 +180,15 @@ async fn start_ready_models_and_request_metrics() {
     // Parsed startup events are there too.
     let all = events(&d, "task=coord").await;
     assert!(
-        all.iter().any(|e| e["event_type"] == "start" && e["component"] == "coordinator" && e["details"]["port"] == port),
+        all.iter().any(|e| e["event_type"] == "start"
+            && e["component"] == "coordinator"
+            && e["details"]["port"] == port),
         "no coordinator start event with the port: {all:?}"
     );
-    assert!(all.iter().any(|e| e["event_type"] == "model_load"), "no model_load event");
+    assert!(
+        all.iter().any(|e| e["event_type"] == "model_load"),
+        "no model_load event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +204,23 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
     })
     .await;
     assert_eq!(s["retries"], 1, "{s}");
-    assert!(s["lastError"].as_str().unwrap_or("").contains("signal 9"), "{s}");
+    assert!(
+        s["lastError"].as_str().unwrap_or("").contains("signal 9"),
+        "{s}"
+    );
     let statuses: Vec<String> = events(&d, "task=coord&type=status&component=coordinator")
         .await
         .iter()
         .map(|e| e["details"]["status"].as_str().unwrap_or("").to_string())
         .collect();
-    let crashed = statuses.iter().position(|s| s == "crashed").expect("a crashed status event");
-    assert!(statuses[crashed..].iter().any(|s| s == "ready"), "{statuses:?}");
+    let crashed = statuses
+        .iter()
+        .position(|s| s == "crashed")
+        .expect("a crashed status event");
+    assert!(
+        statuses[crashed..].iter().any(|s| s == "ready"),
+        "{statuses:?}"
+    );
     let runs = d.runs("coord").await;
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1]["status"], "failed");
@@ -176,10 +233,24 @@ async fn a_missing_model_is_refused_and_a_bad_model_ends_in_error_with_the_reaso
     let port = free_port().to_string();
     let bin = binary("LLAMA_SERVER_BIN");
     let out = d
-        .cli(&["llama", "--name", "nomodel", "--model", "/nonexistent/model.gguf", "--port", &port, "--bin", &bin])
+        .cli(&[
+            "llama",
+            "--name",
+            "nomodel",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--port",
+            &port,
+            "--bin",
+            &bin,
+        ])
         .await;
     assert_ne!(out.code, Some(0));
-    assert!(out.stderr.contains("/nonexistent/model.gguf") && out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/model.gguf") && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
     let (_, tasks) = d.get("/tasks").await;
     assert_eq!(tasks, serde_json::json!([]), "nothing may be spawned");
 
@@ -188,20 +259,47 @@ async fn a_missing_model_is_refused_and_a_bad_model_ends_in_error_with_the_reaso
     let bad = dir.path().join("broken.gguf");
     std::fs::write(&bad, b"this is not a gguf file").unwrap();
     d.cli(&[
-        "llama", "--name", "bad", "--model", bad.to_str().unwrap(), "--port", &port, "--bin", &bin,
-        "--max-retries", "1", "--backoff-initial", "100ms",
+        "llama",
+        "--name",
+        "bad",
+        "--model",
+        bad.to_str().unwrap(),
+        "--port",
+        &port,
+        "--bin",
+        &bin,
+        "--max-retries",
+        "1",
+        "--backoff-initial",
+        "100ms",
     ])
     .await
     .ok();
-    let s = wait_status(&d, "bad", "error after the retry budget", |s| s["status"] == "error").await;
+    let s = wait_status(&d, "bad", "error after the retry budget", |s| {
+        s["status"] == "error"
+    })
+    .await;
     let reason = s["lastError"].as_str().unwrap_or("");
-    assert!(reason.contains("model loading error") || reason.contains("failed to load model"), "{s}");
-    assert!(reason.contains("broken.gguf"), "the reason names the file: {s}");
+    assert!(
+        reason.contains("model loading error") || reason.contains("failed to load model"),
+        "{s}"
+    );
+    assert!(
+        reason.contains("broken.gguf"),
+        "the reason names the file: {s}"
+    );
     let runs = d.runs("bad").await;
     assert_eq!(runs.len(), 2, "one start and one retry: {runs:?}");
-    assert!(runs.iter().all(|r| r["status"] == "failed" && r["exit_code"] == 1), "{runs:?}");
+    assert!(
+        runs.iter()
+            .all(|r| r["status"] == "failed" && r["exit_code"] == 1),
+        "{runs:?}"
+    );
     let errors = events(&d, "task=bad&level=error").await;
-    assert!(errors.iter().any(|e| e["component"] == "model"), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e["component"] == "model"),
+        "{errors:?}"
+    );
 }
 
 struct Reaped(Child);
@@ -218,7 +316,16 @@ async fn an_already_running_server_is_adopted() {
     let port = free_port();
     let outside = Reaped(
         Command::new(binary("LLAMA_SERVER_BIN"))
-            .args(["-m", &tiny_model(), "--host", "127.0.0.1", "--port", &port.to_string(), "-c", "512"])
+            .args([
+                "-m",
+                &tiny_model(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "-c",
+                "512",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -226,13 +333,18 @@ async fn an_already_running_server_is_adopted() {
     );
     let health = format!("http://127.0.0.1:{port}/health");
     let healthy = || async { reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) };
-    wait_for("the outside server to be healthy", Duration::from_secs(60), || async {
-        healthy().await.then_some(())
-    })
+    wait_for(
+        "the outside server to be healthy",
+        Duration::from_secs(60),
+        || async { healthy().await.then_some(()) },
+    )
     .await;
     let d = Daemon::start().await;
     start_coordinator(&d, "coord", port, &[]).await.ok();
-    wait_status(&d, "coord", "adopted and ready", |s| s["status"] == "ready" && s["adopted"] == true).await;
+    wait_status(&d, "coord", "adopted and ready", |s| {
+        s["status"] == "ready" && s["adopted"] == true
+    })
+    .await;
     let t = d.task("coord").await;
     assert!(t["pid"].is_null(), "no child for an adopted server: {t}");
     assert_eq!(d.runs("coord").await.len(), 1);
@@ -247,35 +359,72 @@ async fn rpc_server_connect_and_disconnect_events() {
     let d = Daemon::start_with(DaemonOpts::args(&["--backend-heartbeat-interval", "0.5"])).await;
     let rpc_port = free_port();
     let rpc_bin = binary("LLAMA_RPC_SERVER_BIN");
-    d.cli(&["rpc-server", "--name", "rpc0", "--port", &rpc_port.to_string(), "--bin", &rpc_bin]).await.ok();
-    wait_events(&d, "task=rpc0&component=rpc_backend&type=start", "rpc-server started", |e| {
-        e.iter().any(|e| e["details"].to_string().contains(&rpc_port.to_string()))
-    })
+    d.cli(&[
+        "rpc-server",
+        "--name",
+        "rpc0",
+        "--port",
+        &rpc_port.to_string(),
+        "--bin",
+        &rpc_bin,
+    ])
+    .await
+    .ok();
+    wait_events(
+        &d,
+        "task=rpc0&component=rpc_backend&type=start",
+        "rpc-server started",
+        |e| {
+            e.iter()
+                .any(|e| e["details"].to_string().contains(&rpc_port.to_string()))
+        },
+    )
     .await;
     let backend = format!("127.0.0.1:{rpc_port}");
-    start_coordinator(&d, "coord", free_port(), &["--rpc", &backend, "--ngl", "99"]).await.ok();
+    start_coordinator(
+        &d,
+        "coord",
+        free_port(),
+        &["--rpc", &backend, "--ngl", "99"],
+    )
+    .await
+    .ok();
     wait_status(&d, "coord", "ready over rpc", |s| s["status"] == "ready").await;
-    wait_events(&d, "task=rpc0&component=rpc_backend", "rpc-server connect and disconnect events", |evs| {
-        evs.iter().any(|e| e["event_type"] == "connect") && evs.iter().any(|e| e["event_type"] == "disconnect")
-    })
+    wait_events(
+        &d,
+        "task=rpc0&component=rpc_backend",
+        "rpc-server connect and disconnect events",
+        |evs| {
+            evs.iter().any(|e| e["event_type"] == "connect")
+                && evs.iter().any(|e| e["event_type"] == "disconnect")
+        },
+    )
     .await;
     // The backend registry and its aggregated heartbeat see it.
-    wait_events(&d, "component=rpc_backend&type=heartbeat", "a heartbeat with the backend active", |evs| {
-        evs.iter().any(|e| {
-            e["details"]["total_configured"] == 1
-                && e["details"]["total_active"] == 1
-                && e["details"]["backends"][0]["addr"] == backend.as_str()
-        })
-    })
+    wait_events(
+        &d,
+        "component=rpc_backend&type=heartbeat",
+        "a heartbeat with the backend active",
+        |evs| {
+            evs.iter().any(|e| {
+                e["details"]["total_configured"] == 1
+                    && e["details"]["total_active"] == 1
+                    && e["details"]["backends"][0]["addr"] == backend.as_str()
+            })
+        },
+    )
     .await;
     let (_, backends) = d.get("/backends").await;
     assert_eq!(backends[0]["addr"], backend.as_str(), "{backends}");
     assert_eq!(backends[0]["healthy"], true, "{backends}");
     // The backend going away is noticed by the heartbeat.
     d.cli(&["stop", "rpc0"]).await.ok();
-    wait_events(&d, "component=rpc_backend&type=disconnect", "a disconnect from the heartbeat", |evs| {
-        evs.iter().any(|e| e["details"]["source"] == "heartbeat")
-    })
+    wait_events(
+        &d,
+        "component=rpc_backend&type=disconnect",
+        "a disconnect from the heartbeat",
+        |evs| evs.iter().any(|e| e["details"]["source"] == "heartbeat"),
+    )
     .await;
 }
 
@@ -286,7 +435,14 @@ async fn a_hung_server_is_restarted_by_the_liveness_probe() {
         &d,
         "coord",
         free_port(),
-        &["--liveness-interval", "200ms", "--health-timeout", "300ms", "--liveness-failures", "2"],
+        &[
+            "--liveness-interval",
+            "200ms",
+            "--health-timeout",
+            "300ms",
+            "--liveness-failures",
+            "2",
+        ],
     )
     .await
     .ok();
@@ -300,9 +456,19 @@ async fn a_hung_server_is_restarted_by_the_liveness_probe() {
     })
     .await;
     assert_eq!(s["retries"], 1, "{s}");
-    assert!(s["lastError"].as_str().unwrap_or("").contains("liveness check failed"), "{s}");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap_or("")
+            .contains("liveness check failed"),
+        "{s}"
+    );
     // The frozen process did not survive (SIGKILL reaches a stopped process).
-    assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the hung server must be gone");
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the hung server must be gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,14 +478,25 @@ async fn a_taken_port_is_a_startup_crash_with_the_bind_error() {
     // llama-server cannot bind it.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
-    start_coordinator(&d, "coord", port, &["--max-retries", "0", "--health-timeout", "500ms"]).await.ok();
+    start_coordinator(
+        &d,
+        "coord",
+        port,
+        &["--max-retries", "0", "--health-timeout", "500ms"],
+    )
+    .await
+    .ok();
     let s = wait_status(&d, "coord", "error", |s| s["status"] == "error").await;
     let reason = s["lastError"].as_str().unwrap_or("");
     assert!(reason.contains("couldn't bind"), "{s}");
-    assert!(reason.contains(&port.to_string()), "the reason names the port: {s}");
+    assert!(
+        reason.contains(&port.to_string()),
+        "the reason names the port: {s}"
+    );
     let bind = events(&d, "task=coord&level=error").await;
     assert!(
-        bind.iter().any(|e| e["component"] == "coordinator" && e["details"]["port"] == port),
+        bind.iter()
+            .any(|e| e["component"] == "coordinator" && e["details"]["port"] == port),
         "{bind:?}"
     );
     drop(holder);

@@ -11,13 +11,18 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub async fn status(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let spec = st.sup.spec(&name)?;
     if spec.kind.as_deref() != Some("llama") {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_a_llama_task",
-            format!("task `{name}` is not a llama-server coordinator (start one with `corral llama`)"),
+            format!(
+                "task `{name}` is not a llama-server coordinator (start one with `corral llama`)"
+            ),
         ));
     }
     st.extra
@@ -43,10 +48,25 @@ pub struct EventQuery {
 
 fn filter(q: &EventQuery) -> Result<Filter, ApiError> {
     Ok(Filter {
-        component: q.component.as_deref().map(str::parse).transpose().map_err(ApiError::bad_request)?,
-        min_level: q.level.as_deref().map(str::parse).transpose().map_err(ApiError::bad_request)?,
+        component: q
+            .component
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        min_level: q
+            .level
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
         task: q.task.clone(),
-        event_type: q.event_type.as_deref().map(str::parse).transpose().map_err(ApiError::bad_request)?,
+        event_type: q
+            .event_type
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
     })
 }
 
@@ -89,7 +109,8 @@ pub async fn events(
     for s in &hist {
         head.extend_from_slice(&encode(s, sse));
     }
-    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+    let first =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
     let live = futures_util::stream::unfold(
         (rx, last, bus, f),
         move |(mut rx, mut last, bus, f)| async move {
@@ -128,9 +149,17 @@ pub async fn events(
             }
         },
     );
-    let ctype = if sse { "text/event-stream" } else { "application/x-ndjson" };
-    let mut resp = Response::new(Body::from_stream(futures_util::StreamExt::chain(first, live)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let ctype = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut resp = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        first, live,
+    )));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }

@@ -9,7 +9,7 @@ use super::{ApiError, Shared, HEARTBEAT};
 use crate::logbook::follow::{Follower, Item};
 use crate::logbook::{Format, RunLog};
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,22 @@ pub struct LogQuery {
 }
 
 const DEFAULT_TAIL: u64 = 1000;
+
+/// Bytes a log stream hands to its connection before it lets other tasks run.
+const YIELD_AFTER: usize = 256 * 1024;
+
+/// A byte stream's state between items.
+struct LogStream {
+    f: Follower,
+    _guard: crate::metrics::FollowerGuard,
+    fmt: Format,
+    /// The end record went out: nothing follows.
+    done: bool,
+    /// Fires when the stream was idle for [`HEARTBEAT`].
+    heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Bytes handed out since the task last yielded.
+    unyielded: usize,
+}
 
 fn open(st: &Shared, name: &str, q: &LogQuery) -> Result<Arc<RunLog>, ApiError> {
     let log = match &q.run {
@@ -68,7 +84,9 @@ fn heartbeat_json() -> String {
 fn item_bytes(item: Item, fmt: Format) -> Bytes {
     match (item, fmt) {
         (Item::Records { data, .. }, _) => data,
-        (Item::Gap { from, to, reason }, Format::Ndjson) => format!("{}\n", gap_json(from, to, reason)).into(),
+        (Item::Gap { from, to, reason }, Format::Ndjson) => {
+            format!("{}\n", gap_json(from, to, reason)).into()
+        }
         (Item::Gap { from, to, reason }, Format::Sse) => {
             format!("event: gap\ndata: {}\n\n", gap_json(from, to, reason)).into()
         }
@@ -94,30 +112,53 @@ pub async fn task_logs(
     let follow = q.follow.unwrap_or(sse);
     let run_id = log.run_id.clone();
     let follower = Follower::new(log, start, fmt, follow);
-    let guard = crate::metrics::FollowerGuard::new();
-    let stream = futures_util::stream::unfold(
-        (follower, guard, false),
-        move |(mut f, guard, done)| async move {
-            if done {
-                return None;
+    let state = LogStream {
+        f: follower,
+        _guard: crate::metrics::FollowerGuard::new(),
+        fmt,
+        done: false,
+        heartbeat: Box::pin(tokio::time::sleep(HEARTBEAT)),
+        unyielded: 0,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        if s.unyielded >= YIELD_AFTER {
+            // A follower catching up always has its next records ready: without a turn
+            // given back now and then, one connection would keep a runtime worker (and
+            // the supervisor, the API and live followers queued behind it) for as long
+            // as its socket takes data.
+            s.unyielded = 0;
+            tokio::task::yield_now().await;
+        }
+        let item = tokio::select! {
+            biased;
+            item = s.f.next() => item,
+            _ = s.heartbeat.as_mut() => {
+                s.heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT);
+                let hb: Bytes = match s.fmt {
+                    Format::Sse => Bytes::from_static(b": heartbeat\n\n"),
+                    Format::Ndjson => format!("{}\n", heartbeat_json()).into(),
+                };
+                return Some((Ok::<_, std::io::Error>(hb), s));
             }
-            match tokio::time::timeout(HEARTBEAT, f.next()).await {
-                Ok(Some(item)) => {
-                    let end = matches!(item, Item::End(_));
-                    Some((Ok::<_, std::io::Error>(item_bytes(item, fmt)), (f, guard, end)))
-                }
-                Ok(None) => None,
-                Err(_) => {
-                    let hb: Bytes = match fmt {
-                        Format::Sse => Bytes::from_static(b": heartbeat\n\n"),
-                        Format::Ndjson => format!("{}\n", heartbeat_json()).into(),
-                    };
-                    Some((Ok(hb), (f, guard, false)))
-                }
-            }
-        },
-    );
-    let ctype = if sse { "text/event-stream" } else { "application/x-ndjson" };
+        }?;
+        // One timer per stream, pushed back on every item (cheap: it only moves later),
+        // rather than a new timeout per item.
+        s.heartbeat
+            .as_mut()
+            .reset(tokio::time::Instant::now() + HEARTBEAT);
+        s.done = matches!(item, Item::End(_));
+        let bytes = item_bytes(item, s.fmt);
+        s.unyielded += bytes.len();
+        Some((Ok(bytes), s))
+    });
+    let ctype = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -143,72 +184,95 @@ pub async fn task_logs_ws(
 }
 
 async fn ws_loop(mut socket: WebSocket, mut f: Follower) {
+    use futures_util::SinkExt;
     let _guard = crate::metrics::FollowerGuard::new();
+    let mut heartbeat = Box::pin(tokio::time::sleep(HEARTBEAT));
     loop {
         let item = tokio::select! {
-            item = tokio::time::timeout(HEARTBEAT, f.next()) => item,
+            biased;
+            item = f.next() => Some(item),
+            _ = heartbeat.as_mut() => None,
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },
         };
-        let texts: Vec<String> = match item {
-            Ok(Some(Item::Records { data, .. })) => data
+        heartbeat
+            .as_mut()
+            .reset(tokio::time::Instant::now() + HEARTBEAT);
+        // One message per record, as slices of the shared encoded batch (no copy: the
+        // encoder only writes valid UTF-8), queued together and flushed once.
+        let texts: Vec<Utf8Bytes> = match item {
+            Some(Some(Item::Records { data, .. })) => data
                 .split(|&b| b == b'\n')
                 .filter(|l| !l.is_empty())
-                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .map(|l| {
+                    Utf8Bytes::try_from(data.slice_ref(l))
+                        .unwrap_or_else(|_| String::from_utf8_lossy(l).into_owned().into())
+                })
                 .collect(),
-            Ok(Some(Item::Gap { from, to, reason })) => vec![gap_json(from, to, reason)],
-            Ok(Some(Item::End(end))) => vec![end_json(&end)],
-            Ok(None) => {
+            Some(Some(Item::Gap { from, to, reason })) => vec![gap_json(from, to, reason).into()],
+            Some(Some(Item::End(end))) => vec![end_json(&end).into()],
+            Some(None) => {
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }
-            Err(_) => vec![heartbeat_json()],
+            None => vec![heartbeat_json().into()],
         };
         for t in texts {
-            if socket.send(Message::Text(t.into())).await.is_err() {
+            if socket.feed(Message::Text(t)).await.is_err() {
                 return;
             }
+        }
+        if socket.flush().await.is_err() {
+            return;
         }
     }
 }
 
 /// The run's `.log` as the process wrote it. After a size cap the dropped middle is
 /// left out and named in `X-Corral-Gap: FROM-TO` (seqs).
-pub async fn raw_log(State(st): State<Shared>, Path(run_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn raw_log(
+    State(st): State<Shared>,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
     let log = st.sup.run_log(&run_id)?;
     let ranges = log
         .raw_ranges()
         .map_err(|e| ApiError::new(StatusCode::GONE, "log_unreadable", e.to_string()))?;
     let gap = log.stats().gap;
-    let stream = futures_util::stream::unfold((log, ranges, 0usize), |(log, ranges, i)| async move {
-        let (mut a, b) = *ranges.get(i)?;
-        if a >= b {
-            return Some((Ok(Bytes::new()), (log, ranges, i + 1)));
-        }
-        let n = ((b - a) as usize).min(1 << 20);
-        let mut buf = vec![0u8; n];
-        let res = {
-            let log = log.clone();
-            tokio::task::spawn_blocking(move || log.read_raw(a, &mut buf).map(|got| (buf, got))).await
-        };
-        match res {
-            Ok(Ok((mut buf, got))) if got > 0 => {
-                buf.truncate(got);
-                a += got as u64;
-                let mut ranges = ranges;
-                ranges[i].0 = a;
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (log, ranges, i)))
+    let stream =
+        futures_util::stream::unfold((log, ranges, 0usize), |(log, ranges, i)| async move {
+            let (mut a, b) = *ranges.get(i)?;
+            if a >= b {
+                return Some((Ok(Bytes::new()), (log, ranges, i + 1)));
             }
-            Ok(Ok(_)) => Some((Ok(Bytes::new()), (log, ranges, i + 1))),
-            Ok(Err(e)) => Some((Err(e), (log, Vec::new(), 0))),
-            Err(e) => Some((Err(std::io::Error::other(e)), (log, Vec::new(), 0))),
-        }
-    });
+            let n = ((b - a) as usize).min(1 << 20);
+            let mut buf = vec![0u8; n];
+            let res = {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.read_raw(a, &mut buf).map(|got| (buf, got)))
+                    .await
+            };
+            match res {
+                Ok(Ok((mut buf, got))) if got > 0 => {
+                    buf.truncate(got);
+                    a += got as u64;
+                    let mut ranges = ranges;
+                    ranges[i].0 = a;
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (log, ranges, i)))
+                }
+                Ok(Ok(_)) => Some((Ok(Bytes::new()), (log, ranges, i + 1))),
+                Ok(Err(e)) => Some((Err(e), (log, Vec::new(), 0))),
+                Err(e) => Some((Err(std::io::Error::other(e)), (log, Vec::new(), 0))),
+            }
+        });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if let Some(g) = gap {
         if let Ok(v) = HeaderValue::from_str(&format!("{}-{}", g.from, g.to)) {
             h.insert("x-corral-gap", v);

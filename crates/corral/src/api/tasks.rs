@@ -30,14 +30,23 @@ pub async fn create(
     })?;
     let name = spec.name.clone();
     let run_id = st.sup.run(spec).await?;
-    Ok((StatusCode::CREATED, Json(json!({"task": name, "run_id": run_id}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"task": name, "run_id": run_id})),
+    ))
 }
 
-pub async fn get_task(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<TaskInfo>, ApiError> {
+pub async fn get_task(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<TaskInfo>, ApiError> {
     Ok(Json(st.sup.get(&name)?))
 }
 
-pub async fn remove(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn remove(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     st.sup.remove(&name).await?;
     Ok(Json(json!({"removed": name})))
 }
@@ -56,7 +65,10 @@ pub async fn stop(
     Ok(Json(st.sup.stop(&name, timeout).await?))
 }
 
-pub async fn restart(State(st): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn restart(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let run_id = st.sup.restart(&name).await?;
     Ok(Json(json!({"task": name, "run_id": run_id})))
 }
@@ -67,7 +79,10 @@ pub struct RunsQuery {
     limit: Option<usize>,
 }
 
-pub async fn runs(State(st): State<Shared>, Query(q): Query<RunsQuery>) -> Result<Json<Vec<RunRow>>, ApiError> {
+pub async fn runs(
+    State(st): State<Shared>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Vec<RunRow>>, ApiError> {
     let mut rows = st
         .sup
         .registry
@@ -88,7 +103,10 @@ pub async fn runs(State(st): State<Shared>, Query(q): Query<RunsQuery>) -> Resul
     Ok(Json(rows))
 }
 
-pub async fn run(State(st): State<Shared>, Path(run_id): Path<String>) -> Result<Json<RunRow>, ApiError> {
+pub async fn run(
+    State(st): State<Shared>,
+    Path(run_id): Path<String>,
+) -> Result<Json<RunRow>, ApiError> {
     let mut row = st
         .sup
         .registry

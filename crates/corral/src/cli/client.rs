@@ -95,7 +95,9 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.send(self.request(reqwest::Method::DELETE, path)).await?;
+        let resp = self
+            .send(self.request(reqwest::Method::DELETE, path))
+            .await?;
         resp.json().await.context("reading the daemon's answer")
     }
 }

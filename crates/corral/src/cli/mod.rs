@@ -30,7 +30,12 @@ Client commands reach the daemon at --addr / CORRAL_ADDR (default http://127.0.0
 #[command(name = "corral", version, about = "Keeps llama.cpp servers and GPU jobs running, and lets anyone watch them live.", after_help = AFTER_HELP)]
 pub struct Cli {
     /// The daemon's address.
-    #[arg(long, global = true, env = "CORRAL_ADDR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_ADDR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub addr: String,
     /// File holding the API token (else CORRAL_TOKEN).
     #[arg(long, global = true, env = "CORRAL_TOKEN_FILE")]
@@ -242,7 +247,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = &a.timeout {
                 body["timeout_ms"] = json!(duration_arg("timeout", t)?.as_millis() as u64);
             }
-            let info: Value = c.post(&format!("/tasks/{}/stop", enc(&a.name)), &body).await?;
+            let info: Value = c
+                .post(&format!("/tasks/{}/stop", enc(&a.name)), &body)
+                .await?;
             if a.json {
                 println!("{info}");
             } else {
@@ -251,7 +258,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Restart(a) => {
-            let v: Value = c.post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({})).await?;
+            let v: Value = c
+                .post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({}))
+                .await?;
             if a.json {
                 println!("{v}");
             } else {
@@ -275,7 +284,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-pub fn serve_opts(a: &ServeArgs, token: Option<String>) -> anyhow::Result<crate::daemon::ServeOpts> {
+pub fn serve_opts(
+    a: &ServeArgs,
+    token: Option<String>,
+) -> anyhow::Result<crate::daemon::ServeOpts> {
     Ok(crate::daemon::ServeOpts {
         listen: a.listen.clone(),
         home: a.home.clone().unwrap_or_else(crate::daemon::default_home),
@@ -305,8 +317,10 @@ async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
 }
 
 async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
-    let restart: corral_core::policy::Restart =
-        a.restart.parse().map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
+    let restart: corral_core::policy::Restart = a
+        .restart
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
     let cwd = match &a.cwd {
         Some(d) => Some(
             std::fs::canonicalize(d)
@@ -314,7 +328,9 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
                 .display()
                 .to_string(),
         ),
-        None => std::env::current_dir().ok().map(|d| d.display().to_string()),
+        None => std::env::current_dir()
+            .ok()
+            .map(|d| d.display().to_string()),
     };
     let spec = json!({
         "name": a.name,
@@ -375,7 +391,12 @@ async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    table::print(&["NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND"], &rows);
+    table::print(
+        &[
+            "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -414,7 +435,10 @@ async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
         })
         .collect();
     table::print(
-        &["RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "EXIT", "SIGNAL", "LINES", "ERROR"],
+        &[
+            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "EXIT", "SIGNAL", "LINES",
+            "ERROR",
+        ],
         &table_rows,
     );
     Ok(0)
@@ -427,10 +451,16 @@ async fn tail_records(c: &Client, base: &str, tail: u64) -> anyhow::Result<bytes
     let mut n = tail.saturating_add(8);
     loop {
         let path = format!("{base}&tail={n}");
-        let body = c.send(c.request(reqwest::Method::GET, &path)).await?.bytes().await?;
+        let body = c
+            .send(c.request(reqwest::Method::GET, &path))
+            .await?
+            .bytes()
+            .await?;
         let (mut output, mut first) = (0u64, None);
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
             if let Some(seq) = v["seq"].as_u64() {
                 first.get_or_insert(seq);
                 if v["stream"] != "system" {
@@ -449,7 +479,9 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
     let run_id = match &a.run {
         Some(r) => r.clone(),
         None => {
-            let rows: Vec<Value> = c.get(&format!("/runs?task={}&limit=1", enc(&a.name))).await?;
+            let rows: Vec<Value> = c
+                .get(&format!("/runs?task={}&limit=1", enc(&a.name)))
+                .await?;
             match rows.first().and_then(|r| r["run_id"].as_str()) {
                 Some(r) => r.to_string(),
                 None => bail!("task `{}` has no runs yet", a.name),
@@ -474,7 +506,11 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         let resp = c
             .send(c.request(reqwest::Method::GET, &format!("/runs/{}/log", enc(&run_id))))
             .await?;
-        if let Some(g) = resp.headers().get("x-corral-gap").and_then(|v| v.to_str().ok()) {
+        if let Some(g) = resp
+            .headers()
+            .get("x-corral-gap")
+            .and_then(|v| v.to_str().ok())
+        {
             eprintln!("corral: records {g} were dropped by the log size cap; the rest follows");
         }
         use futures_util::StreamExt;
@@ -485,17 +521,26 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(0);
     }
-    let base = format!("/tasks/{}/logs?follow=false&run={}", enc(&a.name), enc(&run_id));
+    let base = format!(
+        "/tasks/{}/logs?follow=false&run={}",
+        enc(&a.name),
+        enc(&run_id)
+    );
     let body = match a.tail {
         Some(t) if grep.is_none() && stream.is_none() => tail_records(c, &base, t).await?,
         _ => {
             let path = format!("{base}&since=0");
-            c.send(c.request(reqwest::Method::GET, &path)).await?.bytes().await?
+            c.send(c.request(reqwest::Method::GET, &path))
+                .await?
+                .bytes()
+                .await?
         }
     };
     let mut kept: Vec<&[u8]> = Vec::new();
     for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
         if v.get("seq").is_none() {
             if a.json && v.get("gap").is_some() {
                 kept.push(line);
@@ -528,7 +573,11 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         } else {
             let v: Value = serde_json::from_slice(line)?;
             let text = v["line"].as_str().unwrap_or("");
-            let text = if strip { corral_core::term::strip_escapes(text) } else { text.into() };
+            let text = if strip {
+                corral_core::term::strip_escapes(text)
+            } else {
+                text.into()
+            };
             if v["partial"] == true {
                 write!(out, "{text}")?;
             } else {

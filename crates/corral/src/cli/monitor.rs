@@ -33,7 +33,10 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
             Some(s) => path.push_str(&format!("&since={s}")),
             None => path.push_str(&format!("&tail={}", opts.tail)),
         }
-        let resp = match client.send(client.request(reqwest::Method::GET, &path)).await {
+        let resp = match client
+            .send(client.request(reqwest::Method::GET, &path))
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.downcast_ref::<ApiFailure>().is_some() => return Err(e),
             Err(e) => {
@@ -51,7 +54,10 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
             }
         };
         if warned {
-            eprintln!("corral: reconnected; resuming after record {}", since.unwrap_or(0));
+            eprintln!(
+                "corral: reconnected; resuming after record {}",
+                since.unwrap_or(0)
+            );
             warned = false;
         }
         backoff = Duration::from_millis(200);
@@ -75,7 +81,9 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
                 if line.is_empty() {
                     continue;
                 }
-                let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+                let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                    continue;
+                };
                 if let Some(seq) = v["seq"].as_u64() {
                     if since.is_some_and(|s| seq <= s) {
                         continue; // already printed before a reconnect
@@ -96,7 +104,9 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
                         out.flush()?;
                         eprintln!(
                             "corral: records {}-{} no longer exist ({})",
-                            g["from"], g["to"], g["reason"].as_str().unwrap_or("")
+                            g["from"],
+                            g["to"],
+                            g["reason"].as_str().unwrap_or("")
                         );
                     }
                 } else if let Some(end) = v.get("end") {
@@ -128,7 +138,11 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
 
 fn print_record(out: &mut impl Write, v: &Value, strip: bool) -> std::io::Result<()> {
     let line = v["line"].as_str().unwrap_or("");
-    let text = if strip { strip_escapes(line) } else { line.into() };
+    let text = if strip {
+        strip_escapes(line)
+    } else {
+        line.into()
+    };
     if v["stream"] == "system" {
         writeln!(out, "[corral] {text}")
     } else if v["partial"] == true {

@@ -64,7 +64,10 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
             }
         };
         client = Client::new(&format!("http://{addr}"), token);
-        println!("corral daemon started on http://{addr} (home {})", home.display());
+        println!(
+            "corral daemon started on http://{addr} (home {})",
+            home.display()
+        );
         own_daemon = Some(handle);
     } else {
         println!("using the corral daemon at {}", client.base);
@@ -180,7 +183,6 @@ async fn launch(client: &Client, a: &DemoArgs) -> anyhow::Result<(u16, Vec<Strin
     Ok((port, backends))
 }
 
-
 const FLEET: [&str; 3] = ["coordinator", "rpc0", "rpc1"];
 
 async fn stop_fleet(client: &Client) {
@@ -201,6 +203,9 @@ async fn start(client: &Client, spec: &Value) -> anyhow::Result<()> {
         .post("/tasks", spec)
         .await
         .with_context(|| format!("starting the demo task {name}"))?;
-    println!("started {name} (run {})", v["run_id"].as_str().unwrap_or("?"));
+    println!(
+        "started {name} (run {})",
+        v["run_id"].as_str().unwrap_or("?")
+    );
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Subcommand, Debug)]
 pub enum LlamaCommand {
     /// Supervise a llama-server coordinator (or `llama status NAME`).
-    Llama(LlamaArgs),
+    Llama(Box<LlamaArgs>),
     /// Supervise a local rpc-server backend.
     RpcServer(RpcArgs),
     /// Show structured events (history, then live with --follow).
@@ -150,7 +150,11 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 fn resolve_bin(given: Option<&str>, names: &[&str], flag: &str) -> anyhow::Result<String> {
     if let Some(b) = given {
-        let p = if b.contains('/') { PathBuf::from(b) } else { which(b).unwrap_or_else(|| PathBuf::from(b)) };
+        let p = if b.contains('/') {
+            PathBuf::from(b)
+        } else {
+            which(b).unwrap_or_else(|| PathBuf::from(b))
+        };
         if !p.is_file() {
             bail!("{flag} {b}: no such file; give the full path of the binary");
         }
@@ -171,17 +175,27 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
     match cmd {
         LlamaCommand::Llama(a) => match a.sub {
             Some(LlamaSub::Status { name, json }) => status(c, &name, json).await,
-            None => start_llama(c, a).await,
+            None => start_llama(c, *a).await,
         },
         LlamaCommand::RpcServer(a) => {
-            let bin = resolve_bin(a.bin.as_deref(), &["rpc-server", "ggml-rpc-server"], "--bin")?;
+            let bin = resolve_bin(
+                a.bin.as_deref(),
+                &["rpc-server", "ggml-rpc-server"],
+                "--bin",
+            )?;
             // rpc-server prints with C stdio: into a pipe its lines would wait in a block
             // buffer, so it runs line-buffered under stdbuf where that exists.
             let mut command: Vec<String> = match which("stdbuf") {
                 Some(sb) => vec![sb.display().to_string(), "-oL".into(), "-eL".into()],
                 None => Vec::new(),
             };
-            command.extend([bin, "-H".into(), a.host.clone(), "-p".into(), a.port.to_string()]);
+            command.extend([
+                bin,
+                "-H".into(),
+                a.host.clone(),
+                "-p".into(),
+                a.port.to_string(),
+            ]);
             command.extend(a.args);
             let spec = json!({
                 "name": a.name, "command": command, "restart": "always", "kind": "rpc",
@@ -201,7 +215,9 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             if list.is_empty() {
-                println!("no rpc backends configured; give them to `corral llama --rpc HOST:PORT,…`");
+                println!(
+                    "no rpc backends configured; give them to `corral llama --rpc HOST:PORT,…`"
+                );
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = list
@@ -216,13 +232,19 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                         },
                         table::opt(b["latency_ms"].as_f64()),
                         b["tasks"].as_array().map_or(String::new(), |t| {
-                            t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+                            t.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
                         }),
                         b["last_error"].as_str().unwrap_or("").into(),
                     ]
                 })
                 .collect();
-            table::print(&["ADDR", "STATE", "LATENCY_MS", "TASKS", "LAST_ERROR"], &rows);
+            table::print(
+                &["ADDR", "STATE", "LATENCY_MS", "TASKS", "LAST_ERROR"],
+                &rows,
+            );
             Ok(0)
         }
     }
@@ -249,26 +271,38 @@ pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
         None => FileSettings::default(),
     };
     let name = a.name.clone().context("--name is required")?;
-    let host = a.host.clone().or(file.llama_server_host).unwrap_or_else(|| "127.0.0.1".into());
-    let port = a.port.or(file.llama_server_port).unwrap_or(8080);
-    let model = a
-        .model
+    let host = a
+        .host
         .clone()
-        .or(file.llama_model_path)
-        .context("no model given: pass --model PATH (or set llama_model_path in the config file)")?;
-    let model_abs = std::fs::canonicalize(&model)
-        .map_err(|_| anyhow::anyhow!("the model file {model} does not exist; check --model (or llama_model_path)"))?;
+        .or(file.llama_server_host)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.or(file.llama_server_port).unwrap_or(8080);
+    let model = a.model.clone().or(file.llama_model_path).context(
+        "no model given: pass --model PATH (or set llama_model_path in the config file)",
+    )?;
+    let model_abs = std::fs::canonicalize(&model).map_err(|_| {
+        anyhow::anyhow!(
+            "the model file {model} does not exist; check --model (or llama_model_path)"
+        )
+    })?;
     let bin = resolve_bin(
         a.bin.as_deref().or(file.llama_server_bin.as_deref()),
         &["llama-server"],
         "--bin",
     )?;
     let rpc: Vec<String> = match &a.rpc {
-        Some(r) => r.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        Some(r) => r
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         None => file.rpc_backends.unwrap_or_default(),
     };
     for b in &rpc {
-        if b.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if b.rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             bail!("rpc backend `{b}` is not HOST:PORT");
         }
     }
@@ -277,10 +311,20 @@ pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
     let extra_args = if !a.server_args.is_empty() {
         a.server_args.clone()
     } else {
-        env_list("CORRAL_LLAMA_SERVER_ARGS").or(file.server_args).unwrap_or_default()
+        env_list("CORRAL_LLAMA_SERVER_ARGS")
+            .or(file.server_args)
+            .unwrap_or_default()
     };
     let model_s = model_abs.display().to_string();
-    let mut command = vec![bin, "-m".into(), model_s.clone(), "--host".into(), host.clone(), "--port".into(), port.to_string()];
+    let mut command = vec![
+        bin,
+        "-m".into(),
+        model_s.clone(),
+        "--host".into(),
+        host.clone(),
+        "--port".into(),
+        port.to_string(),
+    ];
     if let Some(n) = ngl {
         command.extend(["-ngl".into(), n.to_string()]);
     }
@@ -315,7 +359,8 @@ async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {
     let s = settings(&a)?;
     let mut spec = coordinator_spec(&s);
     spec.max_retries = a.max_retries;
-    spec.backoff_initial_ms = duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64;
+    spec.backoff_initial_ms =
+        duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64;
     let v: Value = c.post("/tasks", &serde_json::to_value(&spec)?).await?;
     print_started(&v, a.json);
     Ok(0)
@@ -330,14 +375,23 @@ async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
     println!("{name}: {}", v["status"].as_str().unwrap_or("?"));
     println!("  port        {}", v["port"]);
     if let Some(t) = v["startedAt"].as_str() {
-        println!("  started     {t} (up {})", v["uptime"].as_f64().map_or("-".into(), table::age));
+        println!(
+            "  started     {t} (up {})",
+            v["uptime"].as_f64().map_or("-".into(), table::age)
+        );
     }
     println!("  retries     {}", v["retries"]);
     if v["adopted"] == true {
         println!("  adopted     yes (corral did not start this server)");
     }
     for m in v["models"].as_array().into_iter().flatten() {
-        println!("  model       {} (n_params {}, n_ctx {}, size {})", m["id"].as_str().unwrap_or("?"), m["n_params"], m["n_ctx"], m["size"]);
+        println!(
+            "  model       {} (n_params {}, n_ctx {}, size {})",
+            m["id"].as_str().unwrap_or("?"),
+            m["n_params"],
+            m["n_ctx"],
+            m["size"]
+        );
     }
     if let Some(b) = v["rpc_backends"].as_array().filter(|b| !b.is_empty()) {
         let list: Vec<&str> = b.iter().filter_map(Value::as_str).collect();
@@ -352,7 +406,11 @@ async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
 async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
     use futures_util::StreamExt;
     let mut path = format!("/events?follow={}", a.follow);
-    for (k, v) in [("component", &a.component), ("level", &a.level), ("task", &a.task)] {
+    for (k, v) in [
+        ("component", &a.component),
+        ("level", &a.level),
+        ("task", &a.task),
+    ] {
         if let Some(v) = v {
             path.push_str(&format!("&{k}={}", enc(v)));
         }
@@ -371,7 +429,9 @@ async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
         while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
             let line = &pending[start..start + i];
             start += i + 1;
-            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
             if v.get("heartbeat").is_some() {
                 continue;
             }
@@ -380,7 +440,11 @@ async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
                 out.write_all(b"\n")?;
             } else {
                 let msg = v["message"].as_str().unwrap_or("");
-                let msg = if strip { corral_core::term::strip_escapes(msg) } else { msg.into() };
+                let msg = if strip {
+                    corral_core::term::strip_escapes(msg)
+                } else {
+                    msg.into()
+                };
                 writeln!(
                     out,
                     "{} {:<8} {}/{} {}: {msg}",
@@ -410,7 +474,10 @@ fn parse(file: &str) -> anyhow::Result<i32> {
     };
     let mut parser = LogParser::new(ParserKind::Auto);
     let mut out = std::io::stdout().lock();
-    let emit = |kinds: Vec<corral_core::event::EventKind>, line_no: usize, out: &mut dyn Write| -> anyhow::Result<()> {
+    let emit = |kinds: Vec<corral_core::event::EventKind>,
+                line_no: usize,
+                out: &mut dyn Write|
+     -> anyhow::Result<()> {
         for k in kinds {
             let mut v = serde_json::to_value(&k)?;
             v["line_no"] = line_no.into();

@@ -83,12 +83,9 @@ impl LlamaServeArgs {
 pub fn observer_config() -> anyhow::Result<ObserverConfig> {
     let mut c = ObserverConfig::default();
     if let Ok(v) = std::env::var("SOLLOL_OBSERVER_MAX_EVENTS") {
-        c.max_events = v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("SOLLOL_OBSERVER_MAX_EVENTS=`{v}` is not a positive integer"))?;
+        c.max_events = v.trim().parse().ok().filter(|n| *n > 0).with_context(|| {
+            format!("SOLLOL_OBSERVER_MAX_EVENTS=`{v}` is not a positive integer")
+        })?;
     }
     if let Ok(v) = std::env::var("SOLLOL_OBSERVER_SAMPLING") {
         c.sampling = parse_bool("SOLLOL_OBSERVER_SAMPLING", &v)?;
@@ -99,7 +96,9 @@ pub fn observer_config() -> anyhow::Result<ObserverConfig> {
             .parse::<f64>()
             .ok()
             .filter(|r| (0.0..=1.0).contains(r))
-            .with_context(|| format!("SOLLOL_OBSERVER_SAMPLE_RATE=`{v}` is not a number between 0 and 1"))?;
+            .with_context(|| {
+                format!("SOLLOL_OBSERVER_SAMPLE_RATE=`{v}` is not a number between 0 and 1")
+            })?;
     }
     Ok(c)
 }
@@ -125,7 +124,8 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
     let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("{shown} is not valid JSON"))?
     } else {
-        let t: toml::Table = toml::from_str(&text).with_context(|| format!("{shown} is not valid TOML"))?;
+        let t: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{shown} is not valid TOML"))?;
         serde_json::to_value(t)?
     };
     let obj = value
@@ -134,12 +134,20 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
     let mut s = FileSettings::default();
     for (key, v) in obj {
         let wrong = |ty: &str| anyhow::anyhow!("{shown}: key `{key}` must be {ty}, got {v}");
-        let string = || v.as_str().map(str::to_string).ok_or_else(|| wrong("a string"));
+        let string = || {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| wrong("a string"))
+        };
         let int = || v.as_i64().ok_or_else(|| wrong("an integer"));
         // A list of strings, or one comma-separated string.
         let list = || -> anyhow::Result<Vec<String>> {
             if let Some(s) = v.as_str() {
-                return Ok(s.split([',', ' ']).filter(|x| !x.is_empty()).map(str::to_string).collect());
+                return Ok(s
+                    .split([',', ' '])
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect());
             }
             v.as_array()
                 .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
@@ -186,19 +194,31 @@ mod tests {
         assert_eq!(s.llama_server_port, Some(8081));
         assert_eq!(s.rpc_backends.unwrap(), ["10.0.0.2:50052"]);
         assert_eq!(s.server_args.unwrap(), ["--threads", "8"]);
-        let (_d, p) = write("c.json", r#"{"ctx_size": 2048, "llama_server_host": "0.0.0.0"}"#);
+        let (_d, p) = write(
+            "c.json",
+            r#"{"ctx_size": 2048, "llama_server_host": "0.0.0.0"}"#,
+        );
         let s = read_file(&p).unwrap();
-        assert_eq!((s.ctx_size, s.llama_server_host.as_deref()), (Some(2048), Some("0.0.0.0")));
+        assert_eq!(
+            (s.ctx_size, s.llama_server_host.as_deref()),
+            (Some(2048), Some("0.0.0.0"))
+        );
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_file_key_and_type() {
         let (_d, p) = write("c.toml", "llama_server_prot = 1\n");
         let e = read_file(&p).unwrap_err().to_string();
-        assert!(e.contains("c.toml") && e.contains("unknown key `llama_server_prot`"), "{e}");
+        assert!(
+            e.contains("c.toml") && e.contains("unknown key `llama_server_prot`"),
+            "{e}"
+        );
         let (_d, p) = write("c.toml", "llama_server_port = \"eighty\"\n");
         let e = read_file(&p).unwrap_err().to_string();
-        assert!(e.contains("key `llama_server_port` must be an integer"), "{e}");
+        assert!(
+            e.contains("key `llama_server_port` must be an integer"),
+            "{e}"
+        );
         let (_d, p) = write("c.toml", "llama_server_port = 99999\n");
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("a port number"), "{e}");
@@ -208,7 +228,10 @@ mod tests {
     fn booleans_and_intervals() {
         assert!(parse_bool("X", "TRUE").unwrap());
         assert!(!parse_bool("X", "0").unwrap());
-        assert!(parse_bool("X", "maybe").unwrap_err().to_string().contains("X=`maybe`"));
+        assert!(parse_bool("X", "maybe")
+            .unwrap_err()
+            .to_string()
+            .contains("X=`maybe`"));
         let a = LlamaServeArgs {
             heartbeat_interval: Some(-1.0),
             ..Default::default()

@@ -77,7 +77,9 @@ pub fn coordinator_spec(s: &CoordinatorSettings) -> TaskSpec {
     TaskSpec {
         name: s.name.clone(),
         command: s.command.clone(),
-        cwd: std::env::current_dir().ok().map(|d| d.display().to_string()),
+        cwd: std::env::current_dir()
+            .ok()
+            .map(|d| d.display().to_string()),
         env: BTreeMap::new(),
         labels: s.labels.clone(),
         restart: corral_core::policy::Restart::Always,
@@ -121,7 +123,10 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
     let bin = spec.command.first().map(String::as_str).unwrap_or("");
     let meta = std::fs::metadata(bin);
     use std::os::unix::fs::PermissionsExt;
-    if !meta.as_ref().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+    if !meta
+        .as_ref()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    {
         return Err(format!(
             "the {} binary `{bin}` does not exist or is not executable; pass --bin PATH or put it on PATH",
             if kind == "llama" { "llama-server" } else { "rpc-server" }
@@ -134,7 +139,9 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
             _ => std::path::PathBuf::from(model),
         };
         if model.is_empty() {
-            return Err("no model given: pass --model PATH (or llama_model_path in the config file)".into());
+            return Err(
+                "no model given: pass --model PATH (or llama_model_path in the config file)".into(),
+            );
         }
         if !path.is_file() {
             return Err(format!(

@@ -16,6 +16,14 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One Prometheus series over the request totals: name, type, help, value.
+type MetricSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ReqMetrics) -> f64,
+);
+
 /// Request totals of one coordinator and model.
 #[derive(Debug, Default, Clone)]
 struct ReqMetrics {
@@ -66,7 +74,11 @@ pub struct LlamaState {
 
 fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -110,14 +122,49 @@ impl LlamaState {
 
     pub fn write_metrics(&self, out: &mut String) {
         let d = self.inner.data();
-        let series: [(&str, &str, &str, fn(&ReqMetrics) -> f64); 7] = [
-            ("corral_llama_requests_total", "counter", "Completed requests.", |m| m.requests as f64),
-            ("corral_llama_prompt_tokens_total", "counter", "Prompt tokens evaluated.", |m| m.prompt_tokens as f64),
-            ("corral_llama_eval_tokens_total", "counter", "Tokens generated.", |m| m.eval_tokens as f64),
-            ("corral_llama_prompt_seconds_total", "counter", "Seconds spent on prompts.", |m| m.prompt_seconds),
-            ("corral_llama_eval_seconds_total", "counter", "Seconds spent generating.", |m| m.eval_seconds),
-            ("corral_llama_prompt_tokens_per_second", "gauge", "Prompt tokens per second of the last request.", |m| m.last_prompt_tps),
-            ("corral_llama_eval_tokens_per_second", "gauge", "Generated tokens per second of the last request.", |m| m.last_eval_tps),
+        let series: [MetricSeries; 7] = [
+            (
+                "corral_llama_requests_total",
+                "counter",
+                "Completed requests.",
+                |m| m.requests as f64,
+            ),
+            (
+                "corral_llama_prompt_tokens_total",
+                "counter",
+                "Prompt tokens evaluated.",
+                |m| m.prompt_tokens as f64,
+            ),
+            (
+                "corral_llama_eval_tokens_total",
+                "counter",
+                "Tokens generated.",
+                |m| m.eval_tokens as f64,
+            ),
+            (
+                "corral_llama_prompt_seconds_total",
+                "counter",
+                "Seconds spent on prompts.",
+                |m| m.prompt_seconds,
+            ),
+            (
+                "corral_llama_eval_seconds_total",
+                "counter",
+                "Seconds spent generating.",
+                |m| m.eval_seconds,
+            ),
+            (
+                "corral_llama_prompt_tokens_per_second",
+                "gauge",
+                "Prompt tokens per second of the last request.",
+                |m| m.last_prompt_tps,
+            ),
+            (
+                "corral_llama_eval_tokens_per_second",
+                "gauge",
+                "Generated tokens per second of the last request.",
+                |m| m.last_eval_tps,
+            ),
         ];
         for (name, ty, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
@@ -134,7 +181,12 @@ impl LlamaState {
         let _ = writeln!(out, "# HELP corral_rpc_backend_up Whether an rpc backend accepted a TCP connection at the last check.\n# TYPE corral_rpc_backend_up gauge");
         for b in d.backends.values() {
             if let Some(h) = b.healthy {
-                let _ = writeln!(out, "corral_rpc_backend_up{{addr=\"{}\"}} {}", crate::metrics::label(&b.addr), h as u8);
+                let _ = writeln!(
+                    out,
+                    "corral_rpc_backend_up{{addr=\"{}\"}} {}",
+                    crate::metrics::label(&b.addr),
+                    h as u8
+                );
             }
         }
     }
@@ -154,7 +206,12 @@ fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
         "stopped" | "completed" => "initial",
         s => s,
     };
-    let models = inner.data().models.get(&info.name).cloned().unwrap_or_default();
+    let models = inner
+        .data()
+        .models
+        .get(&info.name)
+        .cloned()
+        .unwrap_or_default();
     json!({
         "status": status,
         "models": models,
@@ -190,7 +247,11 @@ async fn status_loop(inner: Arc<Inner>) {
                 continue;
             }
             let fresh_ready = info.status == "ready"
-                && inner.data().last_status.get(&info.name).is_none_or(|s| s["status"] != "ready");
+                && inner
+                    .data()
+                    .last_status
+                    .get(&info.name)
+                    .is_none_or(|s| s["status"] != "ready");
             if fresh_ready {
                 let models = fetch_models(&spec).await;
                 inner.data().models.insert(info.name.clone(), models);
@@ -232,7 +293,9 @@ fn push_status(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) {
     if let Value::Object(m) = obj {
         kind.details = m;
     }
-    inner.bus.emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
+    inner
+        .bus
+        .emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
 }
 
 /// `GET /v1/models` (falling back to `/models`): id, size, n_params, n_ctx per model.
@@ -242,14 +305,25 @@ async fn fetch_models(spec: &TaskSpec) -> Vec<Value> {
     let client = reqwest::Client::new();
     for path in ["/v1/models", "/models"] {
         let url = format!("http://{host}:{port}{path}");
-        let Ok(resp) = client.get(&url).timeout(Duration::from_secs(5)).send().await else {
+        let Ok(resp) = client
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        else {
             continue;
         };
         if !resp.status().is_success() {
             continue;
         }
-        let Ok(v) = resp.json::<Value>().await else { continue };
-        let list = v["data"].as_array().or(v["models"].as_array()).cloned().unwrap_or_default();
+        let Ok(v) = resp.json::<Value>().await else {
+            continue;
+        };
+        let list = v["data"]
+            .as_array()
+            .or(v["models"].as_array())
+            .cloned()
+            .unwrap_or_default();
         return list
             .iter()
             .map(|m| {
@@ -277,14 +351,19 @@ async fn coordinator_heartbeats(inner: Arc<Inner>) {
                 Component::Coordinator,
                 Level::Info,
                 EventType::Heartbeat,
-                format!("llama.cpp coordinator {} heartbeat: {}", info.name, info.status),
+                format!(
+                    "llama.cpp coordinator {} heartbeat: {}",
+                    info.name, info.status
+                ),
             )
             .with("port", spec.extra["port"].clone())
             .with("rpc_backends", spec.extra["rpc_backends"].clone())
             .with("model", spec.extra["model_path"].clone())
             .with("uptime", info.uptime_s.map(|u| u.round()))
             .with("status", info.status.clone());
-            inner.bus.emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
+            inner
+                .bus
+                .emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
         }
     }
 }
@@ -344,7 +423,9 @@ async fn backend_heartbeats(inner: Arc<Inner>) {
         {
             let mut d = inner.data();
             for (addr, r) in addrs.iter().zip(results) {
-                let Some(b) = d.backends.get_mut(addr) else { continue };
+                let Some(b) = d.backends.get_mut(addr) else {
+                    continue;
+                };
                 let healthy = r.is_ok();
                 if b.healthy != Some(healthy) {
                     changes.push((addr.clone(), healthy, r.clone().err(), b.tasks.clone()));
@@ -361,10 +442,22 @@ async fn backend_heartbeats(inner: Arc<Inner>) {
         for (addr, healthy, err, tasks) in changes {
             let task = tasks.first().cloned().unwrap_or_default();
             let kind = if healthy {
-                EventKind::new(Component::RpcBackend, Level::Info, EventType::Connect, format!("rpc backend {addr} is reachable"))
+                EventKind::new(
+                    Component::RpcBackend,
+                    Level::Info,
+                    EventType::Connect,
+                    format!("rpc backend {addr} is reachable"),
+                )
             } else {
-                EventKind::new(Component::RpcBackend, Level::Warning, EventType::Disconnect,
-                    format!("rpc backend {addr} is unreachable: {}", err.as_deref().unwrap_or("")))
+                EventKind::new(
+                    Component::RpcBackend,
+                    Level::Warning,
+                    EventType::Disconnect,
+                    format!(
+                        "rpc backend {addr} is unreachable: {}",
+                        err.as_deref().unwrap_or("")
+                    ),
+                )
             }
             .with("addr", addr.clone())
             .with("source", "heartbeat");
@@ -407,22 +500,25 @@ pub fn watch_run(
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
         let mut errors: Vec<String> = Vec::new();
         let mut path: Option<String> = None;
-        let handle = |kinds: Vec<EventKind>, errors: &mut Vec<String>, path: &mut Option<String>| {
-            for k in kinds {
-                if k.level >= Level::Error {
-                    errors.push(k.message.clone());
-                    if let Some(p) = k.details.get("path").and_then(Value::as_str) {
-                        path.get_or_insert_with(|| p.to_string());
+        let handle =
+            |kinds: Vec<EventKind>, errors: &mut Vec<String>, path: &mut Option<String>| {
+                for k in kinds {
+                    if k.level >= Level::Error {
+                        errors.push(k.message.clone());
+                        if let Some(p) = k.details.get("path").and_then(Value::as_str) {
+                            path.get_or_insert_with(|| p.to_string());
+                        }
                     }
-                }
-                if k.event_type == EventType::Metrics && k.details.get("kind").and_then(Value::as_str) == Some("request") {
-                    if let Some(inner) = &inner {
-                        record_metrics(inner, &task, &model, &k.details);
+                    if k.event_type == EventType::Metrics
+                        && k.details.get("kind").and_then(Value::as_str) == Some("request")
+                    {
+                        if let Some(inner) = &inner {
+                            record_metrics(inner, &task, &model, &k.details);
+                        }
                     }
+                    bus.emit(k, &task, &run_id);
                 }
-                bus.emit(k, &task, &run_id);
-            }
-        };
+            };
         while let Some(item) = follower.next_raw().await {
             match item {
                 RawItem::Records { batch, from, to } => {
@@ -464,7 +560,10 @@ fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {
 fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
     let num = |k: &str| d.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let mut data = inner.data();
-    let m = data.metrics.entry((task.to_string(), model.to_string())).or_default();
+    let m = data
+        .metrics
+        .entry((task.to_string(), model.to_string()))
+        .or_default();
     m.requests += 1;
     m.prompt_tokens += num("prompt_tokens") as u64;
     m.eval_tokens += num("eval_tokens") as u64;
@@ -484,12 +583,19 @@ mod tests {
         assert_eq!(failure_reason(&[], Some("/m.gguf")), None);
         assert_eq!(failure_reason(&errs(&["only"]), None).unwrap(), "only");
         assert_eq!(
-            failure_reason(&errs(&["invalid magic", "x", "exiting due to model loading error"]), Some("/b.gguf"))
-                .unwrap(),
+            failure_reason(
+                &errs(&["invalid magic", "x", "exiting due to model loading error"]),
+                Some("/b.gguf")
+            )
+            .unwrap(),
             "exiting due to model loading error: invalid magic (/b.gguf)"
         );
         assert_eq!(
-            failure_reason(&errs(&["failed to open '/b.gguf'", "exiting"]), Some("/b.gguf")).unwrap(),
+            failure_reason(
+                &errs(&["failed to open '/b.gguf'", "exiting"]),
+                Some("/b.gguf")
+            )
+            .unwrap(),
             "exiting: failed to open '/b.gguf'"
         );
     }

@@ -8,7 +8,7 @@
 //! watch version seen *before* it looks at the ring, so any record published after the
 //! look wakes it.
 
-use super::{Batch, Format, Gap, Rec, RunEnd, RunLog, BLOCK};
+use super::{Batch, Format, Gap, RunEnd, RunLog, BLOCK};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -16,10 +16,14 @@ use tokio::sync::watch;
 /// What a follower receives.
 #[derive(Debug)]
 pub enum Item {
-    /// Encoded records `first..=last`.
-    Records { data: Bytes, first: u64, last: u64 },
+    /// Encoded records.
+    Records { data: Bytes },
     /// Records `from..=to` no longer exist.
-    Gap { from: u64, to: u64, reason: &'static str },
+    Gap {
+        from: u64,
+        to: u64,
+        reason: &'static str,
+    },
     /// The run ended; nothing follows.
     End(RunEnd),
 }
@@ -27,8 +31,16 @@ pub enum Item {
 /// What a follower receives, before encoding: the shared batch itself.
 pub enum RawItem {
     /// Records `from..=to` of `batch`.
-    Records { batch: Arc<Batch>, from: u64, to: u64 },
-    Gap { from: u64, to: u64, reason: &'static str },
+    Records {
+        batch: Arc<Batch>,
+        from: u64,
+        to: u64,
+    },
+    Gap {
+        from: u64,
+        to: u64,
+        reason: &'static str,
+    },
     End(RunEnd),
 }
 
@@ -45,7 +57,8 @@ pub struct Follower {
 enum Step {
     Batch(Arc<Batch>),
     Gap(Gap),
-    File(u64),
+    /// Read from the files up to this seq; `true` when the run ended (nothing follows it).
+    File(u64, bool),
     Wait,
     End(RunEnd),
     Done,
@@ -65,23 +78,12 @@ impl Follower {
         }
     }
 
-    /// The seq the next item starts at.
-    pub fn cursor(&self) -> u64 {
-        self.next
-    }
-
-    pub fn log(&self) -> &Arc<RunLog> {
-        &self.log
-    }
-
     /// The next item, or `None` once the end was returned (or, without `follow`, once
     /// the records that existed have been returned).
     pub async fn next(&mut self) -> Option<Item> {
         Some(match self.next_raw().await? {
             RawItem::Records { batch, from, to } => Item::Records {
                 data: batch.slice(self.fmt, &self.log.run_id, from, to),
-                first: from,
-                last: to,
             },
             RawItem::Gap { from, to, reason } => Item::Gap { from, to, reason },
             RawItem::End(end) => Item::End(end),
@@ -112,8 +114,9 @@ impl Follower {
                         reason: "dropped by the log size cap",
                     });
                 }
-                Step::File(last) => match self.load(last) {
-                    Ok(item) => return Some(item),
+                Step::File(last, ended) => match self.load(last, ended) {
+                    Ok(Some(item)) => return Some(item),
+                    Ok(None) => continue,
                     Err(e) => {
                         // The files are unreadable (deleted run, disk error): say so as a
                         // gap up to what exists, rather than stalling the follower.
@@ -165,70 +168,83 @@ impl Follower {
             return Step::Batch(s.ring[i].clone());
         }
         // Behind the ring: read from the files, where everything up to `last_seq` is.
-        Step::File(s.last_seq)
+        Step::File(s.last_seq, s.end.is_some())
     }
 
-    /// Serves records from the files, block by block, up to `last`.
-    fn load(&mut self, last: u64) -> std::io::Result<RawItem> {
+    /// Serves records from the files, block by block, up to `last`. `None` when the size
+    /// cap dropped the records at the cursor meanwhile: the next step reports the gap.
+    fn load(&mut self, last: u64, ended: bool) -> std::io::Result<Option<RawItem>> {
         let block = (self.next - 1) / BLOCK;
         let block_first = block * BLOCK + 1;
         let block_last = block_first + BLOCK - 1;
-        let cached = self.log.cache.lock().unwrap_or_else(|e| e.into_inner()).get(block);
+        let cached = self
+            .log
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(block);
+        let mut limit = u64::MAX;
         let batch = match cached {
             Some(b) => b,
             None => {
                 let to = block_last.min(last);
-                let records = self.log.read_range(block_first, to)?;
-                let from_next = &records[(self.next - block_first) as usize..];
-                let present = from_next.iter().position(|r| r.is_some());
-                if present != Some(0) {
-                    // A hole in the index (punched, or never written): report it.
+                let entries = self.log.read_entries(block_first, to)?;
+                let from_next = &entries[(self.next - block_first) as usize..];
+                // A whole block (or the last one of an ended run, which no longer grows)
+                // is read whole, even from mid-block, so that every follower after this
+                // one can share it.
+                let whole = (to == block_last || ended) && entries.iter().all(Option::is_some);
+                let run = from_next
+                    .iter()
+                    .position(Option::is_none)
+                    .unwrap_or(from_next.len());
+                let read = if whole {
+                    Some(self.log.read_batch(block_first, &entries)?)
+                } else if run > 0 {
+                    Some(self.log.read_batch(self.next, &from_next[..run])?)
+                } else {
+                    None
+                };
+                // The size cap announces its gap before it punches the bytes out, so a
+                // gap seen now covers anything that may have been read as zeros.
+                let gap = self.log.lock().gap;
+                let dropped = gap.filter(|g| g.from <= to && g.to >= block_first);
+                if let Some(g) = dropped {
+                    if (g.from..=g.to).contains(&self.next) {
+                        return Ok(None);
+                    }
+                    if g.from > self.next {
+                        limit = g.from - 1;
+                    }
+                }
+                let Some(batch) = read else {
+                    // A hole in the index (never written): report it.
                     let from = self.next;
+                    let present = from_next.iter().position(|r| r.is_some());
                     self.next = present.map_or(to + 1, |p| self.next + p as u64);
-                    return Ok(RawItem::Gap {
+                    return Ok(Some(RawItem::Gap {
                         from,
                         to: self.next - 1,
                         reason: "missing from the log index",
-                    });
-                }
-                let run = from_next
-                    .iter()
-                    .position(|r| r.is_none())
-                    .unwrap_or(from_next.len());
-                if self.next == block_first && to == block_last && run == from_next.len() {
-                    let batch = Arc::new(build_batch(block_first, &records));
+                    }));
+                };
+                let batch = Arc::new(batch);
+                if whole && dropped.is_none() {
                     self.log
                         .cache
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .put(block, batch.clone());
-                    batch
+                        .put(block, batch)
                 } else {
-                    Arc::new(build_batch(self.next, &from_next[..run]))
+                    batch
                 }
             }
         };
-        let to = batch.last_seq().min(last);
+        let to = batch.last_seq().min(last).min(limit);
         let from = self.next;
         self.next = to + 1;
-        Ok(RawItem::Records { batch, from, to })
+        Ok(Some(RawItem::Records { batch, from, to }))
     }
-}
-
-fn build_batch(first_seq: u64, records: &[Option<(super::index::Entry, Vec<u8>)>]) -> Batch {
-    let mut data = Vec::new();
-    let mut recs = Vec::with_capacity(records.len());
-    for (e, bytes) in records.iter().flatten() {
-        recs.push(Rec {
-            off: data.len() as u32,
-            len: bytes.len() as u32,
-            stream: e.stream,
-            partial: e.partial,
-            ts_micros: e.ts_micros,
-        });
-        data.extend_from_slice(bytes);
-    }
-    Batch::new(first_seq, Bytes::from(data), recs)
 }
 
 fn tracing_warn(msg: &str) {

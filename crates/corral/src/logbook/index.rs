@@ -31,31 +31,31 @@ pub struct Entry {
 
 impl Entry {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.push(self.stream.to_u8());
-        out.push(self.partial as u8);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&self.ts_micros.to_le_bytes());
+        // Built whole, then appended once: this runs for every record captured.
+        let mut e = [0u8; ENTRY];
+        e[0..8].copy_from_slice(&self.offset.to_le_bytes());
+        e[8..12].copy_from_slice(&self.len.to_le_bytes());
+        e[12] = self.stream.to_u8();
+        e[13] = self.partial as u8;
+        e[16..24].copy_from_slice(&self.ts_micros.to_le_bytes());
+        out.extend_from_slice(&e);
     }
 
     /// Decodes one entry; `None` for a hole (all zero, never written) or a bad stream byte.
     pub fn decode(b: &[u8]) -> Option<Entry> {
         let b: &[u8; ENTRY] = b.try_into().ok()?;
-        if b.iter().all(|&x| x == 0) {
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (w0, w1, w2) = (word(0), word(8), word(16));
+        if w0 | w1 | w2 == 0 {
             return None;
         }
         Some(Entry {
-            offset: u64::from_le_bytes(b[0..8].try_into().ok()?),
-            len: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            offset: w0,
+            len: w1 as u32,
             stream: Stream::from_u8(b[12])?,
             partial: b[13] & 1 != 0,
-            ts_micros: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            ts_micros: w2,
         })
-    }
-
-    pub fn ts(&self) -> f64 {
-        self.ts_micros as f64 / 1e6
     }
 }
 

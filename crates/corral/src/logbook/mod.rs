@@ -22,8 +22,8 @@ mod writer;
 pub use writer::LogWriter;
 
 use bytes::Bytes;
-use corral_core::record::{encode_json, Stream};
-use std::collections::VecDeque;
+use corral_core::record::{encode_middle, encode_with_middle, push_u64, Stream};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -115,19 +115,29 @@ impl Batch {
             Format::Sse => &self.sse,
         };
         cell.get_or_init(|| {
-            let mut buf = Vec::with_capacity(self.data.len() + self.recs.len() * 100);
+            let sse = fmt == Format::Sse;
+            // Records of one append share their timestamp and stream: their JSON differs
+            // only in seq and line, so the rest is encoded once per run of equal keys.
+            let per_rec = 96 + run_id.len() + if sse { 32 } else { 0 };
+            let mut buf = Vec::with_capacity(self.data.len() + self.recs.len() * per_rec);
             let mut offs = Vec::with_capacity(self.recs.len() + 1);
+            let mut middle = Vec::with_capacity(64 + run_id.len());
+            let mut key = None;
             for (i, r) in self.recs.iter().enumerate() {
                 offs.push(buf.len() as u32);
                 let seq = self.first_seq + i as u64;
-                if fmt == Format::Sse {
+                if key != Some((r.ts_micros, r.stream)) {
+                    key = Some((r.ts_micros, r.stream));
+                    middle.clear();
+                    encode_middle(&mut middle, r.ts_micros, run_id, r.stream);
+                }
+                if sse {
                     buf.extend_from_slice(b"id: ");
-                    buf.extend_from_slice(seq.to_string().as_bytes());
+                    push_u64(&mut buf, seq);
                     buf.extend_from_slice(b"\ndata: ");
                 }
-                let ts = r.ts_micros as f64 / 1e6;
-                encode_json(&mut buf, seq, ts, run_id, r.stream, r.partial, self.content(i));
-                buf.extend_from_slice(if fmt == Format::Sse { b"\n\n" } else { b"\n" });
+                encode_with_middle(&mut buf, seq, &middle, r.partial, self.content(i));
+                buf.extend_from_slice(if sse { b"\n\n" } else { b"\n" });
             }
             offs.push(buf.len() as u32);
             Encoded {
@@ -207,7 +217,6 @@ pub struct LogStats {
     pub lines: u64,
     pub bytes: u64,
     pub gap: Option<Gap>,
-    pub end: Option<RunEnd>,
 }
 
 impl RunLog {
@@ -254,11 +263,14 @@ impl RunLog {
         let sys = File::open(&sys_path).or_else(|_| File::open("/dev/null"))?;
         let entries = idx.metadata()?.len() / ENTRY as u64;
         let bytes = log.metadata()?.len();
+        // `lines` counts what the process printed: every entry but corral's own notes,
+        // which are the (newline-terminated, one-line) records of the `.sys` file.
+        let notes = count_newlines(&sys)?;
         let rl = RunLog::with_files(run_id, log_path, idx, log, sys, 1);
         {
             let mut s = rl.lock();
             s.last_seq = entries;
-            s.lines = entries;
+            s.lines = entries.saturating_sub(notes);
             s.bytes = bytes;
             s.gap = gap;
             s.end = Some(end);
@@ -279,7 +291,6 @@ impl RunLog {
             lines: s.lines,
             bytes: s.bytes,
             gap: s.gap,
-            end: s.end.clone(),
         }
     }
 
@@ -296,7 +307,10 @@ impl RunLog {
     fn publish(&self, batch: Batch, bytes: u64) {
         let n = batch.recs.len();
         // `lines` counts what the process printed, not corral's own notes.
-        let batch_is_output = batch.recs.first().is_some_and(|r| r.stream != Stream::System);
+        let batch_is_output = batch
+            .recs
+            .first()
+            .is_some_and(|r| r.stream != Stream::System);
         let last = batch.last_seq();
         {
             let mut s = self.lock();
@@ -324,42 +338,63 @@ impl RunLog {
         self.lock().gap = Some(gap);
     }
 
-    /// Reads records `from..=to` back from the files. Holes (never written, or punched
-    /// out) are returned as `None`.
-    fn read_range(&self, from: u64, to: u64) -> std::io::Result<Vec<Option<(Entry, Vec<u8>)>>> {
+    /// Reads the index entries of records `from..=to`. Holes (never written, or punched
+    /// out) are `None`.
+    fn read_entries(&self, from: u64, to: u64) -> std::io::Result<Vec<Option<Entry>>> {
         let n = (to - from + 1) as usize;
-        let mut raw = vec![0u8; n * ENTRY];
-        read_exact_at(&self.idx, &mut raw, (from - 1) * ENTRY as u64)?;
-        let entries: Vec<Option<Entry>> = raw.chunks(ENTRY).map(Entry::decode).collect();
-        // Process records are contiguous in the .log: read their span at once.
-        let span = entries
-            .iter()
-            .flatten()
-            .filter(|e| e.stream != Stream::System)
-            .fold(None, |acc: Option<(u64, u64)>, e| {
-                let end = e.offset + e.len as u64;
-                Some(acc.map_or((e.offset, end), |(a, b)| (a.min(e.offset), b.max(end))))
+        let raw = read_vec_at(&self.idx, n * ENTRY, (from - 1) * ENTRY as u64)?;
+        Ok(raw.chunks_exact(ENTRY).map(Entry::decode).collect())
+    }
+
+    /// Reads the records of `entries` (consecutive seqs from `first_seq`, all present)
+    /// back from the files into one batch. Process records are contiguous in the `.log`,
+    /// so their span is read with one `pread` and usually becomes the batch's data as is.
+    fn read_batch(&self, first_seq: u64, entries: &[Option<Entry>]) -> std::io::Result<Batch> {
+        let entries = || entries.iter().flatten();
+        let mut span: Option<(u64, u64)> = None;
+        let mut contiguous = true;
+        for e in entries() {
+            if e.stream == Stream::System {
+                contiguous = false;
+                continue;
+            }
+            let end = e.offset + e.len as u64;
+            span = Some(match span {
+                None => (e.offset, end),
+                Some((a, b)) => {
+                    contiguous &= e.offset == b;
+                    (a.min(e.offset), b.max(end))
+                }
             });
-        let mut body = Vec::new();
-        if let Some((a, b)) = span {
-            body.resize((b - a) as usize, 0);
-            read_exact_at(&self.log, &mut body, a)?;
         }
-        entries
-            .into_iter()
-            .map(|e| {
-                let Some(e) = e else { return Ok(None) };
-                let bytes = if e.stream == Stream::System {
-                    let mut b = vec![0u8; e.len as usize];
-                    read_exact_at(&self.sys, &mut b, e.offset)?;
-                    b
-                } else {
-                    let a = (e.offset - span.map_or(0, |s| s.0)) as usize;
-                    body[a..a + e.len as usize].to_vec()
-                };
-                Ok(Some((e, bytes)))
-            })
-            .collect()
+        let body = match span {
+            Some((a, b)) => read_vec_at(&self.log, (b - a) as usize, a)?,
+            None => Vec::new(),
+        };
+        let start = span.map_or(0, |s| s.0);
+        let rec = |off: u64, e: &Entry| Rec {
+            off: off as u32,
+            len: e.len,
+            stream: e.stream,
+            partial: e.partial,
+            ts_micros: e.ts_micros,
+        };
+        if contiguous {
+            let recs = entries().map(|e| rec(e.offset - start, e)).collect();
+            return Ok(Batch::new(first_seq, Bytes::from(body), recs));
+        }
+        let mut data = Vec::with_capacity(body.len());
+        let mut recs = Vec::with_capacity(entries().count());
+        for e in entries() {
+            recs.push(rec(data.len() as u64, e));
+            if e.stream == Stream::System {
+                data.extend_from_slice(&read_vec_at(&self.sys, e.len as usize, e.offset)?);
+            } else {
+                let a = (e.offset - start) as usize;
+                data.extend_from_slice(&body[a..a + e.len as usize]);
+            }
+        }
+        Ok(Batch::new(first_seq, Bytes::from(data), recs))
     }
 
     /// The raw bytes of the `.log`, in pieces: the head, then (after a gap) the tail.
@@ -377,8 +412,50 @@ impl RunLog {
     }
 }
 
-fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    f.read_exact_at(buf, off)
+fn count_newlines(f: &File) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut off, mut n) = (0u64, 0u64);
+    loop {
+        let got = f.read_at(&mut buf, off)?;
+        if got == 0 {
+            return Ok(n);
+        }
+        n += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
+        off += got as u64;
+    }
+}
+
+/// Reads exactly `len` bytes at `off` into a new vector, without zeroing it first (the
+/// catch-up path reads a lot, and zeroing costs as much as the read).
+fn read_vec_at(f: &File, len: usize, off: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut v: Vec<u8> = Vec::with_capacity(len);
+    let mut got = 0;
+    while got < len {
+        // SAFETY: pread writes at most `len - got` bytes into the vector's spare capacity.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                v.as_mut_ptr().add(got).cast(),
+                len - got,
+                (off + got as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n as usize;
+    }
+    // SAFETY: the first `len` bytes were written by pread above.
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// Records per block of the follower catch-up cache.
@@ -388,30 +465,47 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Recently read blocks of a run's log, shared by followers that catch up from disk, so
 /// that a crowd of slow followers reads and encodes each block once.
+///
+/// Eviction is least-recently-used: a crowd of followers moving through the log keeps the
+/// blocks between its last and its first member, and what all of them passed goes first.
 #[derive(Default)]
 struct BlockCache {
-    blocks: VecDeque<(u64, Arc<Batch>)>,
+    blocks: HashMap<u64, (Arc<Batch>, u64)>,
     bytes: usize,
+    tick: u64,
 }
 
 impl BlockCache {
-    fn get(&self, block: u64) -> Option<Arc<Batch>> {
-        self.blocks
-            .iter()
-            .find(|(b, _)| *b == block)
-            .map(|(_, batch)| batch.clone())
+    /// What a block is charged: its raw bytes and room for two encodings of them.
+    fn cost(batch: &Batch) -> usize {
+        batch.data.len() * 3 + batch.recs.len() * 64
     }
 
-    fn put(&mut self, block: u64, batch: Arc<Batch>) {
-        if self.get(block).is_some() {
-            return;
+    fn get(&mut self, block: u64) -> Option<Arc<Batch>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.blocks.get_mut(&block).map(|(batch, used)| {
+            *used = tick;
+            batch.clone()
+        })
+    }
+
+    /// Caches `batch` as `block`, or returns the copy another follower cached meanwhile.
+    fn put(&mut self, block: u64, batch: Arc<Batch>) -> Arc<Batch> {
+        if let Some(b) = self.get(block) {
+            return b;
         }
-        self.bytes += batch.data.len() * 3;
-        self.blocks.push_back((block, batch));
+        self.tick += 1;
+        self.bytes += Self::cost(&batch);
+        self.blocks.insert(block, (batch.clone(), self.tick));
         while self.bytes > CACHE_BYTES && self.blocks.len() > 1 {
-            if let Some((_, old)) = self.blocks.pop_front() {
-                self.bytes -= old.data.len() * 3;
+            let Some((&old, _)) = self.blocks.iter().min_by_key(|(_, (_, used))| *used) else {
+                break;
+            };
+            if let Some((b, _)) = self.blocks.remove(&old) {
+                self.bytes -= Self::cost(&b);
             }
         }
+        batch
     }
 }

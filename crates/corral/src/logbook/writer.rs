@@ -7,7 +7,9 @@
 //! freed) and recorded as one growing gap of seqs.
 
 use super::index::{Entry, ENTRY};
-use super::{run_paths, Batch, Gap, Rec, RunEnd, RunLog};
+#[cfg(test)]
+use super::RunEnd;
+use super::{run_paths, Batch, Gap, Rec, RunLog};
 use bytes::Bytes;
 use corral_core::framer::Frame;
 use corral_core::record::Stream;
@@ -89,11 +91,6 @@ impl LogWriter {
         &self.log
     }
 
-    /// The seq the next record will get.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Appends the framed records of `buf` (the frames cover a prefix of it, in order).
     pub fn append(&mut self, stream: Stream, buf: &[u8], frames: &[Frame], ts_micros: u64) {
         let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
@@ -158,14 +155,19 @@ impl LogWriter {
             partial: false,
             ts_micros,
         };
-        self.log.publish(Batch::new(seq, Bytes::from(line), vec![rec]), 0);
+        self.log
+            .publish(Batch::new(seq, Bytes::from(line), vec![rec]), 0);
         seq
     }
 
     /// Writes the record bytes, then their index entries (in `idx_buf`), so that an
     /// entry never points at bytes not yet written.
     fn write(&mut self, data: &[u8], system: bool) {
-        let target = if system { &mut self.sys } else { &mut self.file };
+        let target = if system {
+            &mut self.sys
+        } else {
+            &mut self.file
+        };
         let r = target
             .write_all(data)
             .and_then(|_| self.idx.write_all(&self.idx_buf));
@@ -223,20 +225,22 @@ impl LogWriter {
             return;
         }
         let old_to = self.gap.map_or(head_seq, |g| g.to + 1);
-        punch(&self.file, tail_start, cut_off - tail_start);
-        punch(
-            &self.idx,
-            (old_to - 1) * ENTRY as u64,
-            (cut_seq - old_to) * ENTRY as u64,
-        );
         let gap = Gap {
             from: head_seq,
             to: cut_seq - 1,
             off_from: head_off,
             off_to: cut_off,
         };
+        // The gap is announced before the bytes go: a follower that read them from the
+        // file checks the gap afterwards, so it can never take punched-out zeros for records.
         self.gap = Some(gap);
         self.log.set_gap(gap);
+        punch(&self.file, tail_start, cut_off - tail_start);
+        punch(
+            &self.idx,
+            (old_to - 1) * ENTRY as u64,
+            (cut_seq - old_to) * ENTRY as u64,
+        );
     }
 
     pub fn gap(&self) -> Option<Gap> {
@@ -244,6 +248,7 @@ impl LogWriter {
     }
 
     /// Flushes and marks the run ended; followers get the end record.
+    #[cfg(test)]
     pub fn finish(mut self, end: RunEnd) -> Option<Gap> {
         let _ = self.file.flush();
         let _ = self.idx.flush();
@@ -397,7 +402,9 @@ mod tests {
             let mut got = Vec::new();
             while let Some(item) = f.next().await {
                 match item {
-                    Item::Records { data, .. } => got.push(String::from_utf8(data.to_vec()).unwrap()),
+                    Item::Records { data, .. } => {
+                        got.push(String::from_utf8(data.to_vec()).unwrap())
+                    }
                     Item::End(end) => got.push(format!("end {}", end.status)),
                     Item::Gap { .. } => panic!("no gap expected"),
                 }
@@ -416,5 +423,68 @@ mod tests {
         assert!(all.starts_with("id: 1\ndata: {\"seq\":1,"), "{all}");
         assert!(all.contains("id: 2\ndata: {\"seq\":2,"), "{all}");
         assert!(all.ends_with("end failed"), "{all}");
+    }
+
+    /// Followers catching up from the files share the blocks they read: the second one
+    /// gets the very batches (and so the encodings) the first one loaded.
+    #[tokio::test]
+    async fn followers_behind_the_ring_share_file_blocks() {
+        use super::super::follow::RawItem;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            ring_records: 10,
+            ..LogConfig::default()
+        };
+        let (mut w, log) = LogWriter::create(dir.path(), "r4", &cfg).unwrap();
+        for i in 0..20 {
+            let lines: Vec<String> = (0..100).map(|j| format!("line {i}-{j}")).collect();
+            append_lines(&mut w, &lines);
+        }
+        w.finish(RunEnd {
+            status: "succeeded".into(),
+            exit_code: Some(0),
+            signal: None,
+        });
+        let batches = |log: Arc<RunLog>| async move {
+            let mut f = Follower::new(log, 1, Format::Ndjson, false);
+            let mut out = Vec::new();
+            while let Some(RawItem::Records { batch, from, to }) = f.next_raw().await {
+                out.push((batch, from, to));
+            }
+            out
+        };
+        let a = batches(log.clone()).await;
+        let b = batches(log.clone()).await;
+        assert_eq!(a.last().map(|x| x.2), Some(2000));
+        assert_eq!(a.len(), 8, "eight blocks of 256, the last one short");
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.1, x.2), (y.1, y.2));
+            assert!(
+                Arc::ptr_eq(&x.0, &y.0),
+                "records {}..={} were read twice",
+                x.1,
+                x.2
+            );
+        }
+    }
+
+    /// `lines` counts what the process printed, also for a run read back from its files.
+    #[test]
+    fn a_finished_log_counts_only_process_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = LogWriter::create(dir.path(), "r5", &LogConfig::default()).unwrap();
+        w.system("started pid 1", 1);
+        append_lines(&mut w, &["a".to_string(), "b".to_string()]);
+        w.system("exited with code 0", 2);
+        let end = RunEnd {
+            status: "succeeded".into(),
+            exit_code: Some(0),
+            signal: None,
+        };
+        w.finish(end.clone());
+        let log = RunLog::open_finished(dir.path(), "r5", None, end).unwrap();
+        let st = log.stats();
+        assert_eq!((st.last_seq, st.lines, st.bytes), (4, 2, 4));
     }
 }

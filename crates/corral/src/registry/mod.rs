@@ -23,7 +23,11 @@ pub enum RegistryError {
         source: rusqlite::Error,
     },
     #[error("the registry {path} has schema version {found}, newer than this corral ({known}); upgrade corral")]
-    TooNew { path: String, found: i64, known: i64 },
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("registry query failed: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -289,13 +293,18 @@ impl Registry {
     pub fn run(&self, run_id: &str) -> Result<Option<RunRow>> {
         let conn = self.conn();
         let sql = format!("SELECT {} FROM runs WHERE run_id = ?1", Self::COLUMNS);
-        Ok(conn.query_row(&sql, params![run_id], Self::row).optional()?)
+        Ok(conn
+            .query_row(&sql, params![run_id], Self::row)
+            .optional()?)
     }
 
     /// Runs still marked `running` (at daemon start: candidates for `lost`).
     pub fn running(&self) -> Result<Vec<RunRow>> {
         let conn = self.conn();
-        let sql = format!("SELECT {} FROM runs WHERE status = 'running'", Self::COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM runs WHERE status = 'running'",
+            Self::COLUMNS
+        );
         let mut st = conn.prepare(&sql)?;
         let rows = st.query_map([], Self::row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -350,7 +359,10 @@ mod tests {
         )
         .unwrap();
         let runs = reg.runs(Some("job"), 100).unwrap();
-        assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(
+            runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
         let a = reg.run("a").unwrap().unwrap();
         assert_eq!(a.status, "failed");
         assert_eq!(a.exit_code, Some(3));
@@ -381,7 +393,10 @@ mod tests {
         let reg = Registry::open(&path).unwrap();
         assert_eq!(reg.schema_version().unwrap(), 2);
         let old = reg.run("old").unwrap().unwrap();
-        assert_eq!((old.status.as_str(), old.exit_code, old.truncated), ("failed", Some(2), false));
+        assert_eq!(
+            (old.status.as_str(), old.exit_code, old.truncated),
+            ("failed", Some(2), false)
+        );
     }
 
     #[test]
@@ -393,6 +408,9 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         let err = Registry::open(&path).err().unwrap().to_string();
-        assert!(err.contains("schema version 99") && err.contains("upgrade corral"), "{err}");
+        assert!(
+            err.contains("schema version 99") && err.contains("upgrade corral"),
+            "{err}"
+        );
     }
 }

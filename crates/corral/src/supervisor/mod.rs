@@ -9,8 +9,8 @@
 //!   final status after its output is drained;
 //! - every lifecycle transition is also a `system` record in the run's log and an event.
 
-pub mod process;
 pub mod probe;
+pub mod process;
 mod task;
 
 use crate::events::Bus;
@@ -242,13 +242,20 @@ impl Supervisor {
                     let last = self.registry.runs(Some(&name), 1)?.into_iter().next();
                     self.insert(spec, false, last.as_ref());
                 }
-                Err(e) => eprintln!("corral: skipping saved task `{name}`: its spec is unreadable ({e})"),
+                Err(e) => {
+                    eprintln!("corral: skipping saved task `{name}`: its spec is unreadable ({e})")
+                }
             }
         }
         Ok(notes)
     }
 
-    fn insert(self: &Arc<Self>, spec: TaskSpec, start: bool, last: Option<&RunRow>) -> Option<oneshot::Receiver<Result<String, SupError>>> {
+    fn insert(
+        self: &Arc<Self>,
+        spec: TaskSpec,
+        start: bool,
+        last: Option<&RunRow>,
+    ) -> Option<oneshot::Receiver<Result<String, SupError>>> {
         let view = Arc::new(Mutex::new(View {
             status: TaskStatus::Initial,
             pid: None,
@@ -267,7 +274,8 @@ impl Supervisor {
             reply = Some(rrx);
         }
         task::spawn_actor(self.clone(), spec.clone(), view.clone(), rx);
-        self.tasks().insert(spec.name.clone(), Handle { spec, view, tx });
+        self.tasks()
+            .insert(spec.name.clone(), Handle { spec, view, tx });
         reply
     }
 
@@ -298,7 +306,8 @@ impl Supervisor {
             }
         }
         let json = serde_json::to_string(&spec).map_err(|e| SupError::BadRequest(e.to_string()))?;
-        self.registry.save_task(&spec.name, &json, crate::util::unix_now())?;
+        self.registry
+            .save_task(&spec.name, &json, crate::util::unix_now())?;
         let name = spec.name.clone();
         let rx = self.insert(spec, true, None).expect("start requested");
         rx.await.map_err(|_| SupError::Gone(name))?
@@ -361,7 +370,9 @@ impl Supervisor {
 
     /// The log of a task's current run, or of its last run when none is live.
     pub fn task_log(&self, name: &str) -> Result<Arc<RunLog>, SupError> {
-        let live = self.with_handle(name, |h| h.view.lock().unwrap_or_else(|e| e.into_inner()).log.clone());
+        let live = self.with_handle(name, |h| {
+            h.view.lock().unwrap_or_else(|e| e.into_inner()).log.clone()
+        });
         match live {
             Ok(Some(log)) => Ok(log),
             Ok(None) | Err(SupError::UnknownTask(_)) => {

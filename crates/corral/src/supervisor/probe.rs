@@ -67,7 +67,12 @@ pub fn spawn(
                 let _ = tx.send(ProbeMsg::NotReady { run_id, reason });
                 return;
             }
-            if tx.send(ProbeMsg::Ready { run_id: run_id.clone() }).is_err() {
+            if tx
+                .send(ProbeMsg::Ready {
+                    run_id: run_id.clone(),
+                })
+                .is_err()
+            {
                 return;
             }
         }
@@ -79,7 +84,8 @@ pub fn spawn(
                 Err(e) => {
                     failures += 1;
                     if failures >= hc.liveness_failures.max(1) {
-                        let reason = format!("liveness check failed {failures} times in a row: {e}");
+                        let reason =
+                            format!("liveness check failed {failures} times in a row: {e}");
                         let _ = tx.send(ProbeMsg::Dead { run_id, reason });
                         return;
                     }

@@ -127,7 +127,10 @@ mod tests {
 
     #[test]
     fn a_zombie_is_not_the_same_process() {
-        let mut child = std::process::Command::new("sleep").arg("0.1").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let t = start_time(pid);
         assert!(is_same_process(pid, t));

@@ -195,7 +195,10 @@ impl Actor {
     /// A start by hand begins a clean slate; automatic restarts keep showing why the
     /// last run failed.
     fn clear_last_error(&self) {
-        self.view.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
+        self.view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = None;
     }
 
     fn publish_view(&self) {
@@ -274,7 +277,9 @@ impl Actor {
         let Some(run) = self.run.as_mut() else { return };
         if run.child.is_none() {
             // An adopted server is not ours to kill: release it.
-            self.system(&format!("{why}: releasing the adopted server (left running)"));
+            self.system(&format!(
+                "{why}: releasing the adopted server (left running)"
+            ));
             Box::pin(self.on_exit_inner(Exit::Code(0), None)).await;
             return;
         }
@@ -298,7 +303,14 @@ impl Actor {
         }
     }
 
-    fn emit(&self, component: Component, level: Level, t: EventType, msg: String, run_id: &str) -> EventKind {
+    fn emit(
+        &self,
+        component: Component,
+        level: Level,
+        t: EventType,
+        msg: String,
+        run_id: &str,
+    ) -> EventKind {
         // Whoever reacts to the event reads the task's state: it must be current.
         self.publish_view();
         let kind = EventKind::new(component, level, t, msg);
@@ -371,7 +383,10 @@ impl Actor {
         // Adopt a healthy server already answering on the configured address.
         if let Some(hc) = self.spec.health.clone().filter(|h| h.adopt) {
             let client = reqwest::Client::new();
-            if probe::check(&client, &hc.url, Duration::from_millis(hc.timeout_ms)).await.is_ok() {
+            if probe::check(&client, &hc.url, Duration::from_millis(hc.timeout_ms))
+                .await
+                .is_ok()
+            {
                 self.run = Some(run);
                 self.system(&format!(
                     "adopted the server already answering GET {} with 200 (no child started)",
@@ -379,34 +394,61 @@ impl Actor {
                 ));
                 self.lc.spawned(self.origin.elapsed(), true);
                 if let Some(r) = self.run.as_mut() {
-                    r.probe = Some(probe::spawn(hc, run_id.clone(), true, self.probe_tx.clone()));
+                    r.probe = Some(probe::spawn(
+                        hc,
+                        run_id.clone(),
+                        true,
+                        self.probe_tx.clone(),
+                    ));
                 }
                 self.view.lock().unwrap_or_else(|e| e.into_inner()).adopted = true;
-                self.emit(Component::Task, Level::Info, EventType::Start,
-                    format!("task {} adopted a running server", self.spec.name), &run_id);
+                self.emit(
+                    Component::Task,
+                    Level::Info,
+                    EventType::Start,
+                    format!("task {} adopted a running server", self.spec.name),
+                    &run_id,
+                );
                 self.reply_started(Ok(run_id));
                 return;
             }
         }
 
         let env: Vec<(String, String)> = self.spec.env.clone().into_iter().collect();
-        let spawned = process::spawn(&self.spec.command, self.spec.cwd.as_deref().map(Path::new), &env);
+        let spawned = process::spawn(
+            &self.spec.command,
+            self.spec.cwd.as_deref().map(Path::new),
+            &env,
+        );
         let sp = match spawned {
             Ok(sp) => sp,
             Err(e) => {
                 let prog = self.spec.command.first().cloned().unwrap_or_default();
                 let hint = match e.kind() {
-                    std::io::ErrorKind::NotFound => "; check that the command exists and is on PATH (or give its full path)",
+                    std::io::ErrorKind::NotFound => {
+                        "; check that the command exists and is on PATH (or give its full path)"
+                    }
                     std::io::ErrorKind::PermissionDenied => "; check that the file is executable",
                     _ => "",
                 };
-                let cwd_note = self.spec.cwd.as_deref().filter(|d| !Path::new(d).is_dir())
-                    .map(|d| format!(" (the working directory {d} does not exist)")).unwrap_or_default();
+                let cwd_note = self
+                    .spec
+                    .cwd
+                    .as_deref()
+                    .filter(|d| !Path::new(d).is_dir())
+                    .map(|d| format!(" (the working directory {d} does not exist)"))
+                    .unwrap_or_default();
                 let msg = format!("failed to start `{prog}`: {e}{cwd_note}{hint}");
                 self.run = Some(run);
                 self.system(&msg);
                 self.lc.spawn_failed();
-                self.emit(Component::Task, Level::Error, EventType::Error, msg.clone(), &run_id);
+                self.emit(
+                    Component::Task,
+                    Level::Error,
+                    EventType::Error,
+                    msg.clone(),
+                    &run_id,
+                );
                 self.finish_with(None, None, "failed", Some(msg)).await;
                 self.reply_started(Ok(run_id));
                 return;
@@ -414,7 +456,11 @@ impl Actor {
         };
         run.pid = sp.pid;
         run.child = Some(sp.child);
-        let _ = sup.registry.set_pid(&run_id, sp.pid as i64, process::start_time(sp.pid).map(|t| t as i64));
+        let _ = sup.registry.set_pid(
+            &run_id,
+            sp.pid as i64,
+            process::start_time(sp.pid).map(|t| t as i64),
+        );
         self.run = Some(run);
         self.system(&format!(
             "started pid {}: {}",
@@ -426,7 +472,10 @@ impl Actor {
             sp.stdout,
             sp.stderr,
             sup.settings.log.max_record,
-            self.run.as_ref().map(|r| r.exited.clone()).unwrap_or_default(),
+            self.run
+                .as_ref()
+                .map(|r| r.exited.clone())
+                .unwrap_or_default(),
         );
         match thread {
             Ok(t) => {
@@ -440,11 +489,21 @@ impl Actor {
         self.lc.spawned(self.origin.elapsed(), ready);
         if let Some(hc) = self.spec.health.clone() {
             if let Some(r) = self.run.as_mut() {
-                r.probe = Some(probe::spawn(hc, run_id.clone(), false, self.probe_tx.clone()));
+                r.probe = Some(probe::spawn(
+                    hc,
+                    run_id.clone(),
+                    false,
+                    self.probe_tx.clone(),
+                ));
             }
         }
-        self.emit(Component::Task, Level::Info, EventType::Start,
-            format!("task {} started pid {}", self.spec.name, sp.pid), &run_id);
+        self.emit(
+            Component::Task,
+            Level::Info,
+            EventType::Start,
+            format!("task {} started pid {}", self.spec.name, sp.pid),
+            &run_id,
+        );
         self.reply_started(Ok(run_id));
     }
 
@@ -461,7 +520,10 @@ impl Actor {
     fn fail_start(&mut self, msg: String) {
         eprintln!("corral: task {}: {msg}", self.spec.name);
         self.lc.spawn_failed();
-        self.view.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(msg.clone());
+        self.view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = Some(msg.clone());
         self.reply_started(Err(SupError::BadRequest(msg)));
     }
 
@@ -470,16 +532,32 @@ impl Actor {
         match msg {
             ProbeMsg::Ready { run_id } if Some(&run_id) == current.as_ref() => {
                 self.lc.ready();
-                let url = self.spec.health.as_ref().map(|h| h.url.clone()).unwrap_or_default();
+                let url = self
+                    .spec
+                    .health
+                    .as_ref()
+                    .map(|h| h.url.clone())
+                    .unwrap_or_default();
                 self.system(&format!("ready: GET {url} answered 200"));
-                self.emit(Component::Task, Level::Info, EventType::Status,
-                    format!("task {} is ready", self.spec.name), &run_id);
+                self.emit(
+                    Component::Task,
+                    Level::Info,
+                    EventType::Status,
+                    format!("task {} is ready", self.spec.name),
+                    &run_id,
+                );
             }
             ProbeMsg::NotReady { run_id, reason } | ProbeMsg::Dead { run_id, reason }
                 if Some(&run_id) == current.as_ref() =>
             {
                 self.system(&reason);
-                self.emit(Component::Task, Level::Error, EventType::Error, reason.clone(), &run_id);
+                self.emit(
+                    Component::Task,
+                    Level::Error,
+                    EventType::Error,
+                    reason.clone(),
+                    &run_id,
+                );
                 let adopted = self.run.as_ref().is_some_and(|r| r.child.is_none());
                 if adopted {
                     Box::pin(self.on_exit_inner(Exit::Code(1), Some(reason))).await;
@@ -514,7 +592,11 @@ impl Actor {
         let adopted = run.child.is_none();
         let jitter = (crate::util::random_u64() % 2001) as f64 / 1000.0 - 1.0;
         // A failed probe makes even a clean exit a failure.
-        let policy_exit = if failing.is_some() && exit.success() { Exit::Code(1) } else { exit };
+        let policy_exit = if failing.is_some() && exit.success() {
+            Exit::Code(1)
+        } else {
+            exit
+        };
         let action = self.lc.exited(policy_exit, self.origin.elapsed(), jitter);
         let text = if adopted {
             match &failing {
@@ -551,14 +633,30 @@ impl Actor {
                 })
             }
         };
-        let run_id = self.run.as_ref().map(|r| r.run_id.clone()).unwrap_or_default();
-        let level = if status == "failed" { Level::Warning } else { Level::Info };
-        let mut events = vec![(level, EventType::Exit, format!("task {} {text}", self.spec.name))];
+        let run_id = self
+            .run
+            .as_ref()
+            .map(|r| r.run_id.clone())
+            .unwrap_or_default();
+        let level = if status == "failed" {
+            Level::Warning
+        } else {
+            Level::Info
+        };
+        let mut events = vec![(
+            level,
+            EventType::Exit,
+            format!("task {} {text}", self.spec.name),
+        )];
         match &action {
             Action::RestartAfter { delay, retry, of } => {
                 let note = format!("restarting in {} (retry {retry}/{of})", human_delay(*delay));
                 self.system(&note);
-                events.push((Level::Warning, EventType::Restart, format!("task {} {note}", self.spec.name)));
+                events.push((
+                    Level::Warning,
+                    EventType::Restart,
+                    format!("task {} {note}", self.spec.name),
+                ));
             }
             _ if self.lc.status == TaskStatus::Error => {
                 let note = format!(
@@ -566,7 +664,11 @@ impl Actor {
                     self.lc.failures, self.spec.name
                 );
                 self.system(&note);
-                events.push((Level::Error, EventType::Error, format!("task {} {note}", self.spec.name)));
+                events.push((
+                    Level::Error,
+                    EventType::Error,
+                    format!("task {} {note}", self.spec.name),
+                ));
             }
             _ => {}
         }
@@ -584,8 +686,16 @@ impl Actor {
     }
 
     /// Ends the run: the log gets its end mark, the registry its final row.
-    async fn finish_with(&mut self, code: Option<i32>, signal: Option<i32>, status: &str, message: Option<String>) {
-        let Some(mut run) = self.run.take() else { return };
+    async fn finish_with(
+        &mut self,
+        code: Option<i32>,
+        signal: Option<i32>,
+        status: &str,
+        message: Option<String>,
+    ) {
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
         let end = RunEnd {
             status: status.to_string(),
             exit_code: code,
