@@ -1214,7 +1214,7 @@ fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     let base_rate = median(base_runs.iter().map(CaptureRun::rate).collect());
     let line_rate = |bps: f64| bps / a.line_bytes as f64 / 1e6;
     rows.push(Row::info(
-        "baseline: `child | cat > file` (tmpfs)",
+        "baseline: `child \\| cat > file` (tmpfs)",
         format!(
             "{:.0} MiB/s, {:.2} M lines/s (median of {})",
             mib(base_rate),
