@@ -65,9 +65,10 @@ pub struct SimLlamaArgs {
     /// crash (exit code 134 after printing a GGML_ASSERT line) after about this many seconds of serving; 0 = never
     #[arg(long, default_value_t = 45.0)]
     pub crash_after: f64,
-    /// seed for the deterministic pseudo-random generator
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// seed for the deterministic pseudo-random generator (default: the process id, so
+    /// that each restart prints other numbers)
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -1108,7 +1109,9 @@ where
         created: unix_now(),
         log,
         loaded: AtomicBool::new(false),
-        book: Mutex::new(SlotBook::new(args.seed)),
+        book: Mutex::new(SlotBook::new(
+            args.seed.unwrap_or_else(|| u64::from(std::process::id())),
+        )),
         args,
     });
 
@@ -1329,7 +1332,7 @@ mod tests {
             load_secs,
             request_interval: 3600.0,
             crash_after: 0.0,
-            seed: 7,
+            seed: Some(7),
         }
     }
 
