@@ -8,7 +8,7 @@
 
 use corral_core::event::{Event, EventKind, EventType, Level};
 use corral_core::sampling::Sampler;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -39,7 +39,12 @@ pub struct Stored {
 struct Store {
     events: VecDeque<Stored>,
     next_id: u64,
-    sampler: Sampler,
+    /// One sampler per (task, event type), so that a chatty stream (a heartbeat every
+    /// second) cannot thin another one (a server's request metrics) out of the store.
+    samplers: HashMap<(String, EventType), Sampler>,
+    sampling: bool,
+    sample_rate: f64,
+    sampled_out: u64,
     by_type: BTreeMap<&'static str, u64>,
 }
 
@@ -66,7 +71,10 @@ impl Bus {
             store: Mutex::new(Store {
                 events: VecDeque::new(),
                 next_id: 1,
-                sampler: Sampler::new(cfg.sampling, cfg.sample_rate),
+                samplers: HashMap::new(),
+                sampling: cfg.sampling,
+                sample_rate: cfg.sample_rate,
+                sampled_out: 0,
                 by_type: BTreeMap::new(),
             }),
             tx: broadcast::channel(4096).0,
@@ -87,8 +95,17 @@ impl Bus {
         let stored = {
             let mut s = self.lock();
             *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
-            if !s.sampler.keep(event.level, event.event_type) {
-                return None;
+            if Sampler::is_high_volume(event.level, event.event_type) {
+                let (on, rate) = (s.sampling, s.sample_rate);
+                let keep = s
+                    .samplers
+                    .entry((event.task.clone(), event.event_type))
+                    .or_insert_with(|| Sampler::new(on, rate))
+                    .keep(event.level, event.event_type);
+                if !keep {
+                    s.sampled_out += 1;
+                    return None;
+                }
             }
             let id = s.next_id;
             s.next_id += 1;
@@ -138,7 +155,7 @@ impl Bus {
         let s = self.lock();
         BusStats {
             by_type: s.by_type.clone(),
-            sampled_out: s.sampler.sampled_out,
+            sampled_out: s.sampled_out,
             stored: s.events.len(),
         }
     }
@@ -199,6 +216,19 @@ mod tests {
             },
         );
         assert_eq!(errors.len(), 4);
+    }
+
+    #[test]
+    fn each_task_and_type_is_sampled_on_its_own() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        for _ in 0..10 {
+            bus.emit(kind(Level::Info, EventType::Heartbeat), "a", "r");
+        }
+        // The heartbeats of `a` used their credit; the first metrics event of `a` and
+        // the first heartbeat of `b` are still kept.
+        assert!(bus.emit(kind(Level::Info, EventType::Metrics), "a", "r").is_some());
+        assert!(bus.emit(kind(Level::Info, EventType::Heartbeat), "b", "r").is_some());
+        assert_eq!(bus.stats().sampled_out, 9);
     }
 
     #[tokio::test]

@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::{cli, parse_ndjson, wait_for, Daemon};
+use common::{cli, parse_ndjson, wait_for, Daemon, DaemonOpts};
 use futures_util::StreamExt;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
-    let d = Daemon::start().await;
+    let d = Daemon::start_with(DaemonOpts::args(&["--heartbeat-interval", "0.5"])).await;
     let out = d.cli(&["demo", "--detach"]).await.ok();
     let text = out.stdout();
     assert!(
@@ -71,6 +71,32 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
         metrics.contains("corral_llama_requests_total{task=\"coordinator\""),
         "{metrics}"
     );
+    // The coordinator's own heartbeat.
+    wait_for(
+        "a coordinator heartbeat",
+        Duration::from_secs(30),
+        || async {
+            let resp = d
+                .request(
+                    reqwest::Method::GET,
+                    "/events?component=coordinator&type=heartbeat",
+                )
+                .send()
+                .await
+                .unwrap();
+            let evs = parse_ndjson(&resp.bytes().await.unwrap());
+            evs.iter()
+                .any(|e| {
+                    let det = &e["details"];
+                    det["status"] == "ready"
+                        && det["port"].as_u64().is_some()
+                        && det["rpc_backends"].as_array().is_some_and(|b| b.len() == 2)
+                        && det["model"].as_str().is_some()
+                })
+                .then_some(())
+        },
+    )
+    .await;
     // The simulated coordinator connects to its backends, which log it.
     wait_for("rpc connect events", Duration::from_secs(30), || async {
         let resp = d
