@@ -197,6 +197,11 @@ impl Lifecycle {
         };
     }
 
+    /// Whether a user asked this task to stop (the run's end is then not a failure).
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested
+    }
+
     /// The readiness probe passed.
     pub fn ready(&mut self) {
         if self.status == TaskStatus::Starting {

@@ -85,26 +85,28 @@ impl Bus {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stamps and publishes an event. Returns it, or `None` when sampling dropped it.
-    pub fn emit(&self, kind: EventKind, task: &str, run_id: &str) -> Option<Arc<Event>> {
+    /// Stamps and publishes an event (see [`Bus::publish`]).
+    pub fn emit(&self, kind: EventKind, task: &str, run_id: &str) -> bool {
         let ts = crate::util::unix_now();
         self.publish(Event::from_kind(kind, ts, &self.node, task, run_id))
     }
 
-    pub fn publish(&self, event: Event) -> Option<Arc<Event>> {
-        let stored = {
+    /// Publishes to live subscribers always, and to the store unless sampling thins it.
+    /// Returns whether the store kept it.
+    pub fn publish(&self, event: Event) -> bool {
+        let (stored, kept) = {
             let mut s = self.lock();
             *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+            let mut keep = true;
             if Sampler::is_high_volume(event.level, event.event_type) {
                 let (on, rate) = (s.sampling, s.sample_rate);
-                let keep = s
+                keep = s
                     .samplers
                     .entry((event.task.clone(), event.event_type))
                     .or_insert_with(|| Sampler::new(on, rate))
                     .keep(event.level, event.event_type);
                 if !keep {
                     s.sampled_out += 1;
-                    return None;
                 }
             }
             let id = s.next_id;
@@ -113,15 +115,21 @@ impl Bus {
                 id,
                 event: Arc::new(event),
             };
-            s.events.push_back(stored.clone());
-            while s.events.len() > self.max_events {
-                s.events.pop_front();
+            if keep {
+                s.events.push_back(stored.clone());
+                while s.events.len() > self.max_events {
+                    s.events.pop_front();
+                }
             }
-            stored
+            (stored, keep)
         };
-        let event = stored.event.clone();
         let _ = self.tx.send(stored);
-        Some(event)
+        kept
+    }
+
+    /// The newest id given out (0 before the first event).
+    pub fn last_id(&self) -> u64 {
+        self.lock().next_id - 1
     }
 
     /// Stored events after `since` (an id), oldest first, filtered.
@@ -226,9 +234,24 @@ mod tests {
         }
         // The heartbeats of `a` used their credit; the first metrics event of `a` and
         // the first heartbeat of `b` are still kept.
-        assert!(bus.emit(kind(Level::Info, EventType::Metrics), "a", "r").is_some());
-        assert!(bus.emit(kind(Level::Info, EventType::Heartbeat), "b", "r").is_some());
+        assert!(bus.emit(kind(Level::Info, EventType::Metrics), "a", "r"));
+        assert!(bus.emit(kind(Level::Info, EventType::Heartbeat), "b", "r"));
         assert_eq!(bus.stats().sampled_out, 9);
+    }
+
+    #[tokio::test]
+    async fn live_subscribers_get_what_sampling_keeps_out_of_the_store() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let (_, mut rx) = bus.subscribe(0, &Filter::default());
+        let kept: Vec<bool> = (0..3)
+            .map(|_| bus.emit(kind(Level::Info, EventType::Heartbeat), "t", "r"))
+            .collect();
+        assert_eq!(kept, [true, false, false]);
+        for id in 1..=3 {
+            assert_eq!(rx.recv().await.unwrap().id, id);
+        }
+        assert_eq!(bus.history(0, &Filter::default()).len(), 1);
+        assert_eq!(bus.last_id(), 3);
     }
 
     #[tokio::test]

@@ -45,7 +45,10 @@ async fn byte_exact_log_of_200000_lines() {
 
     // The JSON records carry the same lines, in order, with no partial or lossy flag.
     let out = d.cli(&["logs", "lines", "--json"]).await.ok();
-    let records = out.ndjson();
+    let mut records = out.ndjson();
+    // The stored log ends with the run's end record, like every stream.
+    let end = records.pop().expect("an end record");
+    assert_eq!(end["end"]["status"], "succeeded", "{end}");
     assert_eq!(records.len(), 200_000);
     let mut rebuilt = Vec::with_capacity(expected.len());
     for r in &records {
@@ -248,7 +251,11 @@ for i in range(1, 101):
     d.wait_run_end(&run_id).await;
 
     // Two pipes interleave in the order the capture read them; take that order as given.
-    let all = d.cli(&["logs", "mixed", "--json"]).await.ok().ndjson();
+    let mut all = d.cli(&["logs", "mixed", "--json"]).await.ok().ndjson();
+    assert!(
+        all.pop().is_some_and(|e| e.get("end").is_some()),
+        "ends with the end record"
+    );
     assert_eq!(all.len(), 110);
     let last: Vec<String> = all[107..]
         .iter()
@@ -262,7 +269,8 @@ for i in range(1, 101):
         .cli(&["logs", "mixed", "--tail", "1", "--json"])
         .await
         .ok();
-    let recs = out.ndjson();
+    let mut recs = out.ndjson();
+    assert!(recs.pop().is_some_and(|e| e.get("end").is_some()));
     assert_eq!(recs, all[109..]);
 
     let out = d.cli(&["logs", "mixed", "--stream", "stderr"]).await.ok();
@@ -277,7 +285,7 @@ for i in range(1, 101):
         .cli(&["logs", "mixed", "--stream", "system", "--json"])
         .await
         .ok();
-    assert_eq!(out.ndjson().len(), 2);
+    assert_eq!(out.ndjson().len(), 3, "two notes and the end record");
     let out = d.cli(&["logs", "mixed", "--grep", "("]).await;
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("--grep"), "{}", out.stderr);

@@ -550,3 +550,76 @@ async fn regression_a_second_daemon_on_a_taken_port_leaves_the_runs_alone() {
     assert_eq!(row["status"], "running", "{row}");
     assert_eq!(row["error_message"], serde_json::Value::Null, "{row}");
 }
+
+/// A run cut by the size cap keeps its gap when the daemon dies: the next daemon reports
+/// the dropped range (registry and followers) and never serves the punched-out bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_lost_capped_run_keeps_its_gap() {
+    let mut d1 = Daemon::start_with(DaemonOpts::args(&["--max-log-mb", "1"])).await;
+    let script = "import sys\nfor i in range(40000):\n    sys.stdout.write('%074d\\n' % i)\nsys.stdout.flush()\nimport time\ntime.sleep(1000)\n";
+    let run = d1.run_task("big", &[], &[python(), "-c", script]).await;
+    wait_for("the lines to be captured", DEADLINE, || async {
+        (d1.run_row(&run).await["lines"] == 40000).then_some(())
+    })
+    .await;
+    let pid = d1.task("big").await["pid"].as_u64().unwrap() as i32;
+    let _guard = KillOnDrop(vec![pid]);
+    d1.kill9();
+    signal(pid, libc::SIGKILL);
+
+    let d2 = d1.start_again(DaemonOpts::default()).await;
+    let row = d2.run_row(&run).await;
+    assert_eq!(row["status"], "lost", "{row}");
+    assert_eq!(row["truncated"], true, "{row}");
+    let gap = row["gap"]
+        .as_array()
+        .expect("the gap in the registry")
+        .clone();
+    let raw = d2.raw_log(&run).await;
+    assert!(
+        !raw.contains(&0),
+        "the raw log must not contain punched-out zeros"
+    );
+    assert!(raw.len() < 2 * 1024 * 1024 + 200_000, "{} bytes", raw.len());
+    let items = d2.read_to_end("big", &format!("run={run}&since=0")).await;
+    let gaps: Vec<&serde_json::Value> = items.iter().filter(|v| v.get("gap").is_some()).collect();
+    assert_eq!(gaps.len(), 1, "one gap record: {gaps:?}");
+    assert_eq!(gaps[0]["gap"]["from"], gap[0]);
+    assert_eq!(gaps[0]["gap"]["to"], gap[1]);
+    assert!(items
+        .iter()
+        .filter_map(|v| v["line"].as_str())
+        .all(|l| !l.contains('\0')));
+}
+
+/// A stop that comes while a restart waits for the old run to end wins: the task ends
+/// stopped, and the restart is answered with an error rather than starting it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_stop_cancels_a_pending_restart() {
+    let d = Daemon::start().await;
+    let cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"];
+    d.run_task("t", &["--stop-timeout", "2s"], &cmd).await;
+    d.wait_task_status("t", "ready").await;
+    let restart = d.cli(&["restart", "t"]);
+    let stop = async {
+        // The restart is under way once the run's stop began.
+        d.wait_task_status("t", "stopping").await;
+        d.cli(&["stop", "t"]).await
+    };
+    let (restart, stop) = tokio::join!(restart, stop);
+    assert_eq!(stop.code, Some(0), "{}", stop.stderr);
+    assert_ne!(
+        restart.code,
+        Some(0),
+        "the restart must not succeed: {}",
+        restart.stdout()
+    );
+    assert!(
+        restart.stderr.contains("cancelled by a stop"),
+        "{}",
+        restart.stderr
+    );
+    let t = d.task("t").await;
+    assert_eq!(t["status"], "stopped", "{t}");
+    assert_eq!(d.runs("t").await.len(), 1, "no new run");
+}

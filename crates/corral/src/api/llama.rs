@@ -101,6 +101,9 @@ pub async fn events(
         .and_then(|v| v.trim().parse().ok())
         .or(q.since)
         .unwrap_or(0);
+    // Ids start again with each daemon: a cursor from beyond the newest id belongs to an
+    // earlier daemon, so replay what this one has rather than wait for ids to catch up.
+    let since = if since > st.bus.last_id() { 0 } else { since };
     let follow = q.follow.unwrap_or(sse);
     let bus = st.bus.clone();
     let (hist, rx) = bus.subscribe(since, &f);

@@ -167,6 +167,11 @@ pub async fn task_logs(
     if let Ok(v) = HeaderValue::from_str(&run_id) {
         h.insert("x-corral-run-id", v);
     }
+    // Where this stream starts, so a client can resume exactly there even before it
+    // has received a record.
+    if let Ok(v) = HeaderValue::from_str(&start.to_string()) {
+        h.insert("x-corral-start-seq", v);
+    }
     Ok(resp)
 }
 

@@ -536,6 +536,7 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
                 .await?
         }
     };
+    let mut end: Option<&[u8]> = None;
     let mut kept: Vec<&[u8]> = Vec::new();
     for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(v) = serde_json::from_slice::<Value>(line) else {
@@ -544,6 +545,9 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
         if v.get("seq").is_none() {
             if a.json && v.get("gap").is_some() {
                 kept.push(line);
+            }
+            if v.get("end").is_some() {
+                end = Some(line);
             }
             continue;
         }
@@ -584,6 +588,10 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
                 writeln!(out, "{text}")?;
             }
         }
+    }
+    if let (true, Some(end)) = (a.json, end) {
+        out.write_all(end)?;
+        out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(0)

@@ -68,6 +68,15 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
         }
+        if since.is_none() {
+            // From now on resume by seq, even if nothing was printed before a reconnect.
+            since = resp
+                .headers()
+                .get("x-corral-start-seq")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|start| start.saturating_sub(1));
+        }
         let mut body = resp.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
         let mut ended = None;

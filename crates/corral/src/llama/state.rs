@@ -11,7 +11,7 @@ use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::llama::{LogParser, ParserKind};
 use corral_core::record::Stream;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -498,13 +498,18 @@ pub fn watch_run(
     Some(tokio::spawn(async move {
         let mut parser = LogParser::new(parser_kind);
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
-        let mut errors: Vec<String> = Vec::new();
+        // The latest error lines only: a server may log errors for days, and the reason
+        // for an exit is near the exit.
+        let mut errors: VecDeque<String> = VecDeque::new();
         let mut path: Option<String> = None;
         let handle =
-            |kinds: Vec<EventKind>, errors: &mut Vec<String>, path: &mut Option<String>| {
+            |kinds: Vec<EventKind>, errors: &mut VecDeque<String>, path: &mut Option<String>| {
                 for k in kinds {
                     if k.level >= Level::Error {
-                        errors.push(k.message.clone());
+                        if errors.len() == RECENT_ERRORS {
+                            errors.pop_front();
+                        }
+                        errors.push_back(k.message.clone());
                         if let Some(p) = k.details.get("path").and_then(Value::as_str) {
                             path.get_or_insert_with(|| p.to_string());
                         }
@@ -538,11 +543,14 @@ pub fn watch_run(
         }
         let kinds = parser.finish();
         handle(kinds, &mut errors, &mut path);
-        failure_reason(&errors, path.as_deref())
+        failure_reason(errors.make_contiguous(), path.as_deref())
     }))
 }
 
-/// Why a server died, from its error lines: the last one (llama.cpp ends with the verdict,
+/// Error lines of a run kept for its failure reason.
+const RECENT_ERRORS: usize = 8;
+
+/// Why a server died, from its last error lines: the last one (llama.cpp ends with the verdict,
 /// e.g. "exiting due to model loading error"), the first one (usually the cause), and the
 /// file involved when neither names it.
 fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {

@@ -169,6 +169,42 @@ pub struct Gap {
     pub off_to: u64,
 }
 
+impl Gap {
+    /// The gap file beside a run's `.log`: `run_<id>.gap`, one line
+    /// `FROM TO OFF_FROM OFF_TO` (seqs, then byte offsets), replaced atomically.
+    fn path(log_path: &Path) -> PathBuf {
+        log_path.with_extension("gap")
+    }
+
+    fn save(&self, log_path: &Path) -> std::io::Result<()> {
+        let path = Gap::path(log_path);
+        let tmp = path.with_extension("gap.tmp");
+        let line = format!(
+            "{} {} {} {}\n",
+            self.from, self.to, self.off_from, self.off_to
+        );
+        std::fs::write(&tmp, line)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn load(log_path: &Path) -> Option<Gap> {
+        let text = std::fs::read_to_string(Gap::path(log_path)).ok()?;
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .map(|w| w.parse().ok())
+            .collect::<Option<_>>()?;
+        match v[..] {
+            [from, to, off_from, off_to] if from <= to && off_from <= off_to => Some(Gap {
+                from,
+                to,
+                off_from,
+                off_to,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// How a run ended, as followers are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunEnd {
@@ -258,6 +294,9 @@ impl RunLog {
         end: RunEnd,
     ) -> std::io::Result<Arc<RunLog>> {
         let (log_path, idx_path, sys_path) = run_paths(dir, run_id);
+        // The registry has the gap of runs that ended normally; the gap file also covers
+        // runs whose daemon died.
+        let gap = gap.or_else(|| Gap::load(&log_path));
         let idx = File::open(&idx_path)?;
         let log = File::open(&log_path)?;
         let sys = File::open(&sys_path).or_else(|_| File::open("/dev/null"))?;

@@ -15,7 +15,7 @@ use corral_core::framer::Frame;
 use corral_core::record::Stream;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ impl LogWriter {
             });
         }
         let first_seq = self.next_seq;
-        self.write(data, false);
+        self.write(data, false, base, first_seq);
         self.log_len += data.len() as u64;
         self.next_seq += frames.len() as u64;
         self.checkpoints.push_back((first_seq, base));
@@ -144,7 +144,7 @@ impl LogWriter {
         };
         self.idx_buf.clear();
         entry.encode(&mut self.idx_buf);
-        self.write(line.as_bytes(), true);
+        self.write(line.as_bytes(), true, self.sys_len, self.next_seq);
         self.sys_len += line.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -160,17 +160,17 @@ impl LogWriter {
         seq
     }
 
-    /// Writes the record bytes, then their index entries (in `idx_buf`), so that an
-    /// entry never points at bytes not yet written.
-    fn write(&mut self, data: &[u8], system: bool) {
-        let target = if system {
-            &mut self.sys
-        } else {
-            &mut self.file
-        };
-        let r = target
-            .write_all(data)
-            .and_then(|_| self.idx.write_all(&self.idx_buf));
+    /// Writes the record bytes at `at`, then their index entries (in `idx_buf`) at the
+    /// place of `first_seq`, so that an entry never points at bytes not yet written.
+    /// Positions are explicit: after a failed write (a full disk) later records still
+    /// land where their offsets say, and what failed reads back as a hole, which
+    /// followers are told about as a gap.
+    fn write(&mut self, data: &[u8], system: bool, at: u64, first_seq: u64) {
+        let target = if system { &self.sys } else { &self.file };
+        let r = target.write_all_at(data, at).and_then(|_| {
+            self.idx
+                .write_all_at(&self.idx_buf, (first_seq - 1) * ENTRY as u64)
+        });
         if let Err(e) = r {
             if self.io_error.is_none() {
                 eprintln!(
@@ -235,6 +235,13 @@ impl LogWriter {
         // file checks the gap afterwards, so it can never take punched-out zeros for records.
         self.gap = Some(gap);
         self.log.set_gap(gap);
+        // Also on disk: if the daemon dies, the next one still knows the range is gone.
+        if let Err(e) = gap.save(&self.log.log_path) {
+            eprintln!(
+                "corral: recording the dropped range of run {}: {e}",
+                self.log.run_id
+            );
+        }
         punch(&self.file, tail_start, cut_off - tail_start);
         punch(
             &self.idx,
@@ -249,9 +256,7 @@ impl LogWriter {
 
     /// Flushes and marks the run ended; followers get the end record.
     #[cfg(test)]
-    pub fn finish(mut self, end: RunEnd) -> Option<Gap> {
-        let _ = self.file.flush();
-        let _ = self.idx.flush();
+    pub fn finish(self, end: RunEnd) -> Option<Gap> {
         self.log.finish(end);
         self.gap
     }

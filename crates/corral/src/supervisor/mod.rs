@@ -231,6 +231,10 @@ impl Supervisor {
                     error_message: Some(why),
                     lines: stats.as_ref().map_or(0, |s| s.lines),
                     bytes: stats.as_ref().map_or(0, |s| s.bytes),
+                    gap: stats
+                        .as_ref()
+                        .and_then(|s| s.gap)
+                        .map(|g| [g.from, g.to, g.off_from, g.off_to]),
                     ..Default::default()
                 },
             )?;
@@ -240,7 +244,8 @@ impl Supervisor {
             match serde_json::from_str::<TaskSpec>(&spec) {
                 Ok(spec) => {
                     let last = self.registry.runs(Some(&name), 1)?.into_iter().next();
-                    self.insert(spec, false, last.as_ref());
+                    let (handle, _) = self.new_handle(spec, false, last.as_ref());
+                    self.tasks().insert(name.clone(), handle);
                 }
                 Err(e) => {
                     eprintln!("corral: skipping saved task `{name}`: its spec is unreadable ({e})")
@@ -250,12 +255,13 @@ impl Supervisor {
         Ok(notes)
     }
 
-    fn insert(
+    /// A new task actor (started, or not); the caller puts the handle in the map.
+    fn new_handle(
         self: &Arc<Self>,
         spec: TaskSpec,
         start: bool,
         last: Option<&RunRow>,
-    ) -> Option<oneshot::Receiver<Result<String, SupError>>> {
+    ) -> (Handle, Option<oneshot::Receiver<Result<String, SupError>>>) {
         let view = Arc::new(Mutex::new(View {
             status: TaskStatus::Initial,
             pid: None,
@@ -274,9 +280,7 @@ impl Supervisor {
             reply = Some(rrx);
         }
         task::spawn_actor(self.clone(), spec.clone(), view.clone(), rx);
-        self.tasks()
-            .insert(spec.name.clone(), Handle { spec, view, tx });
-        reply
+        (Handle { spec, view, tx }, reply)
     }
 
     /// Creates a task (or replaces a settled one of the same name) and starts it.
@@ -289,27 +293,29 @@ impl Supervisor {
                 "no command given: put it after `--`, e.g. `corral run --name job -- python3 train.py`".into(),
             ));
         }
-        {
-            let tasks = self.tasks();
-            if let Some(h) = tasks.get(&spec.name) {
+        let json = serde_json::to_string(&spec).map_err(|e| SupError::BadRequest(e.to_string()))?;
+        let name = spec.name.clone();
+        // Check, replace and insert under one lock: two `run`s of one name cannot both win.
+        let (old, rx) = {
+            let mut tasks = self.tasks();
+            if let Some(h) = tasks.get(&name) {
                 let status = h.view.lock().unwrap_or_else(|e| e.into_inner()).status;
                 if !status.is_settled() {
-                    return Err(SupError::Busy(spec.name.clone(), status.as_str().into()));
+                    return Err(SupError::Busy(name, status.as_str().into()));
                 }
             }
-        }
-        let old = self.tasks().remove(&spec.name);
+            let old = tasks.remove(&name);
+            let (handle, rx) = self.new_handle(spec, true, None);
+            tasks.insert(name.clone(), handle);
+            (old, rx.expect("start requested"))
+        };
         if let Some(old) = old {
-            let (tx, rx) = oneshot::channel();
-            if old.tx.send(Cmd::Remove(tx)).is_ok() {
-                let _ = rx.await;
-            }
+            // Settled: it has no process; it answers and ends.
+            let (tx, _) = oneshot::channel();
+            let _ = old.tx.send(Cmd::Remove(tx));
         }
-        let json = serde_json::to_string(&spec).map_err(|e| SupError::BadRequest(e.to_string()))?;
         self.registry
-            .save_task(&spec.name, &json, crate::util::unix_now())?;
-        let name = spec.name.clone();
-        let rx = self.insert(spec, true, None).expect("start requested");
+            .save_task(&name, &json, crate::util::unix_now())?;
         rx.await.map_err(|_| SupError::Gone(name))?
     }
 
@@ -352,12 +358,20 @@ impl Supervisor {
 
     /// Stops (if needed) and forgets a task. Its runs stay in the registry.
     pub async fn remove(&self, name: &str) -> Result<(), SupError> {
-        let (tx, rx) = oneshot::channel();
-        self.with_handle(name, |h| h.tx.send(Cmd::Remove(tx)))?
+        let (reply, rx) = oneshot::channel();
+        let tx = self.with_handle(name, |h| h.tx.clone())?;
+        tx.send(Cmd::Remove(reply))
             .map_err(|_| SupError::Gone(name.into()))?;
         let _ = rx.await;
-        self.tasks().remove(name);
-        self.registry.remove_task(name)?;
+        // Forget it only if it is still this task: a `run` may have replaced it meanwhile.
+        let removed = {
+            let mut tasks = self.tasks();
+            let same = tasks.get(name).is_some_and(|h| h.tx.same_channel(&tx));
+            same && tasks.remove(name).is_some()
+        };
+        if removed {
+            self.registry.remove_task(name)?;
+        }
         Ok(())
     }
 

@@ -37,7 +37,7 @@ pub(super) fn spawn_actor(
         start_replies: Vec::new(),
         stop_replies: Vec::new(),
         remove_reply: None,
-        restart_pending: None,
+        restart_pending: Vec::new(),
         probe_tx,
     };
     tokio::spawn(actor.main(rx, probe_rx));
@@ -75,7 +75,8 @@ struct Actor {
     start_replies: Vec<oneshot::Sender<Result<String, SupError>>>,
     stop_replies: Vec<oneshot::Sender<()>>,
     remove_reply: Option<oneshot::Sender<()>>,
-    restart_pending: Option<oneshot::Sender<Result<String, SupError>>>,
+    /// Restarts waiting for the current run to end (answered with the new run's id).
+    restart_pending: Vec<oneshot::Sender<Result<String, SupError>>>,
     probe_tx: mpsc::UnboundedSender<ProbeMsg>,
 }
 
@@ -123,6 +124,7 @@ impl Actor {
         mut rx: mpsc::UnboundedReceiver<Cmd>,
         mut probe_rx: mpsc::UnboundedReceiver<ProbeMsg>,
     ) {
+        let mut closed = false;
         loop {
             self.publish_view();
             if self.run.is_none() && self.lc.status.is_settled() {
@@ -133,8 +135,8 @@ impl Actor {
                     let _ = r.send(());
                     return;
                 }
-                if let Some(reply) = self.restart_pending.take() {
-                    self.start_replies.push(reply);
+                if !self.restart_pending.is_empty() {
+                    self.start_replies.append(&mut self.restart_pending);
                     self.clear_last_error();
                     let a = self.lc.start();
                     self.act(a).await;
@@ -143,10 +145,11 @@ impl Actor {
             }
             let kill_at = self.run.as_ref().and_then(|r| r.kill_at);
             tokio::select! {
-                cmd = rx.recv() => match cmd {
+                cmd = rx.recv(), if !closed => match cmd {
                     Some(cmd) => self.command(cmd).await,
                     None => {
-                        // The supervisor is gone: stop what runs and end.
+                        // The supervisor dropped this task: stop what runs and end.
+                        closed = true;
                         if self.run.is_some() {
                             let (tx, _rx) = oneshot::channel();
                             self.remove_reply = Some(tx);
@@ -192,6 +195,17 @@ impl Actor {
         }
     }
 
+    /// A stop (or remove) cancels any pending retry or restart: the last word wins.
+    fn stop_wins(&mut self) {
+        self.retry_at = None;
+        for r in self.restart_pending.drain(..) {
+            let _ = r.send(Err(SupError::BadRequest(format!(
+                "the restart of `{}` was cancelled by a stop",
+                self.spec.name
+            ))));
+        }
+    }
+
     /// A start by hand begins a clean slate; automatic restarts keep showing why the
     /// last run failed.
     fn clear_last_error(&self) {
@@ -232,15 +246,32 @@ impl Actor {
                 // `stop --timeout` is for this stop only, not for the task's later stops.
                 self.stop_timeout = timeout;
                 self.stop_replies.push(reply);
-                self.retry_at = None;
+                self.stop_wins();
+                let before = self.lc.status;
                 let a = self.lc.stop();
                 self.act(a).await;
                 self.stop_timeout = None;
+                if before == TaskStatus::Crashed && self.lc.status == TaskStatus::Stopped {
+                    // Stopped while waiting for a retry: no exit will announce it.
+                    let run_id = self
+                        .view
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .run_id
+                        .clone();
+                    self.emit(
+                        Component::Task,
+                        Level::Info,
+                        EventType::Stop,
+                        format!("task {} stopped", self.spec.name),
+                        run_id.as_deref().unwrap_or(""),
+                    );
+                }
             }
             Cmd::Restart(reply) => {
                 self.retry_at = None;
                 if self.run.is_some() || !self.lc.status.is_settled() {
-                    self.restart_pending = Some(reply);
+                    self.restart_pending.push(reply);
                     let a = self.lc.stop();
                     self.act(a).await;
                 } else {
@@ -252,7 +283,7 @@ impl Actor {
             }
             Cmd::Remove(reply) => {
                 self.remove_reply = Some(reply);
-                self.retry_at = None;
+                self.stop_wins();
                 let a = self.lc.stop();
                 self.act(a).await;
             }
@@ -262,7 +293,11 @@ impl Actor {
     async fn act(&mut self, action: Action) {
         match action {
             Action::None => {}
-            Action::Spawn => self.spawn_run().await,
+            Action::Spawn => {
+                // `starting` is visible while the adoption probe or the spawn runs.
+                self.publish_view();
+                self.spawn_run().await
+            }
             Action::RestartAfter { delay, .. } => self.retry_at = Some(Instant::now() + delay),
             Action::Terminate => Box::pin(self.terminate("stop requested")).await,
         }
@@ -588,7 +623,7 @@ impl Actor {
         if let Some(t) = run.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let stopping = self.lc.status == TaskStatus::Stopping && failing.is_none();
+        let stopping = self.lc.stop_requested();
         let adopted = run.child.is_none();
         let jitter = (crate::util::random_u64() % 2001) as f64 / 1000.0 - 1.0;
         // A failed probe makes even a clean exit a failure.
