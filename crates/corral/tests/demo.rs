@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cli, parse_ndjson, wait_for, Daemon, DaemonOpts};
+use common::{cli, wait_for, Daemon, DaemonOpts};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -54,15 +54,7 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
     .expect("a metrics event within 60 s");
     assert!(seen.contains("id: "), "SSE events carry ids: {seen}");
 
-    let metrics = d
-        .http
-        .get(format!("{}/metrics", d.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains("corral_tasks{status=\"ready\"} 3"),
         "{metrics}"
@@ -72,44 +64,26 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
         "{metrics}"
     );
     // The coordinator's own heartbeat.
-    wait_for(
+    d.wait_events(
+        "component=coordinator&type=heartbeat",
         "a coordinator heartbeat",
-        Duration::from_secs(30),
-        || async {
-            let resp = d
-                .request(
-                    reqwest::Method::GET,
-                    "/events?component=coordinator&type=heartbeat",
-                )
-                .send()
-                .await
-                .unwrap();
-            let evs = parse_ndjson(&resp.bytes().await.unwrap());
-            evs.iter()
-                .any(|e| {
-                    let det = &e["details"];
-                    det["status"] == "ready"
-                        && det["port"].as_u64().is_some()
-                        && det["rpc_backends"].as_array().is_some_and(|b| b.len() == 2)
-                        && det["model"].as_str().is_some()
-                })
-                .then_some(())
+        |evs| {
+            evs.iter().any(|e| {
+                let det = &e["details"];
+                det["status"] == "ready"
+                    && det["port"].as_u64().is_some()
+                    && det["rpc_backends"].as_array().is_some_and(|b| b.len() == 2)
+                    && det["model"].as_str().is_some()
+            })
         },
     )
     .await;
     // The simulated coordinator connects to its backends, which log it.
-    wait_for("rpc connect events", Duration::from_secs(30), || async {
-        let resp = d
-            .request(
-                reqwest::Method::GET,
-                "/events?component=rpc_backend&type=connect",
-            )
-            .send()
-            .await
-            .unwrap();
-        let evs = parse_ndjson(&resp.bytes().await.unwrap());
-        evs.iter().any(|e| e["task"] == "rpc0").then_some(())
-    })
+    d.wait_events(
+        "component=rpc_backend&type=connect",
+        "rpc connect events",
+        |evs| evs.iter().any(|e| e["task"] == "rpc0"),
+    )
     .await;
 }
 

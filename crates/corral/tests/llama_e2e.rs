@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{parse_ndjson, wait_for, Daemon, DaemonOpts, Out};
+use common::{wait_for, Daemon, DaemonOpts, Out};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -73,32 +73,6 @@ async fn wait_status(d: &Daemon, name: &str, what: &str, f: impl Fn(&Value) -> b
     .await
 }
 
-async fn events(d: &Daemon, query: &str) -> Vec<Value> {
-    let resp = d
-        .request(
-            reqwest::Method::GET,
-            &format!("/events?follow=false&{query}"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    parse_ndjson(&resp.bytes().await.unwrap())
-}
-
-async fn wait_events(
-    d: &Daemon,
-    query: &str,
-    what: &str,
-    f: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    wait_for(what, Duration::from_secs(60), || async {
-        let evs = events(d, query).await;
-        f(&evs).then_some(evs)
-    })
-    .await
-}
-
 async fn start_coordinator(d: &Daemon, name: &str, port: u16, extra: &[&str]) -> Out {
     let model = tiny_model();
     let port = port.to_string();
@@ -147,13 +121,11 @@ async fn start_ready_models_and_request_metrics() {
         .await
         .expect("completion request");
     assert!(resp.status().is_success());
-    let evs = wait_events(
-        &d,
-        "task=coord&type=metrics",
-        "a request metrics event",
-        |e| !e.is_empty(),
-    )
-    .await;
+    let evs = d
+        .wait_events("task=coord&type=metrics", "a request metrics event", |e| {
+            !e.is_empty()
+        })
+        .await;
     let ev = &evs[0];
     assert_eq!(ev["component"], "coordinator");
     let det = &ev["details"];
@@ -164,21 +136,13 @@ async fn start_ready_models_and_request_metrics() {
         "{ev}"
     );
     assert!(det["prompt_tokens"].as_u64().unwrap() >= 1, "{ev}");
-    let metrics = d
-        .http
-        .get(format!("{}/metrics", d.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains("corral_llama_requests_total{task=\"coord\",model=\"tiny.gguf\"} 1"),
         "{metrics}"
     );
     // Parsed startup events are there too.
-    let all = events(&d, "task=coord").await;
+    let all = d.events("task=coord").await;
     assert!(
         all.iter().any(|e| e["event_type"] == "start"
             && e["component"] == "coordinator"
@@ -208,7 +172,8 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
         s["lastError"].as_str().unwrap_or("").contains("signal 9"),
         "{s}"
     );
-    let statuses: Vec<String> = events(&d, "task=coord&type=status&component=coordinator")
+    let statuses: Vec<String> = d
+        .events("task=coord&type=status&component=coordinator")
         .await
         .iter()
         .map(|e| e["details"]["status"].as_str().unwrap_or("").to_string())
@@ -295,7 +260,7 @@ async fn a_missing_model_is_refused_and_a_bad_model_ends_in_error_with_the_reaso
             .all(|r| r["status"] == "failed" && r["exit_code"] == 1),
         "{runs:?}"
     );
-    let errors = events(&d, "task=bad&level=error").await;
+    let errors = d.events("task=bad&level=error").await;
     assert!(
         errors.iter().any(|e| e["component"] == "model"),
         "{errors:?}"
@@ -370,8 +335,7 @@ async fn rpc_server_connect_and_disconnect_events() {
     ])
     .await
     .ok();
-    wait_events(
-        &d,
+    d.wait_events(
         "task=rpc0&component=rpc_backend&type=start",
         "rpc-server started",
         |e| {
@@ -390,8 +354,7 @@ async fn rpc_server_connect_and_disconnect_events() {
     .await
     .ok();
     wait_status(&d, "coord", "ready over rpc", |s| s["status"] == "ready").await;
-    wait_events(
-        &d,
+    d.wait_events(
         "task=rpc0&component=rpc_backend",
         "rpc-server connect and disconnect events",
         |evs| {
@@ -401,8 +364,7 @@ async fn rpc_server_connect_and_disconnect_events() {
     )
     .await;
     // The backend registry and its aggregated heartbeat see it.
-    wait_events(
-        &d,
+    d.wait_events(
         "component=rpc_backend&type=heartbeat",
         "a heartbeat with the backend active",
         |evs| {
@@ -419,8 +381,7 @@ async fn rpc_server_connect_and_disconnect_events() {
     assert_eq!(backends[0]["healthy"], true, "{backends}");
     // The backend going away is noticed by the heartbeat.
     d.cli(&["stop", "rpc0"]).await.ok();
-    wait_events(
-        &d,
+    d.wait_events(
         "component=rpc_backend&type=disconnect",
         "a disconnect from the heartbeat",
         |evs| evs.iter().any(|e| e["details"]["source"] == "heartbeat"),
@@ -493,7 +454,7 @@ async fn a_taken_port_is_a_startup_crash_with_the_bind_error() {
         reason.contains(&port.to_string()),
         "the reason names the port: {s}"
     );
-    let bind = events(&d, "task=coord&level=error").await;
+    let bind = d.events("task=coord&level=error").await;
     assert!(
         bind.iter()
             .any(|e| e["component"] == "coordinator" && e["details"]["port"] == port),

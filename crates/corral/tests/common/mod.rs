@@ -363,6 +363,44 @@ impl Daemon {
         s.read_to_end().await
     }
 
+    /// Stored events (`GET /events?follow=false&QUERY`).
+    pub async fn events(&self, query: &str) -> Vec<Value> {
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/events?follow=false&{query}"),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /events?{query}: {e}"));
+        assert_eq!(resp.status(), 200, "GET /events?{query}");
+        parse_ndjson(&resp.bytes().await.unwrap())
+    }
+
+    /// Waits until the stored events matching `query` satisfy `f`; returns them.
+    pub async fn wait_events(
+        &self,
+        query: &str,
+        what: &str,
+        f: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        wait_for(what, DEADLINE, || async {
+            let evs = self.events(query).await;
+            f(&evs).then_some(evs)
+        })
+        .await
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let mut req = self.http.get(format!("{}/metrics", self.addr));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("GET /metrics");
+        resp.text().await.unwrap()
+    }
+
     /// The raw log of a run.
     pub async fn raw_log(&self, run_id: &str) -> Vec<u8> {
         let resp = self
