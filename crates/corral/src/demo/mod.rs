@@ -84,6 +84,7 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
             return Err(e);
         }
     };
+    let me = command_name();
     let addr_flag = if client.base == "http://127.0.0.1:7070" {
         String::new()
     } else {
@@ -92,11 +93,11 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
     println!(
         "\nA simulated llama.cpp fleet is running: coordinator on 127.0.0.1:{port}, rpc backends on {}.\n\
          It crashes now and then so that the restart policy shows. Watch it from another terminal:\n\n\
-         \x20 corral{addr_flag} ps\n\
-         \x20 corral{addr_flag} monitor coordinator\n\
-         \x20 corral{addr_flag} events --follow\n\
-         \x20 corral{addr_flag} llama status coordinator\n\
-         \x20 corral{addr_flag} runs coordinator\n\
+         \x20 {me}{addr_flag} ps\n\
+         \x20 {me}{addr_flag} monitor coordinator\n\
+         \x20 {me}{addr_flag} events --follow\n\
+         \x20 {me}{addr_flag} llama status coordinator\n\
+         \x20 {me}{addr_flag} runs coordinator\n\
          \x20 curl {}/metrics\n",
         backends.join(", "),
         client.base
@@ -133,6 +134,22 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
     }
     println!("done");
     Ok(0)
+}
+
+/// How the user can call this binary: `corral` when that is what PATH finds, else its
+/// path (relative to the working directory when inside it, as after `cargo run`).
+fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "corral".into();
+    };
+    let on_path = crate::llama::cli::which("corral")
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .is_some_and(|p| std::fs::canonicalize(&exe).is_ok_and(|e| e == p));
+    if on_path {
+        return "corral".into();
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    exe.strip_prefix(&cwd).unwrap_or(&exe).display().to_string()
 }
 
 /// Starts the fleet; returns the coordinator's port and the backends' addresses.
