@@ -244,6 +244,7 @@ async fn a_missing_model_is_refused_and_a_bad_model_ends_in_error_with_the_reaso
         s["status"] == "error"
     })
     .await;
+    assert_eq!(s["retries"], 1, "one retry was made: {s}");
     let reason = s["lastError"].as_str().unwrap_or("");
     assert!(
         reason.contains("model loading error") || reason.contains("failed to load model"),

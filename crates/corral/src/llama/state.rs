@@ -216,7 +216,7 @@ fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
         "status": status,
         "models": models,
         "lastError": info.last_error,
-        "retries": info.restarts,
+        "retries": info.retries,
         "uptime": info.uptime_s.map(|u| u.round() as u64),
         "startedAt": info.started_at.filter(|_| info.uptime_s.is_some()).map(corral_core::time::rfc3339_utc),
         "adopted": info.adopted,

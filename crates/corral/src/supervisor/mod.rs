@@ -101,7 +101,11 @@ pub struct TaskInfo {
     pub status: String,
     pub pid: Option<u32>,
     pub run_id: Option<String>,
+    /// Restarts over the task's life.
     pub restarts: u32,
+    /// Consecutive failed runs behind the current one (0 once it stayed up 60 s).
+    #[serde(default)]
+    pub retries: u32,
     pub uptime_s: Option<f64>,
     pub command: String,
     #[serde(default)]
@@ -123,6 +127,7 @@ pub(crate) struct View {
     pub pid: Option<u32>,
     pub run_id: Option<String>,
     pub restarts: u32,
+    pub failures: u32,
     pub started_at: Option<f64>,
     pub log: Option<Arc<RunLog>>,
     pub adopted: bool,
@@ -267,6 +272,7 @@ impl Supervisor {
             pid: None,
             run_id: last.map(|r| r.run_id.clone()),
             restarts: 0,
+            failures: 0,
             started_at: None,
             log: None,
             adopted: false,
@@ -455,16 +461,26 @@ fn info(h: &Handle) -> TaskInfo {
         v.status,
         TaskStatus::Starting | TaskStatus::Ready | TaskStatus::Stopping
     );
+    let uptime_s = v
+        .started_at
+        .filter(|_| live)
+        .map(|s| ((crate::util::unix_now() - s) * 10.0).round() / 10.0);
+    // The policy resets the count when a run that stayed up long enough ends; show it
+    // reset as soon as the run has been up that long.
+    let stable = uptime_s.is_some_and(|u| u >= h.spec.policy().reset_after.as_secs_f64());
     TaskInfo {
         name: h.spec.name.clone(),
         status: v.status.as_str().to_string(),
         pid: v.pid.filter(|_| live),
         run_id: v.run_id.clone(),
         restarts: v.restarts,
-        uptime_s: v
-            .started_at
-            .filter(|_| live)
-            .map(|s| ((crate::util::unix_now() - s) * 10.0).round() / 10.0),
+        // Failures count the one that spent the budget too; retries are restarts made.
+        retries: if stable {
+            0
+        } else {
+            v.failures.min(h.spec.max_retries)
+        },
+        uptime_s,
         command: shell_words(&h.spec.command),
         labels: h.spec.labels.clone(),
         adopted: v.adopted,

@@ -219,6 +219,7 @@ impl Actor {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         v.status = self.lc.status;
         v.restarts = self.lc.restarts;
+        v.failures = self.lc.failures;
         if let Some(run) = &self.run {
             v.pid = (run.pid != 0).then_some(run.pid);
             v.adopted = run.child.is_none();
