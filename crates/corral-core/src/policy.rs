@@ -250,6 +250,18 @@ impl Lifecycle {
         if uptime.is_some_and(|u| u >= self.policy.reset_after) {
             self.failures = 0;
         }
+        if exit.success() {
+            // `always` and a clean exit: a restart, not a failure, so it spends no
+            // budget; the initial backoff keeps a task that exits at once from spinning.
+            self.failures = 0;
+            self.status = TaskStatus::Crashed;
+            self.restarts += 1;
+            return Action::RestartAfter {
+                delay: self.policy.backoff(1, jitter),
+                retry: 0,
+                of: self.policy.max_retries,
+            };
+        }
         self.failures += 1;
         if self.failures > self.policy.max_retries {
             self.status = TaskStatus::Error;
@@ -403,6 +415,30 @@ mod tests {
         assert!(matches!(
             l.exited(Exit::Code(0), secs(1), 0.0),
             Action::RestartAfter { .. }
+        ));
+    }
+
+    #[test]
+    fn always_restarts_clean_exits_without_spending_the_budget() {
+        let mut l = Lifecycle::new(policy(Restart::Always));
+        l.start();
+        for i in 0..20u64 {
+            l.spawned(secs(2 * i), true);
+            assert_eq!(
+                l.exited(Exit::Code(0), secs(2 * i + 1), 0.0),
+                Action::RestartAfter {
+                    delay: secs(1),
+                    retry: 0,
+                    of: 5
+                }
+            );
+            assert_eq!(l.retry_due(), Action::Spawn);
+        }
+        // A failure after clean exits is the first of a new count.
+        l.spawned(secs(100), true);
+        assert!(matches!(
+            l.exited(Exit::Code(1), secs(101), 0.0),
+            Action::RestartAfter { retry: 1, .. }
         ));
     }
 

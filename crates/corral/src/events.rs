@@ -39,9 +39,10 @@ pub struct Stored {
 struct Store {
     events: VecDeque<Stored>,
     next_id: u64,
-    /// One sampler per (task, event type), so that a chatty stream (a heartbeat every
-    /// second) cannot thin another one (a server's request metrics) out of the store.
-    samplers: HashMap<(String, EventType), Sampler>,
+    /// One sampler per (task, event type, details.kind), so that a chatty stream (a
+    /// heartbeat every second, live `n_gen` progress) cannot thin another one (a
+    /// server's request metrics) out of the store.
+    samplers: HashMap<(String, EventType, String), Sampler>,
     sampling: bool,
     sample_rate: f64,
     sampled_out: u64,
@@ -102,7 +103,16 @@ impl Bus {
                 let (on, rate) = (s.sampling, s.sample_rate);
                 keep = s
                     .samplers
-                    .entry((event.task.clone(), event.event_type))
+                    .entry((
+                        event.task.clone(),
+                        event.event_type,
+                        event
+                            .details
+                            .get("kind")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                    ))
                     .or_insert_with(|| Sampler::new(on, rate))
                     .keep(event.level, event.event_type);
                 if !keep {

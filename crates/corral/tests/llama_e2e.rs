@@ -143,11 +143,25 @@ async fn start_ready_models_and_request_metrics() {
     );
     // Parsed startup events are there too.
     let all = d.events("task=coord").await;
+    let start = all
+        .iter()
+        .find(|e| e["event_type"] == "start" && e["component"] == "coordinator")
+        .unwrap_or_else(|| panic!("no coordinator start event: {all:?}"));
+    // The contract's start event: the listening line plus the configuration.
+    assert_eq!(start["details"]["port"], port, "{start}");
+    assert_eq!(start["details"]["ctx_size"], 512, "{start}");
+    assert_eq!(start["details"]["backend_count"], 0, "{start}");
     assert!(
-        all.iter().any(|e| e["event_type"] == "start"
-            && e["component"] == "coordinator"
-            && e["details"]["port"] == port),
-        "no coordinator start event with the port: {all:?}"
+        start["details"]["model_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("tiny.gguf")),
+        "{start}"
+    );
+    assert!(
+        start["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("started on port {port}"))),
+        "{start}"
     );
     assert!(
         all.iter().any(|e| e["event_type"] == "model_load"),

@@ -244,8 +244,14 @@ async fn a_command_that_does_not_exist_fails_the_run_with_a_message() {
             "/nonexistent/corral-test-cmd",
             "arg",
         ])
-        .await
-        .ok();
+        .await;
+    assert_eq!(out.code, Some(1), "a command that cannot start fails `run`");
+    assert!(
+        out.stderr
+            .contains("failed to start `/nonexistent/corral-test-cmd`"),
+        "{}",
+        out.stderr
+    );
     let run_id = out.stdout().trim().to_string();
     let row = d.wait_run_end(&run_id).await;
     assert_eq!(row["status"], "failed", "{row}");
@@ -276,8 +282,8 @@ async fn a_command_that_does_not_exist_fails_the_run_with_a_message() {
             "--",
             "/nonexistent/x",
         ])
-        .await
-        .ok();
+        .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
     let run_id = out.stdout().trim().to_string();
     d.wait_run_end(&run_id).await;
     d.wait_task_status("nocmd2", "error").await;

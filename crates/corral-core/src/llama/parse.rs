@@ -728,9 +728,12 @@ impl LogParser {
         self.announced = Some(key);
 
         let message = match (&host, port) {
-            (Some(h), Some(p)) => format!("llama.cpp coordinator listening on {h}:{p}"),
-            (Some(h), None) => format!("llama.cpp coordinator listening on {h}"),
-            _ => "llama.cpp coordinator listening".to_string(),
+            (Some(h), Some(p)) => {
+                format!("llama.cpp coordinator started on port {p} (listening on {h}:{p})")
+            }
+            (None, Some(p)) => format!("llama.cpp coordinator started on port {p}"),
+            (Some(h), None) => format!("llama.cpp coordinator started, listening on {h}"),
+            _ => "llama.cpp coordinator started".to_string(),
         };
         let mut e = EventKind::new(
             Component::Coordinator,

@@ -53,7 +53,7 @@ fn open(st: &Shared, name: &str, q: &LogQuery) -> Result<Arc<RunLog>, ApiError> 
 
 fn start_seq(log: &RunLog, q: &LogQuery, last_event_id: Option<u64>) -> u64 {
     if let Some(id) = last_event_id.or(q.since) {
-        return id + 1;
+        return id.saturating_add(1);
     }
     let last = log.stats().last_seq;
     let tail = q.tail.unwrap_or(DEFAULT_TAIL);

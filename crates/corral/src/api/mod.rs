@@ -163,16 +163,41 @@ async fn json_rejection(resp: Response) -> Response {
     out
 }
 
+/// `?token=` for clients that cannot set headers (a browser's EventSource), decoded
+/// as a form value so that a token with `+`, `/` or `=` survives the trip.
 fn query_token(query: Option<&str>) -> Option<String> {
-    query?
+    let raw = query?
         .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(str::to_string)
+        .find_map(|kv| kv.strip_prefix("token="))?
+        .as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = (raw[i] == b'%')
+            .then(|| Some(hex(*raw.get(i + 1)?)? << 4 | hex(*raw.get(i + 2)?)?))
+            .flatten();
+        match (raw[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Compares without leaking, through timing, how many leading bytes matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
         let y = b.get(i).copied().unwrap_or(0);
@@ -201,5 +226,9 @@ mod tests {
     fn token_in_query() {
         assert_eq!(query_token(Some("a=1&token=xyz")), Some("xyz".into()));
         assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(
+            query_token(Some("token=a%2Bb%2F%3D+c%zz")),
+            Some("a+b/= c%zz".into())
+        );
     }
 }

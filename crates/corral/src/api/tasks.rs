@@ -93,11 +93,10 @@ pub async fn runs(
             return Err(crate::supervisor::SupError::UnknownTask(task.clone()).into());
         }
     }
-    let live = st.sup.live_counts();
+    let live = st.sup.live_stats();
     for r in rows.iter_mut().filter(|r| r.status == "running") {
-        if let Some((lines, bytes)) = live.get(&r.run_id) {
-            r.lines = *lines as i64;
-            r.bytes = *bytes as i64;
+        if let Some(s) = live.get(&r.run_id) {
+            overlay_live(r, s);
         }
     }
     Ok(Json(rows))
@@ -113,9 +112,16 @@ pub async fn run(
         .run(&run_id)
         .map_err(crate::supervisor::SupError::from)?
         .ok_or_else(|| crate::supervisor::SupError::UnknownRun(run_id.clone()))?;
-    if let Some((lines, bytes)) = st.sup.live_counts().get(&run_id) {
-        row.lines = *lines as i64;
-        row.bytes = *bytes as i64;
+    if let Some(s) = st.sup.live_stats().get(&run_id) {
+        overlay_live(&mut row, s);
     }
     Ok(Json(row))
+}
+
+/// A running run's row with the log's live counters, and whether the size cap has
+/// already cut it.
+fn overlay_live(row: &mut RunRow, s: &crate::logbook::LogStats) {
+    row.lines = s.lines as i64;
+    row.bytes = s.bytes as i64;
+    row.truncated |= s.gap.is_some();
 }

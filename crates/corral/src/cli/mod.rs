@@ -351,6 +351,18 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
     } else {
         println!("{run_id}");
     }
+    // A command that could not even be spawned is the caller's mistake: say so and
+    // exit non-zero (the run is still recorded as `failed`, with the same message).
+    let row: Value = c.get(&format!("/runs/{}", enc(&run_id))).await?;
+    if row["status"] == "failed" && row["pid"].is_null() {
+        eprintln!(
+            "error: {}",
+            row["error_message"]
+                .as_str()
+                .unwrap_or("the command could not be started")
+        );
+        return Ok(1);
+    }
     if a.follow {
         return monitor::monitor(
             c,
@@ -427,17 +439,21 @@ async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
                 r["status"].as_str().unwrap_or("").into(),
                 table::opt(r["pid"].as_i64()),
                 r["started_at"].as_f64().map_or("-".into(), table::time),
+                r["ended_at"].as_f64().map_or("-".into(), table::time),
                 table::opt(r["exit_code"].as_i64()),
                 table::opt(r["signal"].as_i64()),
                 r["lines"].to_string(),
+                r["bytes"].to_string(),
+                corral_core::term::strip_escapes(r["log_path"].as_str().unwrap_or("-"))
+                    .into_owned(),
                 short,
             ]
         })
         .collect();
     table::print(
         &[
-            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "EXIT", "SIGNAL", "LINES",
-            "ERROR",
+            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "ENDED", "EXIT", "SIGNAL",
+            "LINES", "BYTES", "LOG", "ERROR",
         ],
         &table_rows,
     );

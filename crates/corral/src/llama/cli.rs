@@ -145,7 +145,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| p.is_file())
+        .find(|p| super::is_executable(p))
 }
 
 fn resolve_bin(given: Option<&str>, names: &[&str], flag: &str) -> anyhow::Result<String> {

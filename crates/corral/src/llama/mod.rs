@@ -120,13 +120,19 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
     if spec.extra.get("check_files") == Some(&serde_json::Value::Bool(false)) {
         return Ok(());
     }
-    let bin = spec.command.first().map(String::as_str).unwrap_or("");
-    let meta = std::fs::metadata(bin);
-    use std::os::unix::fs::PermissionsExt;
-    if !meta
-        .as_ref()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    {
+    // The server binary: the first word, or the first after `stdbuf` and its options
+    // (rpc-server runs line-buffered under it); a bare name is looked up on PATH.
+    let mut words = spec.command.iter().map(String::as_str);
+    let mut bin = words.next().unwrap_or("");
+    if std::path::Path::new(bin).file_name() == Some(std::ffi::OsStr::new("stdbuf")) {
+        bin = words.find(|w| !w.starts_with('-')).unwrap_or("");
+    }
+    let found = if bin.contains('/') {
+        is_executable(std::path::Path::new(bin))
+    } else {
+        cli::which(bin).is_some()
+    };
+    if !found {
         return Err(format!(
             "the {} binary `{bin}` does not exist or is not executable; pass --bin PATH or put it on PATH",
             if kind == "llama" { "llama-server" } else { "rpc-server" }
@@ -151,4 +157,10 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A regular file with an execute bit.
+pub fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

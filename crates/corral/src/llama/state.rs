@@ -255,6 +255,10 @@ async fn status_loop(inner: Arc<Inner>) {
             if fresh_ready {
                 let models = fetch_models(&spec).await;
                 inner.data().models.insert(info.name.clone(), models);
+            } else if info.status != "ready" {
+                // A server that is not serving lists no models; they are fetched again
+                // when it is next ready.
+                inner.data().models.remove(&info.name);
             }
             let info = inner.sup.get(&info.name).unwrap_or(info);
             push_status(&inner, &info, &spec);
@@ -347,6 +351,11 @@ async fn coordinator_heartbeats(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         for (info, spec) in llama_tasks(&inner.sup, "llama") {
+            // A stopped or failed coordinator has nothing to beat for: its status event
+            // said so when it changed.
+            if !matches!(info.status.as_str(), "starting" | "ready" | "stopping") {
+                continue;
+            }
             let kind = EventKind::new(
                 Component::Coordinator,
                 Level::Info,
@@ -359,7 +368,7 @@ async fn coordinator_heartbeats(inner: Arc<Inner>) {
             .with("port", spec.extra["port"].clone())
             .with("rpc_backends", spec.extra["rpc_backends"].clone())
             .with("model", spec.extra["model_path"].clone())
-            .with("uptime", info.uptime_s.map(|u| u.round()))
+            .with("uptime", info.uptime_s.map(|u| u.round() as u64))
             .with("status", info.status.clone());
             inner
                 .bus
@@ -495,6 +504,22 @@ pub fn watch_run(
     let task = spec.name.clone();
     let run_id = run_id.to_string();
     let model = model_label(spec);
+    // The coordinator's `start` event carries its configuration (DESIGN.md's event
+    // example): what the log line cannot say.
+    let settings: Vec<(&str, Value)> = match spec.kind.as_deref() {
+        Some("llama") => {
+            let backends = spec.extra["rpc_backends"].clone();
+            let count = backends.as_array().map_or(0, Vec::len);
+            vec![
+                ("model_path", spec.extra["model_path"].clone()),
+                ("rpc_backends", backends),
+                ("backend_count", count.into()),
+                ("n_gpu_layers", spec.extra["n_gpu_layers"].clone()),
+                ("ctx_size", spec.extra["ctx_size"].clone()),
+            ]
+        }
+        _ => Vec::new(),
+    };
     Some(tokio::spawn(async move {
         let mut parser = LogParser::new(parser_kind);
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
@@ -504,7 +529,14 @@ pub fn watch_run(
         let mut path: Option<String> = None;
         let handle =
             |kinds: Vec<EventKind>, errors: &mut VecDeque<String>, path: &mut Option<String>| {
-                for k in kinds {
+                for mut k in kinds {
+                    if k.component == Component::Coordinator && k.event_type == EventType::Start {
+                        for (key, v) in &settings {
+                            k.details
+                                .entry(key.to_string())
+                                .or_insert_with(|| v.clone());
+                        }
+                    }
                     if k.level >= Level::Error {
                         if errors.len() == RECENT_ERRORS {
                             errors.pop_front();

@@ -441,15 +441,14 @@ impl Supervisor {
     }
 
     /// Live line and byte counts of running runs, for `corral runs`.
-    pub fn live_counts(&self) -> HashMap<String, (u64, u64)> {
+    /// The live counters of every task's current log, by run id: the registry row of a
+    /// running run is only final when the run ends.
+    pub fn live_stats(&self) -> HashMap<String, crate::logbook::LogStats> {
         self.tasks()
             .values()
             .filter_map(|h| {
                 let v = h.view.lock().unwrap_or_else(|e| e.into_inner());
-                v.log.as_ref().map(|l| {
-                    let s = l.stats();
-                    (l.run_id.clone(), (s.lines, s.bytes))
-                })
+                v.log.as_ref().map(|l| (l.run_id.clone(), l.stats()))
             })
             .collect()
     }

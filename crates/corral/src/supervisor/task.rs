@@ -325,10 +325,20 @@ impl Actor {
         run.kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
         run.grace_ms = grace_ms;
         let pid = run.pid;
+        let run_id = run.run_id.clone();
         self.system(&format!(
             "{why}: SIGTERM to process group {pid} (SIGKILL after {timeout})"
         ));
         process::signal_group(pid, libc::SIGTERM);
+        // Viewers of the task's state (the llama status object) see `stopping` now,
+        // not only when the exit comes.
+        self.emit(
+            Component::Task,
+            Level::Info,
+            EventType::Status,
+            format!("task {} stopping: {why}", self.spec.name),
+            &run_id,
+        );
     }
 
     fn system(&self, text: &str) {
@@ -686,7 +696,14 @@ impl Actor {
         )];
         match &action {
             Action::RestartAfter { delay, retry, of } => {
-                let note = format!("restarting in {} (retry {retry}/{of})", human_delay(*delay));
+                let note = if *retry == 0 {
+                    format!(
+                        "restarting in {} (clean exit, restart always)",
+                        human_delay(*delay)
+                    )
+                } else {
+                    format!("restarting in {} (retry {retry}/{of})", human_delay(*delay))
+                };
                 self.system(&note);
                 events.push((
                     Level::Warning,
