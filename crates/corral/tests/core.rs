@@ -76,6 +76,25 @@ async fn byte_exact_log_of_200000_lines() {
     assert_eq!(r["lines"], 200_000, "{r}");
     assert_eq!(r["bytes"], expected.len() as u64, "{r}");
     assert_eq!(r["error_message"], Value::Null);
+
+    // The layout of the contract: the log, and an index of one entry per record.
+    let log_path = d
+        .home
+        .join("runs/lines/logs")
+        .join(format!("run_{run_id}.log"));
+    assert_eq!(r["log_path"], log_path.display().to_string(), "{r}");
+    assert!(std::fs::read(&log_path).unwrap() == expected);
+    let idx = std::fs::metadata(log_path.with_extension("idx")).unwrap();
+    assert_eq!(idx.len() % 24, 0, "the index holds fixed 24-byte entries");
+    assert!(
+        idx.len() / 24 >= 200_000,
+        "one index entry per record: {}",
+        idx.len()
+    );
+    // The registry is SQLite in WAL mode: its header's read and write versions are 2.
+    let db = std::fs::read(d.home.join("registry.db")).unwrap();
+    assert_eq!(&db[..16], b"SQLite format 3\0");
+    assert_eq!((db[18], db[19]), (2, 2), "the registry is not in WAL mode");
 }
 
 /// 10 MiB of ASCII with no newline at all, in a pattern that does not repeat every 64 KiB.

@@ -762,3 +762,44 @@ async fn monitor_strips_escape_sequences_only_on_a_terminal() {
     assert!(text.contains("red plain"), "{text:?}");
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
 }
+
+/// Files of `run_id` the daemon holds open.
+fn open_files_of(pid: u32, run_id: &str) -> usize {
+    let needle = format!("run_{run_id}.");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|p| p.to_string_lossy().contains(&needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_an_old_run_share_one_open_log() {
+    let d = Daemon::start().await;
+    let old = d.run_task("hist", &[], &["seq", "1", "100000"]).await;
+    d.wait_run_end(&old).await;
+    // A newer run makes the first one history: it is served from disk.
+    let new = d.run_task("hist", &[], &["true"]).await;
+    d.wait_run_end(&new).await;
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(
+            d.open_stream("hist", &format!("run={old}&since=0&follow=true"))
+                .await,
+        );
+    }
+    // Twenty followers, none reading yet: one set of files, not twenty.
+    let held = open_files_of(d.pid, &old);
+    assert!(
+        (1..=3).contains(&held),
+        "20 followers of an old run hold {held} open files of it"
+    );
+    for mut s in streams {
+        let (n, end) = s.count_to_end().await;
+        assert_eq!(n, 100_000 + 2, "every record and corral's two notes");
+        assert_eq!(end["status"], "succeeded", "{end}");
+    }
+}

@@ -112,9 +112,9 @@ struct BenchArgs {
     /// Lines per second of the latency run's child.
     #[arg(long, default_value_t = 1000)]
     latency_rate: u64,
-    /// Followers use SSE (`Accept: text/event-stream`) instead of NDJSON.
+    /// Followers read NDJSON instead of SSE (`Accept: text/event-stream`, the default).
     #[arg(long)]
-    sse: bool,
+    ndjson: bool,
     /// A tmpfs for the daemon's home and the baseline's file.
     #[arg(long, default_value = "/dev/shm")]
     dir: PathBuf,
@@ -912,7 +912,7 @@ fn corral_run(
         let mut cmd = Command::new(&ctx.exe);
         cmd.args(["followers", "--url", &url, "--n", &n.to_string()])
             .args(["--timeout", &ctx.a.timeout.to_string()]);
-        if ctx.a.sse {
+        if !ctx.a.ndjson {
             cmd.arg("--sse");
         }
         if rate.is_some() {
@@ -1380,7 +1380,7 @@ fn print_table(ctx: &Ctx, rows: &[Row], tmpfs: bool, took: Duration, others: f64
         if tmpfs { "tmpfs" } else { "NOT tmpfs" },
         a.line_bytes,
         a.child_buf / 1024,
-        if a.sse { "SSE" } else { "NDJSON" },
+        if a.ndjson { "NDJSON" } else { "SSE" },
         took.as_secs_f64(),
         others * 100.0
     );

@@ -182,6 +182,10 @@ pub struct Supervisor {
     /// llama.cpp state (metrics sink of the log watchers), set once at daemon start.
     pub llama: std::sync::OnceLock<Arc<crate::llama::state::Inner>>,
     tasks: Mutex<HashMap<String, Handle>>,
+    /// Logs of runs that are no task's current one, opened for followers: shared while
+    /// any follower holds one, so a crowd reading an old run shares one block cache and
+    /// one set of file handles instead of each opening its own.
+    finished_logs: Mutex<HashMap<String, std::sync::Weak<RunLog>>>,
 }
 
 impl Supervisor {
@@ -192,6 +196,7 @@ impl Supervisor {
             bus,
             llama: std::sync::OnceLock::new(),
             tasks: Mutex::new(HashMap::new()),
+            finished_logs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -417,10 +422,31 @@ impl Supervisor {
                 return Ok(log.clone());
             }
         }
+        let mut open = self.finished_logs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = open.get(run_id).and_then(std::sync::Weak::upgrade) {
+            return Ok(log);
+        }
+        open.retain(|_, w| w.strong_count() > 0);
         let row = self
             .registry
             .run(run_id)?
             .ok_or_else(|| SupError::UnknownRun(run_id.into()))?;
+        if row.status == "running" {
+            // Still being written by the task's live log (which the loop above missed
+            // only if the run ended meanwhile): never cache a half-read view of it.
+            drop(open);
+            return self.open_from_row(run_id, &row);
+        }
+        let log = self.open_from_row(run_id, &row)?;
+        open.insert(run_id.to_string(), Arc::downgrade(&log));
+        Ok(log)
+    }
+
+    fn open_from_row(
+        &self,
+        run_id: &str,
+        row: &crate::registry::RunRow,
+    ) -> Result<Arc<RunLog>, SupError> {
         let gap = row.gap.map(|g| crate::logbook::Gap {
             from: g[0] as u64,
             to: g[1] as u64,
@@ -440,7 +466,6 @@ impl Supervisor {
         })
     }
 
-    /// Live line and byte counts of running runs, for `corral runs`.
     /// The live counters of every task's current log, by run id: the registry row of a
     /// running run is only final when the run ends.
     pub fn live_stats(&self) -> HashMap<String, crate::logbook::LogStats> {
