@@ -92,10 +92,26 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    // Grandchildren still hold the pipes: stop reading, keep what we have.
+                    // Something outside the process group (it escaped with setsid) still
+                    // holds the pipes. Take what is already in them, then stop reading,
+                    // and say so in the log: nothing stops silently.
+                    drain_ready(capture, pipes, max_record, &mut frames);
+                    let held: Vec<&str> = pipes
+                        .iter()
+                        .filter(|p| p.open)
+                        .map(|p| p.stream.as_str())
+                        .collect();
                     for p in pipes.iter_mut().filter(|p| p.open) {
                         flush_pending(capture, p, max_record, &mut frames);
                         p.open = false;
+                    }
+                    if !held.is_empty() {
+                        let note = format!(
+                            "stopped reading {} {}s after the task exited: a process outside its process group still holds the pipe open; later output from it is not captured",
+                            held.join(" and "),
+                            EXIT_GRACE.as_secs_f64()
+                        );
+                        lock(capture).writer.system(&note, now_micros());
                     }
                     return;
                 }
@@ -127,6 +143,36 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
         for (p, pfd) in pipes.iter_mut().zip(&fds) {
             if p.open && pfd.revents != 0 {
                 read_once(capture, p, max_record, &mut frames);
+            }
+        }
+    }
+}
+
+/// Reads whatever the open pipes hold right now, without waiting (bounded, so a writer
+/// that keeps writing cannot keep the capture here).
+fn drain_ready(
+    capture: &SharedCapture,
+    pipes: &mut [Pipe],
+    max_record: usize,
+    frames: &mut Vec<Frame>,
+) {
+    for _ in 0..64 {
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: if p.open { p.fd.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        if n <= 0 {
+            return;
+        }
+        for (p, pfd) in pipes.iter_mut().zip(&fds) {
+            if p.open && pfd.revents != 0 {
+                read_once(capture, p, max_record, frames);
             }
         }
     }

@@ -210,7 +210,7 @@ async fn a_grandchild_holding_the_pipes_does_not_hang_the_run() {
     // In a session of its own, out of reach of the group signals: the run still ends.
     let script = r#"
 import subprocess
-p = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+p = subprocess.Popen(["sh", "-c", "echo late words; exec sleep 1000"], start_new_session=True)
 print("grandchild", p.pid, flush=True)
 "#;
     let run_id = d.run_task("escaped", &[], &[python(), "-c", script]).await;
@@ -230,6 +230,16 @@ print("grandchild", p.pid, flush=True)
         "the escaped grandchild still runs"
     );
     assert_eq!(d.task("escaped").await["status"], "completed");
+    // What it wrote within the grace is kept, and the log says why capture stopped.
+    let out = of_stream(&records, "stdout");
+    assert!(out.iter().any(|r| r["line"] == "late words"), "{records:?}");
+    assert!(
+        system_lines(&records)
+            .iter()
+            .any(|l| l.contains("stopped reading stdout and stderr")
+                && l.contains("outside its process group")),
+        "{records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
