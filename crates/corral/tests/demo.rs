@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cli, wait_for, Daemon, DaemonOpts};
+use common::{cli, proc_state, wait_for, Daemon, DaemonOpts, BIN};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -85,6 +85,40 @@ async fn demo_runs_a_simulated_fleet_that_reports_events_and_metrics() {
         |evs| evs.iter().any(|e| e["task"] == "rpc0"),
     )
     .await;
+
+    // The CLI views of the same state.
+    let status = d
+        .cli(&["llama", "status", "coordinator", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(status["status"], "ready", "{status}");
+    assert_eq!(status["rpc_backends"].as_array().map(Vec::len), Some(2));
+    let text = d
+        .cli(&["llama", "status", "coordinator"])
+        .await
+        .ok()
+        .stdout();
+    assert!(text.contains("ready"), "{text}");
+    let backends = d.cli(&["backends", "--json"]).await.ok().json();
+    assert_eq!(backends.as_array().map(Vec::len), Some(2), "{backends}");
+    let text = d.cli(&["backends"]).await.ok().stdout();
+    assert_eq!(text.lines().count(), 3, "a header and two backends: {text}");
+    let events = d
+        .cli(&["events", "--component", "rpc_backend", "--json"])
+        .await
+        .ok()
+        .ndjson();
+    assert!(
+        !events.is_empty() && events.iter().all(|e| e["component"] == "rpc_backend"),
+        "{events:?}"
+    );
+    let text = d
+        .cli(&["events", "--component", "coordinator", "--level", "info"])
+        .await
+        .ok()
+        .stdout();
+    assert!(text.contains("coordinator"), "{text}");
 }
 
 #[tokio::test]
@@ -106,11 +140,127 @@ async fn parse_turns_a_saved_log_into_events() {
         .any(|e| e["event_type"] == "start" && e["details"]["port"] == 18134));
     assert!(events.iter().all(|e| e["line_no"].as_u64().is_some()));
 
+    // `-` reads the log from standard input, with the same events.
+    let piped = std::process::Command::new(BIN)
+        .args(["parse", "-"])
+        .stdin(std::fs::File::open(fixture).unwrap())
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    assert_eq!(
+        piped.stdout, out.stdout,
+        "parse - gives what parse FILE gives"
+    );
+
     let missing = cli(&["parse", "/nonexistent.log"], &[]).await;
     assert_ne!(missing.code, Some(0));
     assert!(
         missing.stderr.contains("/nonexistent.log"),
         "{}",
         missing.stderr
+    );
+}
+
+/// The README's first command as a user runs it: no daemon yet, so the demo starts its
+/// own; the coordinator becomes ready, crashes now and then and is restarted; Ctrl-C stops the whole fleet and leaves no process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_its_own_daemon_restarts_crashes_and_stops_cleanly_on_ctrl_c() {
+    let home = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut demo = tokio::process::Command::new(BIN)
+        .args(["demo", "--listen", &addr, "--crash-after", "2"])
+        .env("CORRAL_ADDR", format!("http://{addr}"))
+        .env("CORRAL_HOME", home.path())
+        .env_remove("CORRAL_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("http://{addr}/api/v1{path}");
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+
+    // Ready once its /health answers 200 (it answers 503 while "loading").
+    let sim_port = wait_for(
+        "the coordinator to be ready",
+        Duration::from_secs(60),
+        || async {
+            let s = get(api("/llama/coordinator/status")).await?;
+            (s["status"] == "ready").then_some(s)
+        },
+    )
+    .await;
+    let sim_port = sim_port["port"].as_u64().unwrap();
+    let health = format!("http://127.0.0.1:{sim_port}/health");
+    wait_for(
+        "the simulated /health to answer 200",
+        Duration::from_secs(60),
+        || {
+            let (http, health) = (http.clone(), health.clone());
+            async move {
+                let r = http.get(&health).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // It crashes after 2 s of serving and the restart policy brings it back.
+    wait_for(
+        "the coordinator to crash and be restarted to ready",
+        Duration::from_secs(60),
+        || async {
+            let s = get(api("/llama/coordinator/status")).await?;
+            (s["status"] == "ready" && s["retries"] == 1).then_some(())
+        },
+    )
+    .await;
+    let events = get(api("/events?task=coordinator&type=restart&follow=false"))
+        .await
+        .unwrap();
+    assert!(
+        events.to_string().contains("restarting in"),
+        "a restart event: {events}"
+    );
+
+    let tasks = get(api("/tasks")).await.unwrap();
+    let pids: Vec<u32> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    assert_eq!(pids.len(), 3, "three live tasks: {tasks}");
+
+    // Ctrl-C.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(demo.id().unwrap() as i32, libc::SIGINT) };
+    let status = tokio::time::timeout(Duration::from_secs(30), demo.wait())
+        .await
+        .expect("the demo ends within 30 s of Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "the demo exits cleanly: {status:?}");
+    for pid in pids {
+        assert!(
+            proc_state(pid).is_none_or(|s| s == 'Z'),
+            "pid {pid} outlived the demo"
+        );
+    }
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the demo's daemon is gone"
     );
 }

@@ -204,6 +204,29 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1]["status"], "failed");
     assert_eq!(runs[1]["signal"], 9);
+
+    // A stop by hand: `ready -> stopping -> initial`, each pushed as it happens, and a
+    // stopped server lists no models.
+    d.cli(&["stop", "coord"]).await.ok();
+    let evs = d
+        .wait_events(
+            "task=coord&type=status&component=coordinator",
+            "stopping then initial",
+            |evs| {
+                let st: Vec<&str> = evs
+                    .iter()
+                    .filter_map(|e| e["details"]["status"].as_str())
+                    .collect();
+                st.iter()
+                    .rposition(|s| *s == "stopping")
+                    .is_some_and(|i| st[i..].contains(&"initial"))
+            },
+        )
+        .await;
+    let last = evs.last().unwrap();
+    assert_eq!(last["details"]["status"], "initial", "{last}");
+    let (_, s) = d.get("/llama/coord/status").await;
+    assert_eq!(s["models"], serde_json::json!([]), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
