@@ -469,6 +469,39 @@ mod tests {
     }
 
     #[test]
+    fn no_retries_means_the_first_failure_is_an_error() {
+        let mut l = Lifecycle::new(RestartPolicy {
+            restart: Restart::Always,
+            max_retries: 0,
+            ..RestartPolicy::default()
+        });
+        l.start();
+        l.spawned(secs(0), true);
+        assert_eq!(l.exited(Exit::Code(1), secs(1), 0.0), Action::None);
+        assert_eq!(l.status, TaskStatus::Error);
+        assert_eq!(l.restarts, 0);
+    }
+
+    #[test]
+    fn a_stop_while_starting_wins_over_readiness() {
+        let mut l = Lifecycle::new(policy(Restart::Always));
+        l.start();
+        l.spawned(secs(0), false);
+        assert_eq!(l.stop(), Action::Terminate);
+        // The probe passing now does not make a stopping task ready.
+        l.ready();
+        assert_eq!(l.status, TaskStatus::Stopping);
+        // A second stop (a restart by hand, a removal) asks again; the actor sends
+        // SIGTERM once and keeps its SIGKILL deadline.
+        assert_eq!(l.stop(), Action::Terminate);
+        assert_eq!(l.exited(Exit::Signal(15), secs(1), 0.0), Action::None);
+        assert_eq!(l.status, TaskStatus::Stopped);
+        // Started again by hand, it has its full budget.
+        assert_eq!(l.start(), Action::Spawn);
+        assert_eq!(l.failures, 0);
+    }
+
+    #[test]
     fn readiness_is_separate_from_spawning() {
         let mut l = Lifecycle::new(policy(Restart::Always));
         l.start();

@@ -164,3 +164,52 @@ pub fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: &str, command: &[&str], model: &str) -> TaskSpec {
+        serde_json::from_value(json!({
+            "name": "t",
+            "command": command,
+            "kind": kind,
+            "extra": {"model_path": model},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn validate_finds_the_server_binary_on_path_and_behind_stdbuf() {
+        let model = std::env::current_exe().unwrap().display().to_string();
+        // A bare name is looked up on PATH, like the spawn does.
+        assert_eq!(validate(&spec("llama", &["sh"], &model)), Ok(()));
+        let err = validate(&spec("llama", &["no-such-llama-server-x"], &model)).unwrap_err();
+        assert!(
+            err.contains("`no-such-llama-server-x`") && err.contains("--bin"),
+            "{err}"
+        );
+        // rpc-server runs under stdbuf: the binary checked is the one after its options.
+        assert_eq!(
+            validate(&spec("rpc", &["stdbuf", "-oL", "-eL", "sh"], "")),
+            Ok(())
+        );
+        let err = validate(&spec(
+            "rpc",
+            &["stdbuf", "-oL", "/nonexistent/rpc-server"],
+            "",
+        ))
+        .unwrap_err();
+        assert!(err.contains("/nonexistent/rpc-server"), "{err}");
+        // A file that is not executable is not a binary.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("rpc-server");
+        std::fs::write(&plain, "not a program").unwrap();
+        let plain = plain.display().to_string();
+        let err = validate(&spec("rpc", &[&plain], "")).unwrap_err();
+        assert!(err.contains("not executable"), "{err}");
+        // The model must exist for a coordinator.
+        let err = validate(&spec("llama", &["sh"], "/nonexistent/m.gguf")).unwrap_err();
+        assert!(err.contains("/nonexistent/m.gguf"), "{err}");
+    }
+}
