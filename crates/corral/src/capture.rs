@@ -119,16 +119,7 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
             }
             None => 100,
         };
-        let mut fds: Vec<libc::pollfd> = pipes
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: if p.open { p.fd.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let (n, fds) = poll_pipes(pipes, timeout_ms);
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -148,6 +139,21 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
     }
 }
 
+/// poll(2) on the open pipes (closed ones are skipped); the result and the revents.
+fn poll_pipes(pipes: &[Pipe], timeout_ms: i32) -> (i32, Vec<libc::pollfd>) {
+    let mut fds: Vec<libc::pollfd> = pipes
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: if p.open { p.fd.as_raw_fd() } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    (n, fds)
+}
+
 /// Reads whatever the open pipes hold right now, without waiting (bounded, so a writer
 /// that keeps writing cannot keep the capture here).
 fn drain_ready(
@@ -157,16 +163,7 @@ fn drain_ready(
     frames: &mut Vec<Frame>,
 ) {
     for _ in 0..64 {
-        let mut fds: Vec<libc::pollfd> = pipes
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: if p.open { p.fd.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        let (n, fds) = poll_pipes(pipes, 0);
         if n <= 0 {
             return;
         }
