@@ -523,39 +523,27 @@ pub fn watch_run(
     Some(tokio::spawn(async move {
         let mut parser = LogParser::new(parser_kind);
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
-        // The latest error lines only: a server may log errors for days, and the reason
-        // for an exit is near the exit.
-        let mut errors: VecDeque<String> = VecDeque::new();
-        let mut path: Option<String> = None;
-        let handle =
-            |kinds: Vec<EventKind>, errors: &mut VecDeque<String>, path: &mut Option<String>| {
-                for mut k in kinds {
-                    if k.component == Component::Coordinator && k.event_type == EventType::Start {
-                        for (key, v) in &settings {
-                            k.details
-                                .entry(key.to_string())
-                                .or_insert_with(|| v.clone());
-                        }
+        let mut verdict = Verdict::default();
+        let handle = |kinds: Vec<EventKind>, verdict: &mut Verdict| {
+            for mut k in kinds {
+                if k.component == Component::Coordinator && k.event_type == EventType::Start {
+                    for (key, v) in &settings {
+                        k.details
+                            .entry(key.to_string())
+                            .or_insert_with(|| v.clone());
                     }
-                    if k.level >= Level::Error {
-                        if errors.len() == RECENT_ERRORS {
-                            errors.pop_front();
-                        }
-                        errors.push_back(k.message.clone());
-                        if let Some(p) = k.details.get("path").and_then(Value::as_str) {
-                            path.get_or_insert_with(|| p.to_string());
-                        }
-                    }
-                    if k.event_type == EventType::Metrics
-                        && k.details.get("kind").and_then(Value::as_str) == Some("request")
-                    {
-                        if let Some(inner) = &inner {
-                            record_metrics(inner, &task, &model, &k.details);
-                        }
-                    }
-                    bus.emit(k, &task, &run_id);
                 }
-            };
+                verdict.note(&k);
+                if k.event_type == EventType::Metrics
+                    && k.details.get("kind").and_then(Value::as_str) == Some("request")
+                {
+                    if let Some(inner) = &inner {
+                        record_metrics(inner, &task, &model, &k.details);
+                    }
+                }
+                bus.emit(k, &task, &run_id);
+            }
+        };
         while let Some(item) = follower.next_raw().await {
             match item {
                 RawItem::Records { batch, from, to } => {
@@ -566,7 +554,7 @@ pub fn watch_run(
                         }
                         let line = String::from_utf8_lossy(batch.content(i));
                         let kinds = parser.feed(&line);
-                        handle(kinds, &mut errors, &mut path);
+                        handle(kinds, &mut verdict);
                     }
                 }
                 RawItem::Gap { .. } => {}
@@ -574,13 +562,45 @@ pub fn watch_run(
             }
         }
         let kinds = parser.finish();
-        handle(kinds, &mut errors, &mut path);
-        failure_reason(errors.make_contiguous(), path.as_deref())
+        handle(kinds, &mut verdict);
+        verdict.reason()
     }))
 }
 
 /// Error lines of a run kept for its failure reason.
 const RECENT_ERRORS: usize = 8;
+
+/// What a run's log says about why it ended: its latest error lines only (a server may log
+/// errors for days, and the reason for an exit is near the exit), forgotten once the
+/// server completes a request after them (they were not fatal), and the file they name.
+#[derive(Default)]
+struct Verdict {
+    errors: VecDeque<String>,
+    path: Option<String>,
+}
+
+impl Verdict {
+    fn note(&mut self, k: &EventKind) {
+        if k.level >= Level::Error {
+            if self.errors.len() == RECENT_ERRORS {
+                self.errors.pop_front();
+            }
+            self.errors.push_back(k.message.clone());
+            if let Some(p) = k.details.get("path").and_then(Value::as_str) {
+                self.path.get_or_insert_with(|| p.to_string());
+            }
+        } else if k.event_type == EventType::Metrics
+            && k.details.get("kind").and_then(Value::as_str) == Some("request")
+        {
+            self.errors.clear();
+            self.path = None;
+        }
+    }
+
+    fn reason(&mut self) -> Option<String> {
+        failure_reason(self.errors.make_contiguous(), self.path.as_deref())
+    }
+}
 
 /// Why a server died, from its last error lines: the last one (llama.cpp ends with the verdict,
 /// e.g. "exiting due to model loading error"), the first one (usually the cause), and the
@@ -615,7 +635,43 @@ fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<St
 
 #[cfg(test)]
 mod tests {
-    use super::failure_reason;
+    use super::{failure_reason, Verdict};
+    use corral_core::event::{Component, EventKind, EventType, Level};
+
+    #[test]
+    fn errors_the_server_served_past_are_not_the_reason() {
+        let err =
+            |m: &str| EventKind::new(Component::Coordinator, Level::Error, EventType::Error, m);
+        let request = EventKind::new(
+            Component::Coordinator,
+            Level::Info,
+            EventType::Metrics,
+            "request",
+        )
+        .with("kind", "request");
+        let progress = EventKind::new(
+            Component::Coordinator,
+            Level::Info,
+            EventType::Metrics,
+            "progress",
+        )
+        .with("kind", "progress");
+        let mut v = Verdict::default();
+        v.note(&err("failed to tokenize prompt"));
+        v.note(&request);
+        assert_eq!(v.reason(), None, "a request completed after the error");
+        v.note(&err("CUDA error: out of memory"));
+        v.note(&progress);
+        assert_eq!(v.reason().as_deref(), Some("CUDA error: out of memory"));
+        for i in 0..20 {
+            v.note(&err(&format!("e{i}")));
+        }
+        assert_eq!(
+            v.reason().as_deref(),
+            Some("e19: e12"),
+            "only the latest eight"
+        );
+    }
 
     #[test]
     fn the_reason_has_the_verdict_the_cause_and_the_file() {
