@@ -139,6 +139,15 @@ async fn parse_turns_a_saved_log_into_events() {
         .iter()
         .any(|e| e["event_type"] == "start" && e["details"]["port"] == 18134));
     assert!(events.iter().all(|e| e["line_no"].as_u64().is_some()));
+    // Each is a contract event, named after the file unless --task says otherwise.
+    for e in &events {
+        assert!(e["timestamp"].as_f64().is_some(), "{e}");
+        assert!(e["node"].as_str().is_some_and(|n| !n.is_empty()), "{e}");
+        assert_eq!(e["task"], "startup-requests-stop", "{e}");
+        assert_eq!(e["run_id"], "", "{e}");
+    }
+    let named = cli(&["parse", "--task", "coord", fixture], &[]).await.ok();
+    assert!(named.ndjson().iter().all(|e| e["task"] == "coord"));
 
     // `-` reads the log from standard input, with the same events.
     let piped = std::process::Command::new(BIN)
@@ -147,8 +156,19 @@ async fn parse_turns_a_saved_log_into_events() {
         .output()
         .unwrap();
     assert!(piped.status.success());
+    let strip = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        common::parse_ndjson(bytes)
+            .into_iter()
+            .map(|mut e| {
+                e["timestamp"] = serde_json::Value::Null;
+                e["task"] = serde_json::Value::Null;
+                e
+            })
+            .collect()
+    };
     assert_eq!(
-        piped.stdout, out.stdout,
+        strip(&piped.stdout),
+        strip(&out.stdout),
         "parse - gives what parse FILE gives"
     );
 

@@ -138,6 +138,9 @@ pub struct EventsArgs {
 pub struct ParseArgs {
     /// The log file, or `-` for standard input.
     pub file: String,
+    /// The `task` the events name [default: the file's name without its extension].
+    #[arg(long)]
+    pub task: Option<String>,
 }
 
 /// Finds a program on PATH.
@@ -207,7 +210,7 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         LlamaCommand::Events(a) => events(c, a).await,
-        LlamaCommand::Parse(a) => parse(&a.file),
+        LlamaCommand::Parse(a) => parse(&a),
         LlamaCommand::Backends(a) => {
             let list: Vec<Value> = c.get("/backends").await?;
             if a.json {
@@ -464,7 +467,18 @@ async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
 
 /// `corral parse FILE|-`: events of a saved log, one JSON object per line, with the
 /// line number they came from.
-fn parse(file: &str) -> anyhow::Result<i32> {
+/// Events in the contract's shape (DESIGN.md), plus the `line_no` they came from. A saved
+/// log carries no clock, so `timestamp` is when it was parsed; `run_id` is empty.
+fn parse(a: &ParseArgs) -> anyhow::Result<i32> {
+    let file = a.file.as_str();
+    let task = a.task.clone().unwrap_or_else(|| {
+        let stem = std::path::Path::new(file).file_stem();
+        stem.map_or("-".into(), |s| {
+            s.to_string_lossy().trim_end_matches(".stderr").to_string()
+        })
+    });
+    let node = crate::daemon::node_name();
+    let now = crate::util::unix_now();
     let reader: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -479,7 +493,8 @@ fn parse(file: &str) -> anyhow::Result<i32> {
                 out: &mut dyn Write|
      -> anyhow::Result<()> {
         for k in kinds {
-            let mut v = serde_json::to_value(&k)?;
+            let ev = corral_core::event::Event::from_kind(k, now, &node, &task, "");
+            let mut v = serde_json::to_value(&ev)?;
             v["line_no"] = line_no.into();
             writeln!(out, "{v}")?;
         }
