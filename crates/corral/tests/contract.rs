@@ -173,7 +173,30 @@ async fn bad_requests_get_clear_errors_never_500() {
     assert!(out.stderr.contains("corral stop busy"), "{}", out.stderr);
     d.cli(&["stop", "busy"]).await.ok();
     // Once stopped it can be replaced.
-    d.run_task("busy", &[], &["true"]).await;
+    let run_id = d.run_task("busy", &[], &["true"]).await;
+    d.wait_run_end(&run_id).await;
+    // A cursor past every seq there can be is an empty stream, not an overflow.
+    let max = u64::MAX.to_string();
+    let items = d
+        .read_to_end("busy", &format!("since={max}&follow=true"))
+        .await;
+    assert!(
+        items.len() == 1 && items[0].get("end").is_some(),
+        "{items:?}"
+    );
+    let resp = d
+        .request(reqwest::Method::GET, "/tasks/busy/logs?follow=true")
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &max)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("\"seq\"") && text.contains("\"end\""),
+        "{text}"
+    );
 }
 
 /// Sends a raw HTTP/1.1 request and reads one response (status, JSON body). Raw, so that

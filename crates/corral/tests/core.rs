@@ -373,14 +373,30 @@ async fn the_size_cap_keeps_head_and_tail_and_reports_the_gap() {
         "100",
     ]))
     .await;
-    // 5 MB of numbered 100-byte lines.
+    // 5 MB of numbered 100-byte lines, then a wait until the file argv[1] exists.
     let script = r#"
-import sys
+import os, sys, time
 w = sys.stdout.write
 for i in range(1, 50001):
     w(f"{i:09d} " + "c" * 90 + "\n")
+sys.stdout.flush()
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
 "#;
-    let run_id = d.run_task("capped", &[], &[python(), "-c", script]).await;
+    let go = d.home.join("capped-go");
+    let go_arg = go.display().to_string();
+    let run_id = d
+        .run_task("capped", &[], &[python(), "-c", script, &go_arg])
+        .await;
+    // Cut already while it still runs: the registry row says so before the run ends.
+    let live = wait_for("all lines captured", DEADLINE, || async {
+        let row = d.run_row(&run_id).await;
+        (row["lines"] == 50_000).then_some(row)
+    })
+    .await;
+    assert_eq!(live["status"], "running", "{live}");
+    assert_eq!(live["truncated"], true, "{live}");
+    std::fs::write(&go, b"").unwrap();
     let row = d.wait_run_end(&run_id).await;
     assert_eq!(row["status"], "succeeded", "{row}");
     assert_eq!(row["truncated"], true, "{row}");
