@@ -133,6 +133,17 @@ impl EventKind {
         self.details.insert(key.to_string(), value.into());
         self
     }
+
+    /// A finished request's timings (not live progress, not a load summary).
+    pub fn is_request_metrics(&self) -> bool {
+        self.event_type == EventType::Metrics && shape(&self.details) == "request"
+    }
+}
+
+/// `details.kind`: which shape of its event type an event has (`request`, `progress`,
+/// `summary` for metrics), or "" when it has none.
+pub fn shape(details: &Map<String, Value>) -> &str {
+    details.get("kind").and_then(Value::as_str).unwrap_or("")
 }
 
 /// A structured event as published (contract: DESIGN.md "Event format").

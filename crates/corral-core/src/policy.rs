@@ -142,7 +142,8 @@ impl Exit {
 pub enum Action {
     /// Nothing to do.
     None,
-    /// Start a new run after `delay`; this is retry `retry` of `of`.
+    /// Start a new run after `delay`; this is retry `retry` of `of` (`retry` 0: not a
+    /// retry, the restart `always` makes after a clean exit).
     RestartAfter {
         delay: Duration,
         retry: u32,
@@ -487,6 +488,11 @@ mod tests {
         let mut l = Lifecycle::new(policy(Restart::Always));
         l.start();
         l.spawned(secs(0), false);
+        // One failure, so that the budget is partly spent when the stop comes.
+        l.exited(Exit::Code(1), secs(1), 0.0);
+        assert_eq!(l.retry_due(), Action::Spawn);
+        l.spawned(secs(2), false);
+        assert_eq!(l.failures, 1);
         assert_eq!(l.stop(), Action::Terminate);
         // The probe passing now does not make a stopping task ready.
         l.ready();
@@ -494,7 +500,7 @@ mod tests {
         // A second stop (a restart by hand, a removal) asks again; the actor sends
         // SIGTERM once and keeps its SIGKILL deadline.
         assert_eq!(l.stop(), Action::Terminate);
-        assert_eq!(l.exited(Exit::Signal(15), secs(1), 0.0), Action::None);
+        assert_eq!(l.exited(Exit::Signal(15), secs(3), 0.0), Action::None);
         assert_eq!(l.status, TaskStatus::Stopped);
         // Started again by hand, it has its full budget.
         assert_eq!(l.start(), Action::Spawn);

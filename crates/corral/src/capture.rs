@@ -96,12 +96,9 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
                     // holds the pipes. Take what is already in them, then stop reading,
                     // and say so in the log: nothing stops silently.
                     drain_ready(capture, pipes, max_record, &mut frames);
-                    let held: Vec<&str> = pipes
-                        .iter()
-                        .filter(|p| p.open)
-                        .map(|p| p.stream.as_str())
-                        .collect();
+                    let mut held = Vec::new();
                     for p in pipes.iter_mut().filter(|p| p.open) {
+                        held.push(p.stream.as_str());
                         flush_pending(capture, p, max_record, &mut frames);
                         p.open = false;
                     }

@@ -106,12 +106,7 @@ impl Bus {
                     .entry((
                         event.task.clone(),
                         event.event_type,
-                        event
-                            .details
-                            .get("kind")
-                            .and_then(serde_json::Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
+                        corral_core::event::shape(&event.details).to_string(),
                     ))
                     .or_insert_with(|| Sampler::new(on, rate))
                     .keep(event.level, event.event_type);
@@ -247,6 +242,19 @@ mod tests {
         assert!(bus.emit(kind(Level::Info, EventType::Metrics), "a", "r"));
         assert!(bus.emit(kind(Level::Info, EventType::Heartbeat), "b", "r"));
         assert_eq!(bus.stats().sampled_out, 9);
+    }
+
+    #[test]
+    fn live_progress_does_not_thin_request_metrics() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let metrics = |shape: &str| kind(Level::Info, EventType::Metrics).with("kind", shape);
+        for _ in 0..10 {
+            bus.emit(metrics("progress"), "a", "r");
+        }
+        // Progress used its own credit; the first finished request is still kept.
+        assert!(bus.emit(metrics("request"), "a", "r"));
+        assert!(!bus.emit(metrics("request"), "a", "r"));
+        assert_eq!(bus.stats().sampled_out, 10);
     }
 
     #[tokio::test]

@@ -279,6 +279,28 @@ async fn a_command_that_does_not_exist_fails_the_run_with_a_message() {
         "{records:?}"
     );
 
+    // The API says so in its answer too.
+    let (status, v) = d
+        .post(
+            "/tasks",
+            &serde_json::json!({"name": "nocmd3", "command": ["/nonexistent/y"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert!(
+        v["spawn_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed to start `/nonexistent/y`")),
+        "{v}"
+    );
+    let ok = d
+        .post(
+            "/tasks",
+            &serde_json::json!({"name": "fine", "command": ["true"]}),
+        )
+        .await;
+    assert!(ok.1.get("spawn_error").is_none(), "{}", ok.1);
+
     // A restart policy does not loop on a command that cannot start.
     let out = d
         .cli(&[

@@ -87,7 +87,7 @@ async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string)
-            .or_else(|| query_token(req.uri().query()));
+            .or_else(|| query_token(req.uri()));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -165,34 +165,15 @@ async fn json_rejection(resp: Response) -> Response {
 
 /// `?token=` for clients that cannot set headers (a browser's EventSource), decoded
 /// as a form value so that a token with `+`, `/` or `=` survives the trip.
-fn query_token(query: Option<&str>) -> Option<String> {
-    let raw = query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))?
-        .as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let escaped = (raw[i] == b'%')
-            .then(|| Some(hex(*raw.get(i + 1)?)? << 4 | hex(*raw.get(i + 2)?)?))
-            .flatten();
-        match (raw[i], escaped) {
-            (_, Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, None) => {
-                out.push(c);
-                i += 1;
-            }
-        }
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
     }
-    Some(String::from_utf8_lossy(&out).into_owned())
+    axum::extract::Query::<TokenQuery>::try_from_uri(uri)
+        .ok()?
+        .0
+        .token
 }
 
 /// Compares without leaking, through timing, how many leading bytes matched.
@@ -224,10 +205,12 @@ mod tests {
 
     #[test]
     fn token_in_query() {
-        assert_eq!(query_token(Some("a=1&token=xyz")), Some("xyz".into()));
-        assert_eq!(query_token(Some("a=1")), None);
+        let token = |uri: &'static str| query_token(&axum::http::Uri::from_static(uri));
+        assert_eq!(token("/x?a=1&token=xyz"), Some("xyz".into()));
+        assert_eq!(token("/x?a=1"), None);
+        assert_eq!(token("/x"), None);
         assert_eq!(
-            query_token(Some("token=a%2Bb%2F%3D+c%zz")),
+            token("/x?token=a%2Bb%2F%3D+c%zz"),
             Some("a+b/= c%zz".into())
         );
     }

@@ -29,11 +29,18 @@ pub async fn create(
         _ => ApiError::bad_request(format!("bad task: {}", e.body_text())),
     })?;
     let name = spec.name.clone();
-    let run_id = st.sup.run(spec).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"task": name, "run_id": run_id})),
-    ))
+    let started = st.sup.run(spec).await?;
+    Ok((StatusCode::CREATED, Json(started_json(&name, started))))
+}
+
+/// `{"task":…,"run_id":…}`, with `"spawn_error":"…"` when the command could not be
+/// started (the run is recorded `failed` with the same message).
+fn started_json(name: &str, s: crate::supervisor::Started) -> Value {
+    let mut v = json!({"task": name, "run_id": s.run_id});
+    if let Some(e) = s.spawn_error {
+        v["spawn_error"] = e.into();
+    }
+    v
 }
 
 pub async fn get_task(
@@ -69,8 +76,8 @@ pub async fn restart(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run_id = st.sup.restart(&name).await?;
-    Ok(Json(json!({"task": name, "run_id": run_id})))
+    let started = st.sup.restart(&name).await?;
+    Ok(Json(started_json(&name, started)))
 }
 
 #[derive(Deserialize)]

@@ -266,7 +266,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 println!("{}", v["run_id"].as_str().unwrap_or(""));
             }
-            Ok(0)
+            Ok(start_exit_code(&v))
         }
         Command::Rm(a) => {
             let v = c.delete(&format!("/tasks/{}", enc(&a.name))).await?;
@@ -351,17 +351,9 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
     } else {
         println!("{run_id}");
     }
-    // A command that could not even be spawned is the caller's mistake: say so and
-    // exit non-zero (the run is still recorded as `failed`, with the same message).
-    let row: Value = c.get(&format!("/runs/{}", enc(&run_id))).await?;
-    if row["status"] == "failed" && row["pid"].is_null() {
-        eprintln!(
-            "error: {}",
-            row["error_message"]
-                .as_str()
-                .unwrap_or("the command could not be started")
-        );
-        return Ok(1);
+    let code = start_exit_code(&v);
+    if code != 0 {
+        return Ok(code);
     }
     if a.follow {
         return monitor::monitor(
@@ -377,6 +369,19 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
         .await;
     }
     Ok(0)
+}
+
+/// The exit code of a command that started a run (`run`, `restart`, `llama`, …): a
+/// command that could not even be spawned is the caller's mistake, so say why and exit 1
+/// (the run is still recorded `failed`, with the same message).
+pub fn start_exit_code(started: &Value) -> i32 {
+    match started["spawn_error"].as_str() {
+        Some(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+        None => 0,
+    }
 }
 
 async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {

@@ -151,16 +151,21 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| super::is_executable(p))
 }
 
+/// The program a command word names, as exec would find it: a path when it has a `/`,
+/// else the first executable of that name on PATH.
+pub fn find_program(word: &str) -> Option<PathBuf> {
+    if word.contains('/') {
+        Some(PathBuf::from(word)).filter(|p| super::is_executable(p))
+    } else {
+        which(word)
+    }
+}
+
 fn resolve_bin(given: Option<&str>, names: &[&str], flag: &str) -> anyhow::Result<String> {
     if let Some(b) = given {
-        let p = if b.contains('/') {
-            PathBuf::from(b)
-        } else {
-            which(b).unwrap_or_else(|| PathBuf::from(b))
+        let Some(p) = find_program(b) else {
+            bail!("{flag} {b}: no such executable file; give the full path of the binary");
         };
-        if !p.is_file() {
-            bail!("{flag} {b}: no such file; give the full path of the binary");
-        }
         return Ok(std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
     }
     for n in names {
@@ -207,7 +212,7 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
             });
             let v: Value = c.post("/tasks", &spec).await?;
             print_started(&v, a.json);
-            Ok(0)
+            Ok(crate::cli::start_exit_code(&v))
         }
         LlamaCommand::Events(a) => events(c, a).await,
         LlamaCommand::Parse(a) => parse(&a),
@@ -366,7 +371,7 @@ async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {
         duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64;
     let v: Value = c.post("/tasks", &serde_json::to_value(&spec)?).await?;
     print_started(&v, a.json);
-    Ok(0)
+    Ok(crate::cli::start_exit_code(&v))
 }
 
 async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {

@@ -127,12 +127,7 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
     if std::path::Path::new(bin).file_name() == Some(std::ffi::OsStr::new("stdbuf")) {
         bin = words.find(|w| !w.starts_with('-')).unwrap_or("");
     }
-    let found = if bin.contains('/') {
-        is_executable(std::path::Path::new(bin))
-    } else {
-        cli::which(bin).is_some()
-    };
-    if !found {
+    if cli::find_program(bin).is_none() {
         return Err(format!(
             "the {} binary `{bin}` does not exist or is not executable; pass --bin PATH or put it on PATH",
             if kind == "llama" { "llama-server" } else { "rpc-server" }

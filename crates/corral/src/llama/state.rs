@@ -534,9 +534,7 @@ pub fn watch_run(
                     }
                 }
                 verdict.note(&k);
-                if k.event_type == EventType::Metrics
-                    && k.details.get("kind").and_then(Value::as_str) == Some("request")
-                {
+                if k.is_request_metrics() {
                     if let Some(inner) = &inner {
                         record_metrics(inner, &task, &model, &k.details);
                     }
@@ -589,9 +587,7 @@ impl Verdict {
             if let Some(p) = k.details.get("path").and_then(Value::as_str) {
                 self.path.get_or_insert_with(|| p.to_string());
             }
-        } else if k.event_type == EventType::Metrics
-            && k.details.get("kind").and_then(Value::as_str) == Some("request")
-        {
+        } else if k.is_request_metrics() {
             self.errors.clear();
             self.path = None;
         }
@@ -642,20 +638,16 @@ mod tests {
     fn errors_the_server_served_past_are_not_the_reason() {
         let err =
             |m: &str| EventKind::new(Component::Coordinator, Level::Error, EventType::Error, m);
-        let request = EventKind::new(
-            Component::Coordinator,
-            Level::Info,
-            EventType::Metrics,
-            "request",
-        )
-        .with("kind", "request");
-        let progress = EventKind::new(
-            Component::Coordinator,
-            Level::Info,
-            EventType::Metrics,
-            "progress",
-        )
-        .with("kind", "progress");
+        let metrics = |shape: &str| {
+            EventKind::new(
+                Component::Coordinator,
+                Level::Info,
+                EventType::Metrics,
+                shape,
+            )
+            .with("kind", shape)
+        };
+        let (request, progress) = (metrics("request"), metrics("progress"));
         let mut v = Verdict::default();
         v.note(&err("failed to tokenize prompt"));
         v.note(&request);

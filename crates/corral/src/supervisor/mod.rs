@@ -134,10 +134,20 @@ pub(crate) struct View {
     pub last_error: Option<String>,
 }
 
+/// A start's answer: the new run, and why its command could not be spawned (the run
+/// is then already recorded `failed` with that message).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub run_id: String,
+    pub spawn_error: Option<String>,
+}
+
+pub(crate) type StartReply = Result<Started, SupError>;
+
 pub(crate) enum Cmd {
-    Start(oneshot::Sender<Result<String, SupError>>),
+    Start(oneshot::Sender<StartReply>),
     Stop(Option<Duration>, oneshot::Sender<()>),
-    Restart(oneshot::Sender<Result<String, SupError>>),
+    Restart(oneshot::Sender<StartReply>),
     Remove(oneshot::Sender<()>),
 }
 
@@ -271,7 +281,7 @@ impl Supervisor {
         spec: TaskSpec,
         start: bool,
         last: Option<&RunRow>,
-    ) -> (Handle, Option<oneshot::Receiver<Result<String, SupError>>>) {
+    ) -> (Handle, Option<oneshot::Receiver<StartReply>>) {
         let view = Arc::new(Mutex::new(View {
             status: TaskStatus::Initial,
             pid: None,
@@ -295,8 +305,7 @@ impl Supervisor {
     }
 
     /// Creates a task (or replaces a settled one of the same name) and starts it.
-    /// Returns the new run's id.
-    pub async fn run(self: &Arc<Self>, spec: TaskSpec) -> Result<String, SupError> {
+    pub async fn run(self: &Arc<Self>, spec: TaskSpec) -> Result<Started, SupError> {
         crate::util::validate_task_name(&spec.name).map_err(SupError::BadRequest)?;
         crate::llama::validate(&spec).map_err(SupError::BadRequest)?;
         if spec.command.is_empty() {
@@ -360,7 +369,7 @@ impl Supervisor {
         self.get(name)
     }
 
-    pub async fn restart(&self, name: &str) -> Result<String, SupError> {
+    pub async fn restart(&self, name: &str) -> Result<Started, SupError> {
         let (tx, rx) = oneshot::channel();
         self.with_handle(name, |h| h.tx.send(Cmd::Restart(tx)))?
             .map_err(|_| SupError::Gone(name.into()))?;
@@ -422,22 +431,30 @@ impl Supervisor {
                 return Ok(log.clone());
             }
         }
-        let mut open = self.finished_logs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(log) = open.get(run_id).and_then(std::sync::Weak::upgrade) {
+        let finished = || self.finished_logs.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = |open: &HashMap<String, std::sync::Weak<RunLog>>| {
+            open.get(run_id).and_then(std::sync::Weak::upgrade)
+        };
+        if let Some(log) = shared(&finished()) {
             return Ok(log);
         }
-        open.retain(|_, w| w.strong_count() > 0);
+        // The registry and the files are read with no lock held.
         let row = self
             .registry
             .run(run_id)?
             .ok_or_else(|| SupError::UnknownRun(run_id.into()))?;
+        let log = self.open_from_row(run_id, &row)?;
         if row.status == "running" {
             // Still being written by the task's live log (which the loop above missed
-            // only if the run ended meanwhile): never cache a half-read view of it.
-            drop(open);
-            return self.open_from_row(run_id, &row);
+            // only if the run ended meanwhile): never share a half-read view of it.
+            return Ok(log);
         }
-        let log = self.open_from_row(run_id, &row)?;
+        let mut open = finished();
+        open.retain(|_, w| w.strong_count() > 0);
+        // Another follower may have opened it meanwhile: everyone shares the first.
+        if let Some(first) = shared(&open) {
+            return Ok(first);
+        }
         open.insert(run_id.to_string(), Arc::downgrade(&log));
         Ok(log)
     }

@@ -3,7 +3,7 @@
 
 use super::probe::{self, ProbeMsg};
 use super::process;
-use super::{Cmd, SupError, Supervisor, TaskSpec, View};
+use super::{Cmd, StartReply, Started, SupError, Supervisor, TaskSpec, View};
 use crate::capture::{self, Capture, SharedCapture};
 use crate::logbook::{LogWriter, RunEnd, RunLog};
 use crate::registry::{RunOutcome, RunRow};
@@ -72,11 +72,11 @@ struct Actor {
     /// The grace given by the stop request being handled (`stop --timeout`), if any.
     stop_timeout: Option<Duration>,
     origin: Instant,
-    start_replies: Vec<oneshot::Sender<Result<String, SupError>>>,
+    start_replies: Vec<oneshot::Sender<StartReply>>,
     stop_replies: Vec<oneshot::Sender<()>>,
     remove_reply: Option<oneshot::Sender<()>>,
     /// Restarts waiting for the current run to end (answered with the new run's id).
-    restart_pending: Vec<oneshot::Sender<Result<String, SupError>>>,
+    restart_pending: Vec<oneshot::Sender<StartReply>>,
     probe_tx: mpsc::UnboundedSender<ProbeMsg>,
 }
 
@@ -455,7 +455,10 @@ impl Actor {
                     format!("task {} adopted a running server", self.spec.name),
                     &run_id,
                 );
-                self.reply_started(Ok(run_id));
+                self.reply_started(Ok(Started {
+                    run_id,
+                    spawn_error: None,
+                }));
                 return;
             }
         }
@@ -495,8 +498,12 @@ impl Actor {
                     msg.clone(),
                     &run_id,
                 );
-                self.finish_with(None, None, "failed", Some(msg)).await;
-                self.reply_started(Ok(run_id));
+                self.finish_with(None, None, "failed", Some(msg.clone()))
+                    .await;
+                self.reply_started(Ok(Started {
+                    run_id,
+                    spawn_error: Some(msg),
+                }));
                 return;
             }
         };
@@ -550,13 +557,16 @@ impl Actor {
             format!("task {} started pid {}", self.spec.name, sp.pid),
             &run_id,
         );
-        self.reply_started(Ok(run_id));
+        self.reply_started(Ok(Started {
+            run_id,
+            spawn_error: None,
+        }));
     }
 
-    fn reply_started(&mut self, r: Result<String, SupError>) {
+    fn reply_started(&mut self, r: StartReply) {
         for reply in self.start_replies.drain(..) {
             let _ = reply.send(match &r {
-                Ok(id) => Ok(id.clone()),
+                Ok(started) => Ok(started.clone()),
                 Err(e) => Err(SupError::BadRequest(e.to_string())),
             });
         }
