@@ -209,8 +209,14 @@ async fn a_grandchild_holding_the_pipes_does_not_hang_the_run() {
 
     // In a session of its own, out of reach of the group signals: the run still ends.
     let script = r#"
-import subprocess
-p = subprocess.Popen(["sh", "-c", "echo late words; exec sleep 1000"], start_new_session=True)
+import os, subprocess
+r, w = os.pipe()
+p = subprocess.Popen(
+    ["sh", "-c", "echo late words; echo >&%d; exec sleep 1000" % w],
+    start_new_session=True, pass_fds=(w,),
+)
+os.close(w)
+os.read(r, 1)  # the grandchild has written its line
 print("grandchild", p.pid, flush=True)
 "#;
     let run_id = d.run_task("escaped", &[], &[python(), "-c", script]).await;
@@ -218,11 +224,16 @@ print("grandchild", p.pid, flush=True)
     assert_eq!(row["status"], "succeeded", "{row}");
     let (records, end) = run_records(&d, "escaped", &run_id).await;
     assert_eq!(end["status"], "succeeded");
-    let line = of_stream(&records, "stdout")[0]["line"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let gc: i32 = line.strip_prefix("grandchild ").unwrap().parse().unwrap();
+    let gc: i32 = of_stream(&records, "stdout")
+        .iter()
+        .find_map(|r| {
+            r["line"]
+                .as_str()?
+                .strip_prefix("grandchild ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no grandchild pid in {records:?}"));
     let _gc = KillOnDrop(vec![gc]);
     assert_eq!(
         proc_state(gc as u32).map(|s| s != 'Z'),
