@@ -58,19 +58,19 @@ pub struct LlamaArgs {
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// Time between readiness checks of /health.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, env = "CORRAL_LLAMA_HEALTH_INTERVAL", default_value = "1s")]
     pub health_interval: String,
     /// Timeout of one health check.
-    #[arg(long, default_value = "5s")]
+    #[arg(long, env = "CORRAL_LLAMA_HEALTH_TIMEOUT", default_value = "5s")]
     pub health_timeout: String,
     /// Readiness checks before the start counts as failed (the model-load budget).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "CORRAL_LLAMA_HEALTH_ATTEMPTS", default_value_t = 60)]
     pub health_attempts: u32,
     /// Time between liveness checks once ready.
-    #[arg(long, default_value = "60s")]
+    #[arg(long, env = "CORRAL_LLAMA_LIVENESS_INTERVAL", default_value = "60s")]
     pub liveness_interval: String,
     /// Failed liveness checks in a row that restart the server.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "CORRAL_LLAMA_LIVENESS_FAILURES", default_value_t = 3)]
     pub liveness_failures: u32,
     /// Consecutive failed restarts before `error`.
     #[arg(long, default_value_t = 5)]
@@ -353,10 +353,19 @@ pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
         n_gpu_layers: ngl,
         ctx_size: ctx,
         health: HealthSettings {
-            interval: duration_arg("health-interval", &a.health_interval)?,
-            timeout: duration_arg("health-timeout", &a.health_timeout)?,
+            interval: duration_arg(
+                "health-interval (or CORRAL_LLAMA_HEALTH_INTERVAL)",
+                &a.health_interval,
+            )?,
+            timeout: duration_arg(
+                "health-timeout (or CORRAL_LLAMA_HEALTH_TIMEOUT)",
+                &a.health_timeout,
+            )?,
             attempts: a.health_attempts.max(1),
-            liveness_interval: duration_arg("liveness-interval", &a.liveness_interval)?,
+            liveness_interval: duration_arg(
+                "liveness-interval (or CORRAL_LLAMA_LIVENESS_INTERVAL)",
+                &a.liveness_interval,
+            )?,
             liveness_failures: a.liveness_failures.max(1),
         },
         labels: Default::default(),

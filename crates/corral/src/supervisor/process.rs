@@ -128,12 +128,13 @@ mod tests {
     #[test]
     fn a_zombie_is_not_the_same_process() {
         let mut child = std::process::Command::new("sleep")
-            .arg("0.1")
+            .arg("30")
             .spawn()
             .unwrap();
         let pid = child.id();
         let t = start_time(pid);
         assert!(is_same_process(pid, t));
+        child.kill().unwrap();
         // Not reaped yet: it lingers as a zombie with the same pid and start time.
         while stat(pid).is_some_and(|(state, _)| state != 'Z') {
             std::thread::sleep(std::time::Duration::from_millis(10));
