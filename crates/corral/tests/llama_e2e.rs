@@ -204,20 +204,21 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
         s["lastError"].as_str().unwrap_or("").contains("signal 9"),
         "{s}"
     );
-    let statuses: Vec<String> = d
-        .events("task=coord&type=status&component=coordinator")
-        .await
-        .iter()
-        .map(|e| e["details"]["status"].as_str().unwrap_or("").to_string())
-        .collect();
-    let crashed = statuses
-        .iter()
-        .position(|s| s == "crashed")
-        .expect("a crashed status event");
-    assert!(
-        statuses[crashed..].iter().any(|s| s == "ready"),
-        "{statuses:?}"
-    );
+    // The status events reach the store just after the status object changes.
+    d.wait_events(
+        "task=coord&type=status&component=coordinator",
+        "a crashed status event, then ready",
+        |evs| {
+            let st: Vec<&str> = evs
+                .iter()
+                .filter_map(|e| e["details"]["status"].as_str())
+                .collect();
+            st.iter()
+                .position(|s| *s == "crashed")
+                .is_some_and(|i| st[i..].contains(&"ready"))
+        },
+    )
+    .await;
     let runs = d.runs("coord").await;
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1]["status"], "failed");
