@@ -341,6 +341,29 @@ async fn bad_durations_and_flags_are_refused_before_anything_runs() {
         "{}",
         out.stderr
     );
+    // A probe setting from the environment is checked the same way, and named.
+    let model = d.home.join("m.gguf");
+    std::fs::write(&model, b"GGUF").unwrap();
+    let out = d
+        .cli_env(
+            &[
+                "llama",
+                "--name",
+                "c",
+                "--model",
+                model.to_str().unwrap(),
+                "--bin",
+                "/bin/true",
+            ],
+            &[("CORRAL_LLAMA_HEALTH_INTERVAL", "5x")],
+        )
+        .await;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("CORRAL_LLAMA_HEALTH_INTERVAL") && out.stderr.contains("5x"),
+        "{}",
+        out.stderr
+    );
     // Nothing was created.
     assert_eq!(d.get("/tasks").await.1, json!([]));
 }

@@ -73,6 +73,25 @@ async fn wait_status(d: &Daemon, name: &str, what: &str, f: impl Fn(&Value) -> b
     .await
 }
 
+/// Waits until the coordinator's `status` events show `then` after the latest `first`,
+/// and returns them all.
+async fn wait_status_events(d: &Daemon, name: &str, first: &str, then: &str) -> Vec<Value> {
+    d.wait_events(
+        &format!("task={name}&type=status&component=coordinator"),
+        &format!("status {first}, then {then}"),
+        |evs| {
+            let st: Vec<&str> = evs
+                .iter()
+                .filter_map(|e| e["details"]["status"].as_str())
+                .collect();
+            st.iter()
+                .rposition(|s| *s == first)
+                .is_some_and(|i| st[i..].contains(&then))
+        },
+    )
+    .await
+}
+
 /// Starts a coordinator through the CLI with extra flags and environment.
 async fn start_coordinator_env(
     d: &Daemon,
@@ -205,20 +224,7 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
         "{s}"
     );
     // The status events reach the store just after the status object changes.
-    d.wait_events(
-        "task=coord&type=status&component=coordinator",
-        "a crashed status event, then ready",
-        |evs| {
-            let st: Vec<&str> = evs
-                .iter()
-                .filter_map(|e| e["details"]["status"].as_str())
-                .collect();
-            st.iter()
-                .position(|s| *s == "crashed")
-                .is_some_and(|i| st[i..].contains(&"ready"))
-        },
-    )
-    .await;
+    wait_status_events(&d, "coord", "crashed", "ready").await;
     let runs = d.runs("coord").await;
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1]["status"], "failed");
@@ -227,21 +233,7 @@ async fn kill_9_is_a_crash_then_a_restart_to_ready() {
     // A stop by hand: `ready -> stopping -> initial`, each pushed as it happens, and a
     // stopped server lists no models.
     d.cli(&["stop", "coord"]).await.ok();
-    let evs = d
-        .wait_events(
-            "task=coord&type=status&component=coordinator",
-            "stopping then initial",
-            |evs| {
-                let st: Vec<&str> = evs
-                    .iter()
-                    .filter_map(|e| e["details"]["status"].as_str())
-                    .collect();
-                st.iter()
-                    .rposition(|s| *s == "stopping")
-                    .is_some_and(|i| st[i..].contains(&"initial"))
-            },
-        )
-        .await;
+    let evs = wait_status_events(&d, "coord", "stopping", "initial").await;
     let last = evs.last().unwrap();
     assert_eq!(last["details"]["status"], "initial", "{last}");
     let (_, s) = d.get("/llama/coord/status").await;

@@ -353,23 +353,20 @@ pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
         n_gpu_layers: ngl,
         ctx_size: ctx,
         health: HealthSettings {
-            interval: duration_arg(
-                "health-interval (or CORRAL_LLAMA_HEALTH_INTERVAL)",
-                &a.health_interval,
-            )?,
-            timeout: duration_arg(
-                "health-timeout (or CORRAL_LLAMA_HEALTH_TIMEOUT)",
-                &a.health_timeout,
-            )?,
+            interval: probe_duration("health-interval", &a.health_interval)?,
+            timeout: probe_duration("health-timeout", &a.health_timeout)?,
             attempts: a.health_attempts.max(1),
-            liveness_interval: duration_arg(
-                "liveness-interval (or CORRAL_LLAMA_LIVENESS_INTERVAL)",
-                &a.liveness_interval,
-            )?,
+            liveness_interval: probe_duration("liveness-interval", &a.liveness_interval)?,
             liveness_failures: a.liveness_failures.max(1),
         },
         labels: Default::default(),
     })
+}
+
+/// A probe duration flag, whose error also names its `CORRAL_LLAMA_*` environment name.
+fn probe_duration(flag: &str, v: &str) -> anyhow::Result<std::time::Duration> {
+    let env = format!("CORRAL_LLAMA_{}", flag.to_uppercase().replace('-', "_"));
+    duration_arg(&format!("{flag} (or {env})"), v)
 }
 
 async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {

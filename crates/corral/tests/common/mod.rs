@@ -21,18 +21,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 /// 2-core machine running the debug build is slow, and a passing wait costs nothing.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Environment variables the daemon and the CLI read; cleared so that the caller's
-/// environment cannot change what a test sees.
-const CORRAL_ENV: &[&str] = &[
-    "CORRAL_ADDR",
-    "CORRAL_TOKEN",
-    "CORRAL_TOKEN_FILE",
-    "CORRAL_HOME",
-    "CORRAL_LISTEN",
-    "CORRAL_RING_RECORDS",
-    "CORRAL_MAX_LOG_MB",
-    "CORRAL_CONFIG",
-];
+/// The caller's variables that the daemon and the CLI read (`CORRAL_*`, `SOLLOL_*`, but
+/// not the suite's own `CORRAL_TEST_*`); cleared so that they cannot change what a test sees.
+fn corral_env() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::vars_os().map(|(k, _)| k).filter(|k| {
+        let k = k.to_string_lossy();
+        (k.starts_with("CORRAL_") || k.starts_with("SOLLOL_")) && !k.starts_with("CORRAL_TEST_")
+    })
+}
 
 /// The real python interpreter (not a version-manager shim, which is slow to start and
 /// would put a shell between the supervisor and the process it starts).
@@ -144,7 +140,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap());
-        for k in CORRAL_ENV {
+        for k in corral_env() {
             cmd.env_remove(k);
         }
         if let Some(t) = &opts.token {
@@ -285,7 +281,7 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for k in CORRAL_ENV {
+        for k in corral_env() {
             cmd.env_remove(k);
         }
         cmd.env("CORRAL_ADDR", &self.addr);
@@ -424,7 +420,7 @@ impl Drop for Daemon {
 pub async fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    for k in CORRAL_ENV {
+    for k in corral_env() {
         cmd.env_remove(k);
     }
     for (k, v) in env {
