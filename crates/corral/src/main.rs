@@ -1,19 +1,10 @@
 //! corral: keeps llama.cpp servers and GPU jobs running, and lets anyone watch them live.
 //!
-//! One binary: `corral serve` is the daemon, every other command is a client of its API.
+//! One binary: `corral serve` runs the daemon (the `corral-daemon` library), every other
+//! command is a client of its API (through `corral-client`).
 
-mod api;
-mod capture;
 mod cli;
-mod daemon;
 mod demo;
-mod events;
-mod llama;
-mod logbook;
-mod metrics;
-mod registry;
-mod supervisor;
-mod util;
 
 use clap::Parser;
 
@@ -25,7 +16,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("corral: cannot start the async runtime: {e}");
+            cli::say_error(&format!("cannot start the async runtime: {e}"));
             std::process::exit(1);
         }
     };
@@ -41,7 +32,7 @@ fn main() {
                     // The reader went away (`corral logs … | head`): not an error.
                     return 0;
                 }
-                eprintln!("corral: {e:#}");
+                cli::say_error(&format!("{e:#}"));
                 1
             }
         }

@@ -1,13 +1,15 @@
 //! The command line: a thin client of the daemon's HTTP API (`corral serve` runs the
 //! daemon itself). Every listing has `--json`.
 
-pub mod client;
+pub mod config;
+pub mod llama;
 pub mod monitor;
 pub mod table;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use client::{enc, Client};
+use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
+use corral_client::{enc, Client};
 use corral_core::duration::parse_duration;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -67,7 +69,7 @@ pub enum Command {
     /// Start the daemon (or use a running one) with a simulated llama.cpp fleet.
     Demo(crate::demo::DemoArgs),
     #[command(flatten)]
-    Llama(crate::llama::cli::LlamaCommand),
+    Llama(llama::LlamaCommand),
     #[command(hide = true)]
     SimLlamaServer(crate::demo::sim::SimLlamaArgs),
     #[command(hide = true)]
@@ -89,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CORRAL_MAX_LOG_MB", default_value_t = 100)]
     pub max_log_mb: u64,
     #[command(flatten)]
-    pub llama: crate::llama::LlamaServeArgs,
+    pub llama: config::LlamaServeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -219,7 +221,7 @@ fn kv(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let token = client::load_token(cli.token_file.as_deref())?;
+    let token = corral_client::load_token(cli.token_file.as_deref())?;
     let c = Client::new(&cli.addr, token.clone());
     match cli.cmd {
         Command::Serve(a) => serve(a, token).await,
@@ -243,42 +245,44 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Logs(a) => logs(&c, a).await,
         Command::Stop(a) => {
-            let mut body = json!({});
-            if let Some(t) = &a.timeout {
-                body["timeout_ms"] = json!(duration_arg("timeout", t)?.as_millis() as u64);
-            }
-            let info: Value = c
+            let body = StopRequest {
+                timeout_ms: match &a.timeout {
+                    Some(t) => Some(duration_arg("timeout", t)?.as_millis() as u64),
+                    None => None,
+                },
+            };
+            let info: TaskInfo = c
                 .post(&format!("/tasks/{}/stop", enc(&a.name)), &body)
                 .await?;
             if a.json {
-                println!("{info}");
+                println!("{}", serde_json::to_string(&info)?);
             } else {
-                println!("{}: {}", a.name, info["status"].as_str().unwrap_or("?"));
+                println!("{}: {}", a.name, info.status);
             }
             Ok(0)
         }
         Command::Restart(a) => {
-            let v: Value = c
+            let v: Started = c
                 .post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({}))
                 .await?;
             if a.json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!("{}", v["run_id"].as_str().unwrap_or(""));
+                println!("{}", v.run_id);
             }
             Ok(start_exit_code(&v))
         }
         Command::Rm(a) => {
-            let v = c.delete(&format!("/tasks/{}", enc(&a.name))).await?;
+            let v: Removed = c.delete(&format!("/tasks/{}", enc(&a.name))).await?;
             if a.json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!("removed {}", a.name);
             }
             Ok(0)
         }
         Command::Demo(a) => crate::demo::demo(&c, a, token).await,
-        Command::Llama(cmd) => crate::llama::cli::dispatch(&c, cmd).await,
+        Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),
     }
@@ -287,18 +291,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 pub fn serve_opts(
     a: &ServeArgs,
     token: Option<String>,
-) -> anyhow::Result<crate::daemon::ServeOpts> {
-    Ok(crate::daemon::ServeOpts {
+) -> anyhow::Result<corral_daemon::ServeOpts> {
+    Ok(corral_daemon::ServeOpts {
         listen: a.listen.clone(),
-        home: a.home.clone().unwrap_or_else(crate::daemon::default_home),
+        home: a
+            .home
+            .clone()
+            .unwrap_or_else(corral_daemon::serve::default_home),
         token,
-        log: crate::logbook::LogConfig {
+        log: corral_daemon::logbook::LogConfig {
             ring_records: a.ring_records.max(1),
             max_bytes: a.max_log_mb.max(1) * 1024 * 1024,
             ..Default::default()
         },
-        observer: crate::llama::observer_config()?,
-        node: crate::daemon::node_name(),
+        observer: config::observer_config()?,
+        node: corral_daemon::serve::node_name(),
         llama: a.llama.config()?,
     })
 }
@@ -306,14 +313,26 @@ pub fn serve_opts(
 async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
     let opts = serve_opts(&a, token)?;
     let home = opts.home.clone();
-    crate::daemon::serve(opts, |addr| {
+    corral_daemon::serve(opts, |addr| {
         // The first line on stdout is for scripts and tests: the bound address.
-        println!("corral listening on http://{addr}");
-        let _ = std::io::stdout().flush();
-        eprintln!("corral: home {}", home.display());
+        say(&format!("corral listening on http://{addr}"));
+        tracing::info!("home {}", home.display());
     })
     .await?;
     Ok(0)
+}
+
+/// A line on stdout that never fails: a reader that went away (`| head -1`, a closed
+/// terminal) must not take the program down with it.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// An error line on stderr that never fails.
+pub fn say_error(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "corral: {line}");
 }
 
 async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
@@ -332,22 +351,21 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
             .ok()
             .map(|d| d.display().to_string()),
     };
-    let spec = json!({
-        "name": a.name,
-        "command": a.command,
-        "cwd": cwd,
-        "env": kv("env", &a.env)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "labels": kv("label", &a.labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "restart": restart,
-        "max_retries": a.max_retries,
-        "backoff_initial_ms": duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64,
-        "backoff_max_ms": duration_arg("backoff-max", &a.backoff_max)?.as_millis() as u64,
-        "stop_timeout_ms": duration_arg("stop-timeout", &a.stop_timeout)?.as_millis() as u64,
-    });
-    let v: Value = c.post("/tasks", &spec).await?;
-    let run_id = v["run_id"].as_str().unwrap_or("").to_string();
+    let spec = TaskSpec {
+        cwd,
+        env: kv("env", &a.env)?.into_iter().collect(),
+        labels: kv("label", &a.labels)?.into_iter().collect(),
+        restart,
+        max_retries: a.max_retries,
+        backoff_initial_ms: duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64,
+        backoff_max_ms: duration_arg("backoff-max", &a.backoff_max)?.as_millis() as u64,
+        stop_timeout_ms: duration_arg("stop-timeout", &a.stop_timeout)?.as_millis() as u64,
+        ..TaskSpec::new(a.name.clone(), a.command.clone())
+    };
+    let v: Started = c.post("/tasks", &spec).await?;
+    let run_id = v.run_id.clone();
     if a.json {
-        println!("{}", json!({"task": v["task"], "run_id": run_id}));
+        println!("{}", json!({"task": v.task, "run_id": run_id}));
     } else {
         println!("{run_id}");
     }
@@ -374,10 +392,14 @@ async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
 /// The exit code of a command that started a run (`run`, `restart`, `llama`, …): a
 /// command that could not even be spawned is the caller's mistake, so say why and exit 1
 /// (the run is still recorded `failed`, with the same message).
-pub fn start_exit_code(started: &Value) -> i32 {
-    match started["spawn_error"].as_str() {
+pub fn start_exit_code(started: &Started) -> i32 {
+    match &started.spawn_error {
         Some(e) => {
-            eprintln!("error: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                corral_core::term::strip_escapes(e)
+            );
             1
         }
         None => 0,
@@ -385,7 +407,7 @@ pub fn start_exit_code(started: &Value) -> i32 {
 }
 
 async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
-    let tasks: Vec<Value> = c.get("/tasks").await?;
+    let tasks: Vec<TaskInfo> = c.get("/tasks").await?;
     if json_out {
         println!("{}", serde_json::to_string(&tasks)?);
         return Ok(0);
@@ -398,13 +420,13 @@ async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
         .iter()
         .map(|t| {
             vec![
-                t["name"].as_str().unwrap_or("").into(),
-                t["status"].as_str().unwrap_or("").into(),
-                table::opt(t["pid"].as_u64()),
-                table::opt(t["run_id"].as_str()),
-                t["restarts"].to_string(),
-                t["uptime_s"].as_f64().map_or("-".into(), table::age),
-                t["command"].as_str().unwrap_or("").into(),
+                t.name.clone(),
+                t.status.to_string(),
+                table::opt(t.pid),
+                table::opt(t.run_id.as_deref()),
+                t.restarts.to_string(),
+                t.uptime_s.map_or("-".into(), table::age),
+                corral_core::term::strip_escapes(&t.command).into_owned(),
             ]
         })
         .collect();
@@ -422,7 +444,7 @@ async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
     if let Some(n) = &a.name {
         path.push_str(&format!("&task={}", enc(n)));
     }
-    let rows: Vec<Value> = c.get(&path).await?;
+    let rows: Vec<RunInfo> = c.get(&path).await?;
     if a.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(0);
@@ -434,23 +456,21 @@ async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let err = r["error_message"].as_str().unwrap_or("");
-            let err = corral_core::term::strip_escapes(err);
+            let err = corral_core::term::strip_escapes(r.error_message.as_deref().unwrap_or(""));
             let short: String = err.chars().take(60).collect();
             vec![
-                r["run_id"].as_str().unwrap_or("").into(),
-                r["task"].as_str().unwrap_or("").into(),
-                r["attempt"].to_string(),
-                r["status"].as_str().unwrap_or("").into(),
-                table::opt(r["pid"].as_i64()),
-                r["started_at"].as_f64().map_or("-".into(), table::time),
-                r["ended_at"].as_f64().map_or("-".into(), table::time),
-                table::opt(r["exit_code"].as_i64()),
-                table::opt(r["signal"].as_i64()),
-                r["lines"].to_string(),
-                r["bytes"].to_string(),
-                corral_core::term::strip_escapes(r["log_path"].as_str().unwrap_or("-"))
-                    .into_owned(),
+                r.run_id.clone(),
+                r.task.clone(),
+                r.attempt.to_string(),
+                r.status.to_string(),
+                table::opt(r.pid),
+                table::time(r.started_at),
+                r.ended_at.map_or("-".into(), table::time),
+                table::opt(r.exit_code),
+                table::opt(r.signal),
+                r.lines.to_string(),
+                r.bytes.to_string(),
+                corral_core::term::strip_escapes(&r.log_path).into_owned(),
                 short,
             ]
         })
@@ -500,11 +520,11 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
     let run_id = match &a.run {
         Some(r) => r.clone(),
         None => {
-            let rows: Vec<Value> = c
+            let rows: Vec<RunInfo> = c
                 .get(&format!("/runs?task={}&limit=1", enc(&a.name)))
                 .await?;
-            match rows.first().and_then(|r| r["run_id"].as_str()) {
-                Some(r) => r.to_string(),
+            match rows.first() {
+                Some(r) => r.run_id.clone(),
                 None => bail!("task `{}` has no runs yet", a.name),
             }
         }
@@ -532,7 +552,10 @@ async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
             .get("x-corral-gap")
             .and_then(|v| v.to_str().ok())
         {
-            eprintln!("corral: records {g} were dropped by the log size cap; the rest follows");
+            say_error(&format!(
+                "records {} were dropped by the log size cap; the rest follows",
+                corral_core::term::strip_escapes(g)
+            ));
         }
         use futures_util::StreamExt;
         let mut body = resp.bytes_stream();

@@ -1,7 +1,7 @@
 //! `corral monitor`: history then live records of a task's run, resuming after a lost
 //! connection from the last seq printed, with no duplicate and no gap.
 
-use super::client::{enc, ApiFailure, Client};
+use corral_client::{enc, Client, ClientError};
 use corral_core::term::strip_escapes;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -38,14 +38,14 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
             .await
         {
             Ok(r) => r,
-            Err(e) if e.downcast_ref::<ApiFailure>().is_some() => return Err(e),
+            Err(e @ ClientError::Api { .. }) => return Err(e.into()),
             Err(e) => {
                 if run.is_none() && !warned {
                     // Never connected: the daemon is not there at all.
-                    return Err(e);
+                    return Err(e.into());
                 }
                 if !warned {
-                    eprintln!("corral: lost the daemon ({e}); reconnecting…");
+                    super::say_error(&format!("lost the daemon ({e}); reconnecting…"));
                     warned = true;
                 }
                 tokio::time::sleep(backoff).await;
@@ -54,10 +54,10 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
             }
         };
         if warned {
-            eprintln!(
-                "corral: reconnected; resuming after record {}",
+            super::say_error(&format!(
+                "reconnected; resuming after record {}",
                 since.unwrap_or(0)
-            );
+            ));
             warned = false;
         }
         backoff = Duration::from_millis(200);

@@ -4,10 +4,12 @@
 
 pub mod sim;
 
-use crate::cli::client::Client;
+use crate::cli::say;
 use anyhow::Context;
 use clap::Args;
-use serde_json::{json, Value};
+use corral_client::wire::{Health, LlamaSettings, RpcSettings, Started, TaskSpec};
+use corral_client::{Client, ClientError};
+use corral_core::policy::Restart;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -38,20 +40,20 @@ fn free_port() -> anyhow::Result<u16> {
 pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow::Result<i32> {
     let mut client = client.clone();
     let mut own_daemon: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
-    if client.get::<Value>("/health").await.is_err() {
+    if client.get::<Health>("/health").await.is_err() {
         let opts = crate::cli::serve_opts(
             &crate::cli::ServeArgs {
                 listen: a.listen.clone(),
                 home: a.home.clone(),
                 ring_records: 1000,
                 max_log_mb: 100,
-                llama: crate::llama::LlamaServeArgs::default(),
+                llama: crate::cli::config::LlamaServeArgs::default(),
             },
             token.clone(),
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = opts.home.clone();
-        let handle = tokio::spawn(crate::daemon::serve(opts, move |addr| {
+        let handle = tokio::spawn(corral_daemon::serve(opts, move |addr| {
             let _ = tx.send(addr);
         }));
         let addr = match rx.await {
@@ -64,13 +66,13 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
             }
         };
         client = Client::new(&format!("http://{addr}"), token);
-        println!(
+        say(&format!(
             "corral daemon started on http://{addr} (home {})",
             home.display()
-        );
+        ));
         own_daemon = Some(handle);
     } else {
-        println!("using the corral daemon at {}", client.base);
+        say(&format!("using the corral daemon at {}", client.base));
     }
 
     let launched = launch(&client, &a).await;
@@ -90,7 +92,7 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
     } else {
         format!(" --addr {}", client.base)
     };
-    println!(
+    say(&format!(
         "\nA simulated llama.cpp fleet is running: coordinator on 127.0.0.1:{port}, rpc backends on {}.\n\
          It crashes now and then so that the restart policy shows. Watch it from another terminal:\n\n\
          \x20 {me}{addr_flag} ps\n\
@@ -101,11 +103,11 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
          \x20 curl {}/metrics\n",
         backends.join(", "),
         client.base
-    );
+    ));
     if a.detach {
         return Ok(0);
     }
-    println!("Press Ctrl-C to stop the demo.");
+    say("Press Ctrl-C to stop the demo.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
     let daemon_ended = async {
@@ -120,11 +122,11 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = daemon_ended => {
-            println!("the daemon stopped; the demo ends");
+            say("the daemon stopped; the demo ends");
             return Ok(0);
         }
     }
-    println!("\nstopping the demo fleet…");
+    say("\nstopping the demo fleet…");
     match own_daemon {
         // Our own daemon saw the same signal: it stops every task, then ends.
         Some(h) => {
@@ -132,7 +134,7 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         }
         None => stop_fleet(&client).await,
     }
-    println!("done");
+    say("done");
     Ok(0)
 }
 
@@ -142,7 +144,7 @@ fn command_name() -> String {
     let Ok(exe) = std::env::current_exe() else {
         return "corral".into();
     };
-    let on_path = crate::llama::cli::which("corral")
+    let on_path = corral_daemon::kinds::llama::which("corral")
         .and_then(|p| std::fs::canonicalize(p).ok())
         .is_some_and(|p| std::fs::canonicalize(&exe).is_ok_and(|e| e == p));
     if on_path {
@@ -159,43 +161,68 @@ async fn launch(client: &Client, a: &DemoArgs) -> anyhow::Result<(u16, Vec<Strin
     let rpc_ports = [free_port()?, free_port()?];
     let port = if a.port == 0 { free_port()? } else { a.port };
     for (i, p) in rpc_ports.iter().enumerate() {
-        let spec = json!({
-            "name": format!("rpc{i}"),
-            "command": [exe, "sim-rpc-server", "--host", "127.0.0.1", "--port", p.to_string()],
-            "restart": "always",
-            "kind": "rpc",
-            "labels": {"demo": "true", "role": "rpc_backend"},
-            "extra": {"host": "127.0.0.1", "port": p},
-        });
+        let settings = RpcSettings {
+            host: "127.0.0.1".into(),
+            port: *p,
+            ..Default::default()
+        };
+        let spec = TaskSpec {
+            restart: Restart::Always,
+            kind: Some("rpc".into()),
+            labels: [("demo", "true"), ("role", "rpc_backend")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            extra: serde_json::to_value(settings)?,
+            ..TaskSpec::new(
+                format!("rpc{i}"),
+                [
+                    &exe,
+                    "sim-rpc-server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &p.to_string(),
+                ]
+                .map(str::to_string)
+                .to_vec(),
+            )
+        };
         start(client, &spec).await?;
     }
     let backends: Vec<String> = rpc_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let spec = crate::llama::coordinator_spec(&crate::llama::CoordinatorSettings {
-        name: "coordinator".into(),
-        command: vec![
-            exe.clone(),
-            "sim-llama-server".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-            "--rpc".into(),
-            backends.join(","),
-            "--crash-after".into(),
-            a.crash_after.to_string(),
-        ],
+    let settings = LlamaSettings {
         host: "127.0.0.1".into(),
         port,
         model_path: "models/demo-7b-q4_k_m.gguf".into(),
         rpc_backends: backends.clone(),
         n_gpu_layers: Some(99),
         ctx_size: Some(4096),
-        health: crate::llama::HealthSettings::default(),
-        labels: [("demo".to_string(), "true".to_string())].into(),
-    });
-    let mut spec = serde_json::to_value(&spec)?;
+        ..Default::default()
+    };
+    let mut extra = serde_json::to_value(settings)?;
     // The simulated server has no model file to check.
-    spec["extra"]["check_files"] = false.into();
+    extra["check_files"] = false.into();
+    let spec = TaskSpec {
+        restart: Restart::Always,
+        kind: Some("llama".into()),
+        labels: [("demo".to_string(), "true".to_string())].into(),
+        extra,
+        ..TaskSpec::new(
+            "coordinator",
+            vec![
+                exe.clone(),
+                "sim-llama-server".into(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--rpc".into(),
+                backends.join(","),
+                "--crash-after".into(),
+                a.crash_after.to_string(),
+            ],
+        )
+    };
     start(client, &spec).await?;
     Ok((port, backends))
 }
@@ -204,25 +231,26 @@ const FLEET: [&str; 3] = ["coordinator", "rpc0", "rpc1"];
 
 async fn stop_fleet(client: &Client) {
     for name in FLEET {
-        if let Err(e) = client.delete(&format!("/tasks/{name}")).await {
-            if !e.to_string().contains("no task named") {
-                eprintln!("corral: removing {name}: {e:#}");
-            }
+        match client
+            .delete::<serde_json::Value>(&format!("/tasks/{name}"))
+            .await
+        {
+            Err(ClientError::Api { status: 404, .. }) | Ok(_) => {}
+            Err(e) => crate::cli::say_error(&format!("removing {name}: {e}")),
         }
     }
 }
 
-async fn start(client: &Client, spec: &Value) -> anyhow::Result<()> {
-    let name = spec["name"].as_str().unwrap_or("").to_string();
+async fn start(client: &Client, spec: &TaskSpec) -> anyhow::Result<()> {
+    let name = &spec.name;
     // A task left by an earlier demo on a running daemon is replaced.
-    let _ = client.delete(&format!("/tasks/{name}")).await;
-    let v: Value = client
+    let _ = client
+        .delete::<serde_json::Value>(&format!("/tasks/{name}"))
+        .await;
+    let v: Started = client
         .post("/tasks", spec)
         .await
         .with_context(|| format!("starting the demo task {name}"))?;
-    println!(
-        "started {name} (run {})",
-        v["run_id"].as_str().unwrap_or("?")
-    );
+    say(&format!("started {name} (run {})", v.run_id));
     Ok(())
 }

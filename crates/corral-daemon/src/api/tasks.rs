@@ -1,14 +1,15 @@
 //! Task and run endpoints.
 
 use super::{ApiError, Shared};
-use crate::registry::RunRow;
-use crate::supervisor::{TaskInfo, TaskSpec};
+use crate::logbook::LogStats;
+use crate::supervisor::{SupError, TaskInfo, TaskSpec};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use corral_client::wire::{Removed, RunInfo, Started, StopRequest};
+use corral_core::policy::RunStatus;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::time::Duration;
 
 pub async fn list(State(st): State<Shared>) -> Json<Vec<TaskInfo>> {
@@ -18,7 +19,7 @@ pub async fn list(State(st): State<Shared>) -> Json<Vec<TaskInfo>> {
 pub async fn create(
     State(st): State<Shared>,
     body: Result<Json<TaskSpec>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Started>), ApiError> {
     let Json(spec) = body.map_err(|e| match e.status() {
         // A chunked body that grew past the limit is refused like a declared one.
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
@@ -30,17 +31,17 @@ pub async fn create(
     })?;
     let name = spec.name.clone();
     let started = st.sup.run(spec).await?;
-    Ok((StatusCode::CREATED, Json(started_json(&name, started))))
+    Ok((StatusCode::CREATED, Json(started_reply(name, started))))
 }
 
-/// `{"task":…,"run_id":…}`, with `"spawn_error":"…"` when the command could not be
-/// started (the run is recorded `failed` with the same message).
-fn started_json(name: &str, s: crate::supervisor::Started) -> Value {
-    let mut v = json!({"task": name, "run_id": s.run_id});
-    if let Some(e) = s.spawn_error {
-        v["spawn_error"] = e.into();
+/// The new run, with `spawn_error` when the command could not be started (the run is
+/// recorded `failed` with the same message).
+fn started_reply(task: String, s: crate::supervisor::Started) -> Started {
+    Started {
+        task,
+        run_id: s.run_id,
+        spawn_error: s.spawn_error,
     }
-    v
 }
 
 pub async fn get_task(
@@ -53,20 +54,15 @@ pub async fn get_task(
 pub async fn remove(
     State(st): State<Shared>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     st.sup.remove(&name).await?;
-    Ok(Json(json!({"removed": name})))
-}
-
-#[derive(Deserialize, Default)]
-pub struct StopBody {
-    timeout_ms: Option<u64>,
+    Ok(Json(Removed { removed: name }))
 }
 
 pub async fn stop(
     State(st): State<Shared>,
     Path(name): Path<String>,
-    body: Option<Json<StopBody>>,
+    body: Option<Json<StopRequest>>,
 ) -> Result<Json<TaskInfo>, ApiError> {
     let timeout = body.and_then(|b| b.0.timeout_ms).map(Duration::from_millis);
     Ok(Json(st.sup.stop(&name, timeout).await?))
@@ -75,9 +71,9 @@ pub async fn stop(
 pub async fn restart(
     State(st): State<Shared>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Started>, ApiError> {
     let started = st.sup.restart(&name).await?;
-    Ok(Json(started_json(&name, started)))
+    Ok(Json(started_reply(name, started)))
 }
 
 #[derive(Deserialize)]
@@ -89,36 +85,38 @@ pub struct RunsQuery {
 pub async fn runs(
     State(st): State<Shared>,
     Query(q): Query<RunsQuery>,
-) -> Result<Json<Vec<RunRow>>, ApiError> {
-    let mut rows = st
+) -> Result<Json<Vec<RunInfo>>, ApiError> {
+    let rows = st
         .sup
         .registry
         .runs(q.task.as_deref(), q.limit.unwrap_or(1000))
-        .map_err(crate::supervisor::SupError::from)?;
+        .map_err(SupError::from)?;
     if let Some(task) = &q.task {
         if rows.is_empty() && st.sup.get(task).is_err() {
-            return Err(crate::supervisor::SupError::UnknownTask(task.clone()).into());
+            return Err(SupError::UnknownTask(task.clone()).into());
         }
     }
     let live = st.sup.live_stats();
-    for r in rows.iter_mut().filter(|r| r.status == "running") {
+    let mut out: Vec<RunInfo> = rows.into_iter().map(RunInfo::from).collect();
+    for r in out.iter_mut().filter(|r| r.status == RunStatus::Running) {
         if let Some(s) = live.get(&r.run_id) {
             overlay_live(r, s);
         }
     }
-    Ok(Json(rows))
+    Ok(Json(out))
 }
 
 pub async fn run(
     State(st): State<Shared>,
     Path(run_id): Path<String>,
-) -> Result<Json<RunRow>, ApiError> {
-    let mut row = st
+) -> Result<Json<RunInfo>, ApiError> {
+    let mut row: RunInfo = st
         .sup
         .registry
         .run(&run_id)
-        .map_err(crate::supervisor::SupError::from)?
-        .ok_or_else(|| crate::supervisor::SupError::UnknownRun(run_id.clone()))?;
+        .map_err(SupError::from)?
+        .ok_or_else(|| SupError::UnknownRun(run_id.clone()))?
+        .into();
     if let Some(s) = st.sup.live_stats().get(&run_id) {
         overlay_live(&mut row, s);
     }
@@ -127,7 +125,7 @@ pub async fn run(
 
 /// A running run's row with the log's live counters, and whether the size cap has
 /// already cut it.
-fn overlay_live(row: &mut RunRow, s: &crate::logbook::LogStats) {
+fn overlay_live(row: &mut RunInfo, s: &LogStats) {
     row.lines = s.lines as i64;
     row.bytes = s.bytes as i64;
     row.truncated |= s.gap.is_some();

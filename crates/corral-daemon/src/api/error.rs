@@ -40,9 +40,11 @@ impl From<SupError> for ApiError {
             SupError::UnknownRun(_) => (StatusCode::NOT_FOUND, "unknown_run"),
             SupError::Busy(..) => (StatusCode::CONFLICT, "task_busy"),
             SupError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            SupError::LogUnreadable { .. } => (StatusCode::GONE, "log_unreadable"),
+            // The files of a run are there but cannot be read: the server's fault.
+            SupError::LogUnreadable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "log_unreadable"),
             SupError::Gone(_) => (StatusCode::CONFLICT, "task_gone"),
             SupError::Registry(_) => (StatusCode::INTERNAL_SERVER_ERROR, "registry"),
+            SupError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -8,11 +8,12 @@
 mod error;
 mod llama;
 mod logs;
+mod metrics;
 mod tasks;
 
 pub use error::ApiError;
 
-use crate::events::Bus;
+use crate::bus::Bus;
 use crate::supervisor::Supervisor;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -32,7 +33,8 @@ pub struct AppState {
     pub bus: Arc<Bus>,
     pub token: Option<String>,
     pub started_at: f64,
-    pub extra: crate::llama::LlamaState,
+    /// The llama kinds' state, for `/backends`.
+    pub llama: crate::kinds::llama::Llama,
 }
 
 pub type Shared = Arc<AppState>;
@@ -54,20 +56,20 @@ pub fn router(state: Shared) -> Router {
         .route("/backends", get(llama::backends));
     Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(crate::metrics::handler))
+        .route("/metrics", get(metrics::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
-async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "node": st.bus.node,
-        "uptime_s": (crate::util::unix_now() - st.started_at).round(),
-    }))
+async fn health(State(st): State<Shared>) -> Json<corral_client::wire::Health> {
+    Json(corral_client::wire::Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: st.bus.node.clone(),
+        uptime_s: (crate::util::unix_now() - st.started_at).round(),
+    })
 }
 
 async fn not_found() -> ApiError {

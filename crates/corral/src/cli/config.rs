@@ -7,28 +7,11 @@
 //! `SOLLOL_OBSERVER_SAMPLING`, `SOLLOL_OBSERVER_SAMPLE_RATE`.
 //! Unknown config keys and wrong types are errors naming the file, the key and the type.
 
-use crate::events::ObserverConfig;
 use anyhow::{bail, Context};
+use corral_daemon::bus::ObserverConfig;
+use corral_daemon::kinds::llama::LlamaConfig;
 use std::path::Path;
 use std::time::Duration;
-
-/// Daemon-wide llama settings (heartbeats).
-#[derive(Debug, Clone)]
-pub struct LlamaConfig {
-    pub coordinator_heartbeat: Duration,
-    pub backend_heartbeat: bool,
-    pub backend_heartbeat_interval: Duration,
-}
-
-impl Default for LlamaConfig {
-    fn default() -> Self {
-        LlamaConfig {
-            coordinator_heartbeat: Duration::from_secs(30),
-            backend_heartbeat: true,
-            backend_heartbeat_interval: Duration::from_secs(30),
-        }
-    }
-}
 
 /// `corral serve` flags for the llama features (each also read from its environment name).
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -122,7 +122,7 @@ fn run(capture: &SharedCapture, pipes: &mut [Pipe], max_record: usize, exited: &
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            eprintln!("corral: poll on a child's pipes failed: {e}");
+            tracing::error!("poll on a child's pipes failed: {e}");
             return;
         }
         if deadline.is_none() && exited.load(Ordering::Acquire) {

@@ -1,45 +1,14 @@
-//! Prometheus text at `GET /metrics`: corral's own counters and, per llama server, the
-//! request metrics parsed from its log.
+//! `GET /metrics`: corral's own counters and every kind's series, in the Prometheus text
+//! format.
 
-use crate::api::Shared;
+use super::Shared;
+use crate::metrics::{BYTES, FOLLOWERS, RECORDS};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use corral_core::policy::TaskStatus;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-pub static RECORDS: AtomicU64 = AtomicU64::new(0);
-pub static BYTES: AtomicU64 = AtomicU64::new(0);
-pub static FOLLOWERS: AtomicU64 = AtomicU64::new(0);
-
-/// Counts a connected follower for as long as it lives.
-pub struct FollowerGuard(());
-
-impl FollowerGuard {
-    pub fn new() -> FollowerGuard {
-        FOLLOWERS.fetch_add(1, Ordering::Relaxed);
-        FollowerGuard(())
-    }
-}
-
-impl Default for FollowerGuard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for FollowerGuard {
-    fn drop(&mut self) {
-        FOLLOWERS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Escapes a Prometheus label value.
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use std::sync::atomic::Ordering;
 
 pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
     let mut out = String::new();
@@ -49,14 +18,14 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
         "# HELP corral_tasks Supervised tasks by status.\n# TYPE corral_tasks gauge"
     );
     for status in [
-        "initial",
-        "starting",
-        "ready",
-        "crashed",
-        "error",
-        "stopping",
-        "stopped",
-        "completed",
+        TaskStatus::Initial,
+        TaskStatus::Starting,
+        TaskStatus::Ready,
+        TaskStatus::Crashed,
+        TaskStatus::Error,
+        TaskStatus::Stopping,
+        TaskStatus::Stopped,
+        TaskStatus::Completed,
     ] {
         let n = tasks.iter().filter(|t| t.status == status).count();
         let _ = writeln!(out, "corral_tasks{{status=\"{status}\"}} {n}");
@@ -66,7 +35,7 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
         let _ = writeln!(
             out,
             "corral_task_restarts_total{{task=\"{}\"}} {}",
-            label(&t.name),
+            crate::metrics::label(&t.name),
             t.restarts
         );
     }
@@ -100,6 +69,8 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
     let _ = writeln!(out, "corral_events_sampled_out_total {}", stats.sampled_out);
     let _ = writeln!(out, "# HELP corral_events_stored Events held by the observer store.\n# TYPE corral_events_stored gauge");
     let _ = writeln!(out, "corral_events_stored {}", stats.stored);
-    st.extra.write_metrics(&mut out);
+    for kind in st.sup.kinds.all() {
+        kind.write_metrics(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -10,8 +10,9 @@
 //! Run `status` is one of `running, succeeded, failed, killed, lost`. Every write is one
 //! statement or one transaction, so a crash cannot leave a half-written run.
 
+use corral_client::wire::RunInfo;
+use corral_core::policy::RunStatus;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -67,13 +68,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN gap_off_to INTEGER;",
 ];
 
-/// A row of `runs` (contract: `corral runs --json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A row of `runs` (shown to clients as a [`RunInfo`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
     pub run_id: String,
     pub task: String,
     pub attempt: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub pid: Option<i64>,
     pub started_at: f64,
     pub ended_at: Option<f64>,
@@ -84,16 +85,37 @@ pub struct RunRow {
     pub lines: i64,
     pub bytes: i64,
     pub truncated: bool,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gap: Option<[i64; 4]>,
-    #[serde(skip)]
+    /// The process's start time (clock ticks since boot), telling it from a reused pid.
     pub pid_start: Option<i64>,
+}
+
+impl From<RunRow> for RunInfo {
+    fn from(r: RunRow) -> RunInfo {
+        RunInfo {
+            run_id: r.run_id,
+            task: r.task,
+            attempt: r.attempt,
+            status: r.status,
+            pid: r.pid,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            log_path: r.log_path,
+            error_message: r.error_message,
+            lines: r.lines,
+            bytes: r.bytes,
+            truncated: r.truncated,
+            gap: r.gap,
+        }
+    }
 }
 
 /// How a run ended, for [`Registry::finish_run`].
 #[derive(Debug, Clone, Default)]
 pub struct RunOutcome {
-    pub status: String,
+    pub status: RunStatus,
     pub ended_at: f64,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -204,7 +226,7 @@ impl Registry {
                 row.run_id,
                 row.task,
                 row.attempt,
-                row.status,
+                row.status.as_str(),
                 row.pid,
                 row.pid_start,
                 row.started_at,
@@ -231,7 +253,7 @@ impl Registry {
              WHERE run_id = ?1",
             params![
                 run_id,
-                o.status,
+                o.status.as_str(),
                 o.ended_at,
                 o.exit_code,
                 o.signal,
@@ -258,7 +280,16 @@ impl Registry {
             run_id: r.get(0)?,
             task: r.get(1)?,
             attempt: r.get(2)?,
-            status: r.get(3)?,
+            status: {
+                let s: String = r.get(3)?;
+                RunStatus::parse(&s).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        format!("unknown run status `{s}`").into(),
+                    )
+                })?
+            },
             pid: r.get(4)?,
             started_at: r.get(5)?,
             ended_at: r.get(6)?,
@@ -320,7 +351,7 @@ mod tests {
             run_id: id.into(),
             task: task.into(),
             attempt,
-            status: "running".into(),
+            status: RunStatus::Running,
             pid: Some(42),
             started_at: at,
             ended_at: None,
@@ -347,7 +378,7 @@ mod tests {
         reg.finish_run(
             "a",
             &RunOutcome {
-                status: "failed".into(),
+                status: RunStatus::Failed,
                 ended_at: 1.5,
                 exit_code: Some(3),
                 error_message: Some("x".repeat(5000)),
@@ -364,7 +395,7 @@ mod tests {
             ["b", "a"]
         );
         let a = reg.run("a").unwrap().unwrap();
-        assert_eq!(a.status, "failed");
+        assert_eq!(a.status, RunStatus::Failed);
         assert_eq!(a.exit_code, Some(3));
         assert_eq!(a.error_message.as_ref().unwrap().chars().count(), 1000);
         assert!(a.truncated);

@@ -1,7 +1,7 @@
 //! llama.cpp endpoints: coordinator status, the event stream, the backend registry.
 
 use super::{ApiError, Shared, HEARTBEAT};
-use crate::events::{Filter, Stored};
+use crate::bus::{Filter, Stored};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,14 +25,16 @@ pub async fn status(
             ),
         ));
     }
-    st.extra
-        .status(&name)
+    st.sup
+        .kinds
+        .get("llama")
+        .and_then(|k| k.status(&name))
         .map(Json)
         .ok_or_else(|| crate::supervisor::SupError::UnknownTask(name).into())
 }
 
-pub async fn backends(State(st): State<Shared>) -> Json<Value> {
-    Json(serde_json::to_value(st.extra.backends()).unwrap_or(Value::Null))
+pub async fn backends(State(st): State<Shared>) -> Json<Vec<corral_client::wire::Backend>> {
+    Json(st.llama.backends())
 }
 
 #[derive(Deserialize, Default)]

@@ -2,18 +2,20 @@
 //! models, request metrics and the RPC backend registry with its heartbeats.
 
 use super::LlamaConfig;
-use crate::api::Shared as AppShared;
-use crate::events::{Bus, Filter};
+use crate::bus::{Bus, Filter};
 use crate::logbook::follow::{Follower, RawItem};
-use crate::logbook::{Format, RunLog};
+use crate::logbook::Format;
+use crate::supervisor::kind::{RunContext, Watcher};
 use crate::supervisor::{Supervisor, TaskInfo, TaskSpec};
+pub use corral_client::wire::Backend;
 use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::llama::{LogParser, ParserKind};
+use corral_core::policy::TaskStatus;
 use corral_core::record::Stream;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One Prometheus series over the request totals: name, type, help, value.
@@ -36,16 +38,6 @@ struct ReqMetrics {
     last_eval_tps: f64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Backend {
-    pub addr: String,
-    pub healthy: Option<bool>,
-    pub latency_ms: Option<f64>,
-    pub last_error: Option<String>,
-    pub last_checked: Option<f64>,
-    pub tasks: Vec<String>,
-}
-
 #[derive(Default)]
 struct Data {
     models: HashMap<String, Vec<Value>>,
@@ -54,11 +46,11 @@ struct Data {
     last_status: HashMap<String, Value>,
 }
 
-pub struct Inner {
+struct Inner {
     cfg: LlamaConfig,
     sup: Arc<Supervisor>,
     bus: Arc<Bus>,
-    data: Mutex<Data>,
+    data: Arc<Mutex<Data>>,
 }
 
 impl Inner {
@@ -67,9 +59,14 @@ impl Inner {
     }
 }
 
+/// The llama kinds' shared state: request metrics, models, backends, status objects. The
+/// watchers write metrics from the first run on; the loops that need the supervisor
+/// start with the daemon ([`Llama::start`]).
 #[derive(Clone)]
-pub struct LlamaState {
-    inner: Arc<Inner>,
+pub struct Llama {
+    cfg: LlamaConfig,
+    data: Arc<Mutex<Data>>,
+    inner: Arc<OnceLock<Arc<Inner>>>,
 }
 
 fn str_list(v: &Value) -> Vec<String> {
@@ -87,21 +84,30 @@ fn model_label(spec: &TaskSpec) -> String {
     p.rsplit('/').next().unwrap_or(p).to_string()
 }
 
-impl LlamaState {
-    pub fn new(cfg: LlamaConfig, sup: Arc<Supervisor>, bus: Arc<Bus>) -> LlamaState {
-        let inner = Arc::new(Inner {
+impl Llama {
+    pub fn new(cfg: LlamaConfig) -> Llama {
+        Llama {
             cfg,
-            sup: sup.clone(),
-            bus,
-            data: Mutex::new(Data::default()),
-        });
-        let _ = sup.llama.set(inner.clone());
-        LlamaState { inner }
+            data: Arc::new(Mutex::new(Data::default())),
+            inner: Arc::new(OnceLock::new()),
+        }
     }
 
-    /// Starts the status watcher and the heartbeats.
-    pub fn start(&self, _app: &AppShared) {
-        let inner = self.inner.clone();
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the status watcher and the heartbeats (once).
+    pub fn start(&self, sup: &Arc<Supervisor>) {
+        let inner = Arc::new(Inner {
+            cfg: self.cfg.clone(),
+            sup: sup.clone(),
+            bus: sup.bus.clone(),
+            data: self.data.clone(),
+        });
+        if self.inner.set(inner.clone()).is_err() {
+            return;
+        }
         tokio::spawn(status_loop(inner.clone()));
         tokio::spawn(coordinator_heartbeats(inner.clone()));
         if inner.cfg.backend_heartbeat {
@@ -110,18 +116,24 @@ impl LlamaState {
     }
 
     pub fn status(&self, name: &str) -> Option<Value> {
-        let spec = self.inner.sup.spec(name).ok()?;
-        let info = self.inner.sup.get(name).ok()?;
-        Some(status_object(&self.inner, &info, &spec))
+        let inner = self.inner.get()?;
+        let spec = inner.sup.spec(name).ok()?;
+        let info = inner.sup.get(name).ok()?;
+        Some(status_object(inner, &info, &spec))
     }
 
     pub fn backends(&self) -> Vec<Backend> {
-        refresh_backend_list(&self.inner);
-        self.inner.data().backends.values().cloned().collect()
+        match self.inner.get() {
+            Some(inner) => {
+                refresh_backend_list(inner);
+                inner.data().backends.values().cloned().collect()
+            }
+            None => Vec::new(),
+        }
     }
 
     pub fn write_metrics(&self, out: &mut String) {
-        let d = self.inner.data();
+        let d = self.data();
         let series: [MetricSeries; 7] = [
             (
                 "corral_llama_requests_total",
@@ -202,8 +214,8 @@ fn llama_tasks(sup: &Supervisor, kind: &str) -> Vec<(TaskInfo, TaskSpec)> {
 
 fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
     // The core's `stopped` is the coordinator lifecycle's `initial`.
-    let status = match info.status.as_str() {
-        "stopped" | "completed" => "initial",
+    let status = match info.status {
+        TaskStatus::Stopped | TaskStatus::Completed => TaskStatus::Initial,
         s => s,
     };
     let models = inner
@@ -246,7 +258,7 @@ async fn status_loop(inner: Arc<Inner>) {
             if task.as_ref().is_some_and(|t| *t != info.name) {
                 continue;
             }
-            let fresh_ready = info.status == "ready"
+            let fresh_ready = info.status == TaskStatus::Ready
                 && inner
                     .data()
                     .last_status
@@ -255,7 +267,7 @@ async fn status_loop(inner: Arc<Inner>) {
             if fresh_ready {
                 let models = fetch_models(&spec).await;
                 inner.data().models.insert(info.name.clone(), models);
-            } else if info.status != "ready" {
+            } else if info.status != TaskStatus::Ready {
                 // A server that is not serving lists no models; they are fetched again
                 // when it is next ready.
                 inner.data().models.remove(&info.name);
@@ -353,7 +365,10 @@ async fn coordinator_heartbeats(inner: Arc<Inner>) {
         for (info, spec) in llama_tasks(&inner.sup, "llama") {
             // A stopped or failed coordinator has nothing to beat for: its status event
             // said so when it changed.
-            if !matches!(info.status.as_str(), "starting" | "ready" | "stopping") {
+            if !matches!(
+                info.status,
+                TaskStatus::Starting | TaskStatus::Ready | TaskStatus::Stopping
+            ) {
                 continue;
             }
             let kind = EventKind::new(
@@ -369,7 +384,7 @@ async fn coordinator_heartbeats(inner: Arc<Inner>) {
             .with("rpc_backends", spec.extra["rpc_backends"].clone())
             .with("model", spec.extra["model_path"].clone())
             .with("uptime", info.uptime_s.map(|u| u.round() as u64))
-            .with("status", info.status.clone());
+            .with("status", info.status.as_str());
             inner
                 .bus
                 .emit(kind, &info.name, info.run_id.as_deref().unwrap_or(""));
@@ -488,26 +503,18 @@ async fn backend_heartbeats(inner: Arc<Inner>) {
 
 /// For llama and rpc tasks: follows the run's log, turns lines into events on the bus
 /// and request metrics, and returns why the server died (its error lines), if it did.
-pub fn watch_run(
-    sup: &Arc<Supervisor>,
-    spec: &TaskSpec,
-    log: Arc<RunLog>,
-    run_id: &str,
-) -> Option<tokio::task::JoinHandle<Option<String>>> {
-    let parser_kind = match spec.kind.as_deref() {
-        Some("llama") => ParserKind::LlamaServer,
-        Some("rpc") => ParserKind::RpcServer,
-        _ => return None,
-    };
-    let bus = sup.bus.clone();
-    let inner = sup.llama.get().cloned();
+pub fn watch_run(llama: &Llama, parser_kind: ParserKind, run: RunContext<'_>) -> Watcher {
+    let spec = run.spec;
+    let log = run.log;
+    let data = llama.data.clone();
+    let bus = run.bus;
     let task = spec.name.clone();
-    let run_id = run_id.to_string();
+    let run_id = run.run_id.to_string();
     let model = model_label(spec);
     // The coordinator's `start` event carries its configuration (DESIGN.md's event
     // example): what the log line cannot say.
-    let settings: Vec<(&str, Value)> = match spec.kind.as_deref() {
-        Some("llama") => {
+    let settings: Vec<(&str, Value)> = match parser_kind {
+        ParserKind::LlamaServer => {
             let backends = spec.extra["rpc_backends"].clone();
             let count = backends.as_array().map_or(0, Vec::len);
             vec![
@@ -520,7 +527,7 @@ pub fn watch_run(
         }
         _ => Vec::new(),
     };
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut parser = LogParser::new(parser_kind);
         let mut follower = Follower::new(log, 1, Format::Ndjson, true);
         let mut verdict = Verdict::default();
@@ -535,9 +542,7 @@ pub fn watch_run(
                 }
                 verdict.note(&k);
                 if k.is_request_metrics() {
-                    if let Some(inner) = &inner {
-                        record_metrics(inner, &task, &model, &k.details);
-                    }
+                    record_metrics(&data, &task, &model, &k.details);
                 }
                 bus.emit(k, &task, &run_id);
             }
@@ -562,7 +567,7 @@ pub fn watch_run(
         let kinds = parser.finish();
         handle(kinds, &mut verdict);
         verdict.reason()
-    }))
+    })
 }
 
 /// Error lines of a run kept for its failure reason.
@@ -613,9 +618,9 @@ fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {
     Some(reason)
 }
 
-fn record_metrics(inner: &Inner, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
+fn record_metrics(data: &Mutex<Data>, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
     let num = |k: &str| d.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let mut data = inner.data();
+    let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
     let m = data
         .metrics
         .entry((task.to_string(), model.to_string()))

@@ -4,11 +4,11 @@
 use super::probe::{self, ProbeMsg};
 use super::process;
 use super::{Cmd, StartReply, Started, SupError, Supervisor, TaskSpec, View};
-use crate::capture::{self, Capture, SharedCapture};
 use crate::logbook::{LogWriter, RunEnd, RunLog};
 use crate::registry::{RunOutcome, RunRow};
+use crate::sources::child::{self as capture, Capture, SharedCapture};
 use corral_core::event::{Component, EventKind, EventType, Level};
-use corral_core::policy::{Action, Exit, Lifecycle, TaskStatus};
+use corral_core::policy::{Action, Exit, Lifecycle, RunStatus, TaskStatus};
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -168,7 +168,7 @@ impl Actor {
                             _ => Exit::Code(-1),
                         },
                         Err(e) => {
-                            eprintln!("corral: waiting for task {}: {e}", self.spec.name);
+                            tracing::error!(task = %self.spec.name, "waiting for the task's process: {e}");
                             Exit::Code(-1)
                         }
                     };
@@ -382,7 +382,7 @@ impl Actor {
             run_id: run_id.clone(),
             task: self.spec.name.clone(),
             attempt,
-            status: "running".into(),
+            status: RunStatus::Running,
             pid: None,
             started_at,
             ended_at: None,
@@ -423,7 +423,14 @@ impl Actor {
             grace_ms: 0,
             probe: None,
             failing: None,
-            watcher: crate::llama::watch_run(&sup, &self.spec, log.clone(), &run_id),
+            watcher: sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
+                k.watch(super::kind::RunContext {
+                    spec: &self.spec,
+                    run_id: &run_id,
+                    log: log.clone(),
+                    bus: sup.bus.clone(),
+                })
+            }),
         };
 
         // Adopt a healthy server already answering on the configured address.
@@ -498,7 +505,7 @@ impl Actor {
                     msg.clone(),
                     &run_id,
                 );
-                self.finish_with(None, None, "failed", Some(msg.clone()))
+                self.finish_with(None, None, RunStatus::Failed, Some(msg.clone()))
                     .await;
                 self.reply_started(Ok(Started {
                     run_id,
@@ -536,7 +543,7 @@ impl Actor {
                     r.thread = Some(t);
                 }
             }
-            Err(e) => eprintln!("corral: cannot start the capture thread: {e}"),
+            Err(e) => tracing::error!(task = %self.spec.name, "cannot start the capture: {e}"),
         }
         let ready = self.spec.health.is_none();
         self.lc.spawned(self.origin.elapsed(), ready);
@@ -567,6 +574,7 @@ impl Actor {
         for reply in self.start_replies.drain(..) {
             let _ = reply.send(match &r {
                 Ok(started) => Ok(started.clone()),
+                Err(SupError::Internal(m)) => Err(SupError::Internal(m.clone())),
                 Err(e) => Err(SupError::BadRequest(e.to_string())),
             });
         }
@@ -574,13 +582,14 @@ impl Actor {
 
     /// The run could not even be set up (no log, no registry row).
     fn fail_start(&mut self, msg: String) {
-        eprintln!("corral: task {}: {msg}", self.spec.name);
+        tracing::error!(task = %self.spec.name, "{msg}");
         self.lc.spawn_failed();
         self.view
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_error = Some(msg.clone());
-        self.reply_started(Err(SupError::BadRequest(msg)));
+        // The daemon's own failure (no log, no registry row): a 5xx, not the request's fault.
+        self.reply_started(Err(SupError::Internal(msg)));
     }
 
     async fn on_probe(&mut self, msg: ProbeMsg) {
@@ -664,19 +673,23 @@ impl Actor {
         };
         self.system(&text);
         let status = if stopping {
-            "killed"
+            RunStatus::Killed
         } else if policy_exit.success() {
-            "succeeded"
+            RunStatus::Succeeded
         } else {
-            "failed"
+            RunStatus::Failed
+        };
+        let quotes_stderr = match self.sup.kinds.of(&self.spec) {
+            Ok(Some(kind)) => kind.quotes_stderr(),
+            _ => true,
         };
         let message = match (status, &failing) {
-            ("succeeded", _) => None,
-            ("killed", _) => Some(format!("stopped by request ({text})")),
+            (RunStatus::Succeeded, _) => None,
+            (RunStatus::Killed, _) => Some(format!("stopped by request ({text})")),
             (_, Some(reason)) => Some(format!("{reason} ({text})")),
-            // llama.cpp servers log everything to stderr: their reason comes from the
-            // log parser instead (see `finish_with`).
-            _ if self.spec.kind.is_some() => Some(text.clone()),
+            // A server that logs everything to stderr says why through its kind's
+            // watcher instead (see `finish_with`).
+            _ if !quotes_stderr => Some(text.clone()),
             _ => {
                 let tail = {
                     let c = capture::lock(&self.run.as_ref().expect("live run").capture);
@@ -694,7 +707,7 @@ impl Actor {
             .as_ref()
             .map(|r| r.run_id.clone())
             .unwrap_or_default();
-        let level = if status == "failed" {
+        let level = if status == RunStatus::Failed {
             Level::Warning
         } else {
             Level::Info
@@ -753,14 +766,14 @@ impl Actor {
         &mut self,
         code: Option<i32>,
         signal: Option<i32>,
-        status: &str,
+        status: RunStatus,
         message: Option<String>,
     ) {
         let Some(mut run) = self.run.take() else {
             return;
         };
         let end = RunEnd {
-            status: status.to_string(),
+            status,
             exit_code: code,
             signal,
         };
@@ -776,7 +789,7 @@ impl Actor {
         if let Some(w) = run.watcher.take() {
             let reason = tokio::time::timeout(Duration::from_secs(5), w).await;
             if let (Ok(Ok(Some(reason))), Some(m)) = (reason, message.as_mut()) {
-                if status == "failed" {
+                if status == RunStatus::Failed {
                     *m = format!("{reason} ({m})");
                 }
             }
@@ -788,7 +801,7 @@ impl Actor {
             (m, None) => m,
         };
         let outcome = RunOutcome {
-            status: status.to_string(),
+            status,
             ended_at: crate::util::unix_now(),
             exit_code: code,
             signal,
@@ -798,10 +811,10 @@ impl Actor {
             gap: gap.map(|g| [g.from, g.to, g.off_from, g.off_to]),
         };
         if let Err(e) = self.sup.registry.finish_run(&run.run_id, &outcome) {
-            eprintln!("corral: recording the end of run {}: {e}", run.run_id);
+            tracing::error!(run_id = %run.run_id, "recording the end of the run: {e}");
         }
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        if status == "failed" {
+        if status == RunStatus::Failed {
             v.last_error = message;
         }
         v.pid = None;

@@ -248,5 +248,5 @@ impl Follower {
 }
 
 fn tracing_warn(msg: &str) {
-    eprintln!("corral: warning: {msg}");
+    tracing::warn!("{msg}");
 }

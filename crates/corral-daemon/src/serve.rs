@@ -2,7 +2,7 @@
 //! together, binds the listener, and stops every task on SIGINT/SIGTERM.
 
 use crate::api::{self, AppState};
-use crate::events::{Bus, ObserverConfig};
+use crate::bus::{Bus, ObserverConfig};
 use crate::logbook::LogConfig;
 use crate::registry::Registry;
 use crate::supervisor::{Settings, Supervisor};
@@ -19,7 +19,7 @@ pub struct ServeOpts {
     pub log: LogConfig,
     pub observer: ObserverConfig,
     pub node: String,
-    pub llama: crate::llama::LlamaConfig,
+    pub llama: crate::kinds::llama::LlamaConfig,
 }
 
 /// The default home: `$XDG_DATA_HOME/corral`, else `~/.local/share/corral`.
@@ -96,6 +96,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     let _home_lock = lock_home(&opts.home)?;
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);
+    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
     let sup = Supervisor::new(
         Settings {
             home: opts.home.clone(),
@@ -103,24 +104,26 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
         },
         registry,
         bus.clone(),
+        kinds,
     );
     let lost = sup.recover()?;
     if !lost.is_empty() {
-        eprintln!(
-            "corral: marked {} run(s) left by an earlier daemon as lost",
+        tracing::warn!(
+            "marked {} run(s) left by an earlier daemon as lost",
             lost.len()
         );
     }
     let bound = listener.local_addr()?;
-    let extra = crate::llama::LlamaState::new(opts.llama.clone(), sup.clone(), bus.clone());
+    for kind in sup.kinds.all() {
+        kind.start(&sup);
+    }
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus,
         token: opts.token.clone(),
         started_at: crate::util::unix_now(),
-        extra,
+        llama,
     });
-    state.extra.start(&state);
     on_ready(bound);
     let app = api::router(state.clone());
     let (down_tx, mut down_rx) = tokio::sync::watch::channel(false);
@@ -132,7 +135,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        eprintln!("corral: shutting down: stopping every task");
+        tracing::info!("shutting down: stopping every task");
         // Stopping the tasks ends their runs, which ends the log streams following them.
         stopper.stop_all().await;
         let _ = down_tx.send(true);

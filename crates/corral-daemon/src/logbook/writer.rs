@@ -173,9 +173,9 @@ impl LogWriter {
         });
         if let Err(e) = r {
             if self.io_error.is_none() {
-                eprintln!(
-                    "corral: writing the log of run {} failed: {e}; records still reach followers",
-                    self.log.run_id
+                tracing::error!(
+                    run_id = %self.log.run_id,
+                    "writing the run's log failed: {e}; records still reach followers"
                 );
                 self.io_error = Some(e);
             }
@@ -237,9 +237,9 @@ impl LogWriter {
         self.log.set_gap(gap);
         // Also on disk: if the daemon dies, the next one still knows the range is gone.
         if let Err(e) = gap.save(&self.log.log_path) {
-            eprintln!(
-                "corral: recording the dropped range of run {}: {e}",
-                self.log.run_id
+            tracing::error!(
+                run_id = %self.log.run_id,
+                "recording the dropped range of the run: {e}"
             );
         }
         punch(&self.file, tail_start, cut_off - tail_start);
@@ -280,8 +280,8 @@ fn punch(f: &File, off: u64, len: u64) {
     if rc != 0 {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
-            eprintln!(
-                "corral: this filesystem cannot free the middle of capped logs ({}); \
+            tracing::warn!(
+                "this filesystem cannot free the middle of capped logs ({}); \
                  the dropped range is still reported as a gap",
                 std::io::Error::last_os_error()
             )
@@ -339,7 +339,7 @@ mod tests {
         }
         w.system("exited with code 0", 2_000_000);
         w.finish(RunEnd {
-            status: "succeeded".into(),
+            status: corral_core::policy::RunStatus::Succeeded,
             exit_code: Some(0),
             signal: None,
         });
@@ -374,7 +374,7 @@ mod tests {
         }
         let gap = w.gap().expect("the cap must have dropped a range");
         w.finish(RunEnd {
-            status: "succeeded".into(),
+            status: corral_core::policy::RunStatus::Succeeded,
             exit_code: Some(0),
             signal: None,
         });
@@ -419,7 +419,7 @@ mod tests {
         append_lines(&mut w, &["a".to_string()]);
         append_lines(&mut w, &["b".to_string()]);
         w.finish(RunEnd {
-            status: "failed".into(),
+            status: corral_core::policy::RunStatus::Failed,
             exit_code: Some(1),
             signal: None,
         });
@@ -446,7 +446,7 @@ mod tests {
             append_lines(&mut w, &lines);
         }
         w.finish(RunEnd {
-            status: "succeeded".into(),
+            status: corral_core::policy::RunStatus::Succeeded,
             exit_code: Some(0),
             signal: None,
         });
@@ -483,7 +483,7 @@ mod tests {
         append_lines(&mut w, &["a".to_string(), "b".to_string()]);
         w.system("exited with code 0", 2);
         let end = RunEnd {
-            status: "succeeded".into(),
+            status: corral_core::policy::RunStatus::Succeeded,
             exit_code: Some(0),
             signal: None,
         };

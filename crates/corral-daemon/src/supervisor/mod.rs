@@ -9,116 +9,22 @@
 //!   final status after its output is drained;
 //! - every lifecycle transition is also a `system` record in the run's log and an event.
 
+pub mod kind;
 pub mod probe;
 pub mod process;
 mod task;
 
-use crate::events::Bus;
+use crate::bus::Bus;
 use crate::logbook::{LogConfig, RunEnd, RunLog};
 use crate::registry::{Registry, RegistryError, RunRow};
-use corral_core::policy::{Restart, RestartPolicy, TaskStatus};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+pub use corral_client::wire::{HealthCheck, TaskInfo, TaskSpec};
+use corral_core::policy::{RunStatus, TaskStatus};
+use kind::Kinds;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// A readiness and liveness check over HTTP (`GET url` answering 200).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HealthCheck {
-    pub url: String,
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
-    /// Readiness attempts before the start counts as failed.
-    pub attempts: u32,
-    pub liveness_interval_ms: u64,
-    pub liveness_failures: u32,
-    /// Adopt a server already answering at `url` instead of starting a second one.
-    pub adopt: bool,
-}
-
-/// What to run and how to keep it running (stored as JSON in the registry).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskSpec {
-    pub name: String,
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub restart: Restart,
-    #[serde(default = "default_retries")]
-    pub max_retries: u32,
-    #[serde(default = "default_backoff_initial")]
-    pub backoff_initial_ms: u64,
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max_ms: u64,
-    #[serde(default = "default_stop_timeout")]
-    pub stop_timeout_ms: u64,
-    #[serde(default)]
-    pub health: Option<HealthCheck>,
-    /// What the task is, for parsers and status (`"llama"`, `"rpc"`; none for plain tasks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// Kind-specific settings (model path, port, backends, ...).
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub extra: serde_json::Value,
-}
-
-fn default_retries() -> u32 {
-    5
-}
-fn default_backoff_initial() -> u64 {
-    1000
-}
-fn default_backoff_max() -> u64 {
-    30_000
-}
-fn default_stop_timeout() -> u64 {
-    5000
-}
-
-impl TaskSpec {
-    pub fn policy(&self) -> RestartPolicy {
-        RestartPolicy {
-            restart: self.restart,
-            max_retries: self.max_retries,
-            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
-            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
-            reset_after: Duration::from_secs(60),
-        }
-    }
-}
-
-/// A task as shown by `corral ps` (contract).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskInfo {
-    pub name: String,
-    pub status: String,
-    pub pid: Option<u32>,
-    pub run_id: Option<String>,
-    /// Restarts over the task's life.
-    pub restarts: u32,
-    /// Consecutive failed runs behind the current one (0 once it stayed up 60 s).
-    #[serde(default)]
-    pub retries: u32,
-    pub uptime_s: Option<f64>,
-    pub command: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub adopted: bool,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub started_at: Option<f64>,
-    #[serde(default)]
-    pub kind: Option<String>,
-}
 
 /// The live state of a task, written by its actor, read by the API.
 #[derive(Clone)]
@@ -176,6 +82,10 @@ pub enum SupError {
     Registry(#[from] RegistryError),
     #[error("the task `{0}` went away while the request was in flight")]
     Gone(String),
+    /// The daemon could not do what was asked for a reason of its own (the run's log
+    /// cannot be created, the disk is full): not the request's fault.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Daemon-wide settings the supervisor needs.
@@ -189,8 +99,8 @@ pub struct Supervisor {
     pub settings: Settings,
     pub registry: Arc<Registry>,
     pub bus: Arc<Bus>,
-    /// llama.cpp state (metrics sink of the log watchers), set once at daemon start.
-    pub llama: std::sync::OnceLock<Arc<crate::llama::state::Inner>>,
+    /// The task kinds registered at startup.
+    pub kinds: Kinds,
     tasks: Mutex<HashMap<String, Handle>>,
     /// Logs of runs that are no task's current one, opened for followers: shared while
     /// any follower holds one, so a crowd reading an old run shares one block cache and
@@ -199,12 +109,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(settings: Settings, registry: Arc<Registry>, bus: Arc<Bus>) -> Arc<Supervisor> {
+    pub fn new(
+        settings: Settings,
+        registry: Arc<Registry>,
+        bus: Arc<Bus>,
+        kinds: Kinds,
+    ) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             settings,
             registry,
             bus,
-            llama: std::sync::OnceLock::new(),
+            kinds,
             tasks: Mutex::new(HashMap::new()),
             finished_logs: Mutex::new(HashMap::new()),
         })
@@ -236,7 +151,7 @@ impl Supervisor {
                 &run.run_id,
                 None,
                 RunEnd {
-                    status: "lost".into(),
+                    status: RunStatus::Lost,
                     exit_code: None,
                     signal: None,
                 },
@@ -246,7 +161,7 @@ impl Supervisor {
             self.registry.finish_run(
                 &run.run_id,
                 &crate::registry::RunOutcome {
-                    status: "lost".into(),
+                    status: RunStatus::Lost,
                     ended_at: crate::util::unix_now(),
                     error_message: Some(why),
                     lines: stats.as_ref().map_or(0, |s| s.lines),
@@ -268,7 +183,7 @@ impl Supervisor {
                     self.tasks().insert(name.clone(), handle);
                 }
                 Err(e) => {
-                    eprintln!("corral: skipping saved task `{name}`: its spec is unreadable ({e})")
+                    tracing::error!(task = %name, "skipping a saved task: its spec is unreadable ({e})")
                 }
             }
         }
@@ -305,9 +220,11 @@ impl Supervisor {
     }
 
     /// Creates a task (or replaces a settled one of the same name) and starts it.
-    pub async fn run(self: &Arc<Self>, spec: TaskSpec) -> Result<Started, SupError> {
+    pub async fn run(self: &Arc<Self>, mut spec: TaskSpec) -> Result<Started, SupError> {
         crate::util::validate_task_name(&spec.name).map_err(SupError::BadRequest)?;
-        crate::llama::validate(&spec).map_err(SupError::BadRequest)?;
+        if let Some(kind) = self.kinds.of(&spec).map_err(SupError::BadRequest)? {
+            kind.prepare(&mut spec).map_err(SupError::BadRequest)?;
+        }
         if spec.command.is_empty() {
             return Err(SupError::BadRequest(
                 "no command given: put it after `--`, e.g. `corral run --name job -- python3 train.py`".into(),
@@ -444,7 +361,7 @@ impl Supervisor {
             .run(run_id)?
             .ok_or_else(|| SupError::UnknownRun(run_id.into()))?;
         let log = self.open_from_row(run_id, &row)?;
-        if row.status == "running" {
+        if row.status == RunStatus::Running {
             // Still being written by the task's live log (which the loop above missed
             // only if the run ended meanwhile): never share a half-read view of it.
             return Ok(log);
@@ -471,7 +388,7 @@ impl Supervisor {
             off_to: g[3] as u64,
         });
         let end = RunEnd {
-            status: row.status.clone(),
+            status: row.status,
             exit_code: row.exit_code.map(|c| c as i32),
             signal: row.signal.map(|s| s as i32),
         };
@@ -511,7 +428,7 @@ fn info(h: &Handle) -> TaskInfo {
     let stable = uptime_s.is_some_and(|u| u >= h.spec.policy().reset_after.as_secs_f64());
     TaskInfo {
         name: h.spec.name.clone(),
-        status: v.status.as_str().to_string(),
+        status: v.status,
         pid: v.pid.filter(|_| live),
         run_id: v.run_id.clone(),
         restarts: v.restarts,

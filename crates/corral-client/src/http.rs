@@ -1,0 +1,168 @@
+//! The HTTP client of the daemon's API: base address, token, typed requests and
+//! answers, and errors that say what to do.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::ErrorBody;
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the corral daemon at {base}: is it running? start it with `corral serve` \
+         (or `corral demo`), or point --addr / CORRAL_ADDR at it"
+    )]
+    Unreachable { base: String },
+    #[error("talking to the corral daemon at {base}: {source}")]
+    Transport {
+        base: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The daemon answered with an error; `message` is its own words.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("reading the daemon's answer: {0}")]
+    Decode(#[source] reqwest::Error),
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyTokenFile(String),
+}
+
+/// Reads the token: the first line of the token file when one is given, else
+/// `CORRAL_TOKEN`.
+pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, ClientError> {
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            return Err(ClientError::EmptyTokenFile(path.display().to_string()));
+        }
+        return Ok(Some(token));
+    }
+    Ok(std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+impl Client {
+    pub fn new(addr: &str, token: Option<String>) -> Client {
+        let base = if addr.contains("://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", addr.trim_end_matches('/'))
+        };
+        Client {
+            base,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("building the HTTP client"),
+            token,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// Sends and turns transport errors and JSON error bodies into [`ClientError`]s.
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code,
+                message: e.error.message,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: format!("the daemon answered {status}: {}", body.trim()),
+            },
+        })
+    }
+
+    pub fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable {
+                base: self.base.clone(),
+            }
+        } else {
+            ClientError::Transport {
+                base: self.base.clone(),
+                source: e,
+            }
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::DELETE, path))
+            .await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,329 @@
+//! The daemon's HTTP API as Rust types: what the handlers answer and what the CLI (and,
+//! next, the gRPC service and the dashboard) read. Field names and shapes are the public
+//! JSON contract documented in the README; statuses are enums, never strings compared.
+
+use corral_core::policy::{Restart, RestartPolicy};
+pub use corral_core::policy::{RunStatus, TaskStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A readiness and liveness check over HTTP (`GET url` answering 200).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthCheck {
+    pub url: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Readiness attempts before the start counts as failed.
+    pub attempts: u32,
+    pub liveness_interval_ms: u64,
+    pub liveness_failures: u32,
+    /// Adopt a server already answering at `url` instead of starting a second one.
+    pub adopt: bool,
+}
+
+/// What to run and how to keep it running: the body of `POST /tasks`, and what the
+/// registry stores. Only `name` and `command` are required (a kind may build the command
+/// from `extra`, as `llama` and `rpc` do).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: Restart,
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_ms: u64,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// What the task is (`"llama"`, `"rpc"`; none for a plain process). The kind
+    /// validates the spec, may build its command, and reads its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Kind-specific settings ([`LlamaSettings`], [`RpcSettings`]).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub extra: Value,
+}
+
+fn default_retries() -> u32 {
+    5
+}
+fn default_backoff_initial() -> u64 {
+    1000
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_stop_timeout() -> u64 {
+    5000
+}
+
+impl TaskSpec {
+    /// A plain task with the defaults of `POST /tasks`.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            command,
+            cwd: None,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            restart: Restart::default(),
+            max_retries: default_retries(),
+            backoff_initial_ms: default_backoff_initial(),
+            backoff_max_ms: default_backoff_max(),
+            stop_timeout_ms: default_stop_timeout(),
+            health: None,
+            kind: None,
+            extra: Value::Null,
+        }
+    }
+
+    pub fn policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            restart: self.restart,
+            max_retries: self.max_retries,
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The settings of a `llama` task (a llama-server coordinator), in [`TaskSpec::extra`].
+/// The daemon's llama kind builds the command line from them when the spec has none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LlamaSettings {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub model_path: String,
+    #[serde(default)]
+    pub rpc_backends: Vec<String>,
+    #[serde(default)]
+    pub n_gpu_layers: Option<i64>,
+    #[serde(default)]
+    pub ctx_size: Option<i64>,
+    /// The llama-server binary (a path, or a name looked up on PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin: Option<String>,
+    /// Arguments appended to the command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
+    /// Readiness and liveness probe settings (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSettings>,
+}
+
+/// Readiness and liveness settings of a coordinator, in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeSettings {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub attempts: u32,
+    pub liveness_interval_ms: u64,
+    pub liveness_failures: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            interval_ms: 1000,
+            timeout_ms: 5000,
+            attempts: 60,
+            liveness_interval_ms: 60_000,
+            liveness_failures: 3,
+        }
+    }
+}
+
+/// The settings of an `rpc` task (an rpc-server backend), in [`TaskSpec::extra`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RpcSettings {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
+}
+
+/// A task as shown by `corral ps` (`GET /tasks`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskInfo {
+    pub name: String,
+    pub status: TaskStatus,
+    pub pid: Option<u32>,
+    pub run_id: Option<String>,
+    /// Restarts over the task's life.
+    pub restarts: u32,
+    /// Consecutive failed runs behind the current one (0 once it stayed up 60 s).
+    #[serde(default)]
+    pub retries: u32,
+    pub uptime_s: Option<f64>,
+    pub command: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub adopted: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<f64>,
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// A run as `corral runs` shows it (`GET /runs`, `GET /runs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub task: String,
+    pub attempt: i64,
+    pub status: RunStatus,
+    pub pid: Option<i64>,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub log_path: String,
+    pub error_message: Option<String>,
+    pub lines: i64,
+    pub bytes: i64,
+    pub truncated: bool,
+    /// The seq and byte range the size cap dropped: `[from, to, off_from, off_to]`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gap: Option<[i64; 4]>,
+}
+
+/// The answer of `POST /tasks` and `POST /tasks/{name}/restart`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Started {
+    pub task: String,
+    pub run_id: String,
+    /// Why the command could not be started (the run is recorded `failed` with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn_error: Option<String>,
+}
+
+/// The body of `POST /tasks/{name}/stop` (optional).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StopRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer of `DELETE /tasks/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Removed {
+    pub removed: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub node: String,
+    pub uptime_s: f64,
+}
+
+/// Every error the API answers: `{"error":{"code":…,"message":…}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// An rpc-server backend (`GET /backends`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Backend {
+    pub addr: String,
+    pub healthy: Option<bool>,
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    pub last_checked: Option<f64>,
+    pub tasks: Vec<String>,
+}
+
+/// A coordinator's status object (`GET /llama/{name}/status`, and the `details` of its
+/// `status` events). Keys are camelCase where the contract has them so.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlamaStatus {
+    /// The coordinator lifecycle: `initial` where a task is `stopped` or `completed`.
+    pub status: TaskStatus,
+    pub models: Vec<Value>,
+    #[serde(rename = "lastError")]
+    pub last_error: Option<String>,
+    pub retries: u32,
+    pub uptime: Option<u64>,
+    #[serde(rename = "startedAt")]
+    pub started_at: Option<String>,
+    pub adopted: bool,
+    pub port: u16,
+    pub rpc_backends: Vec<String>,
+    pub run_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_body_needs_only_name_and_command() {
+        let spec: TaskSpec =
+            serde_json::from_str(r#"{"name":"job","command":["python3","train.py"]}"#).unwrap();
+        assert_eq!(
+            spec,
+            TaskSpec::new("job", vec!["python3".into(), "train.py".into()])
+        );
+        assert_eq!(spec.restart, Restart::No);
+    }
+
+    #[test]
+    fn statuses_are_snake_case_strings_on_the_wire() {
+        assert_eq!(
+            serde_json::to_string(&TaskStatus::Ready).unwrap(),
+            r#""ready""#
+        );
+        assert_eq!(
+            serde_json::from_str::<RunStatus>(r#""killed""#).unwrap(),
+            RunStatus::Killed
+        );
+        assert_eq!(RunStatus::parse("lost"), Some(RunStatus::Lost));
+    }
+
+    #[test]
+    fn started_omits_a_missing_spawn_error() {
+        let s = Started {
+            task: "t".into(),
+            run_id: "r".into(),
+            spawn_error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"task":"t","run_id":"r"}"#
+        );
+    }
+}
