@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod bus;
+pub mod clock;
 pub mod kinds;
 pub mod logbook;
 pub mod metrics;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Lines of stderr kept for a failed run's error message.
 const STDERR_TAIL: usize = 5;
@@ -36,11 +36,7 @@ pub fn lock(c: &SharedCapture) -> std::sync::MutexGuard<'_, Capture> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+pub use crate::clock::now_micros;
 
 struct Pipe {
     fd: OwnedFd,
