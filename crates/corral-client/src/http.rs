@@ -46,21 +46,36 @@ pub enum ClientError {
     EmptyTokenFile(String),
 }
 
-/// Reads the token: the first line of the token file when one is given, else
-/// `CORRAL_TOKEN`.
-pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, ClientError> {
+/// Reads the token: the first line of `token_file` when one is given, else
+/// `CORRAL_TOKEN`, else the daemon's own `<home>/token` (readable only by the daemon's
+/// user: other users and web pages cannot drive it).
+pub fn load_token(
+    token_file: Option<&std::path::Path>,
+    home: Option<&std::path::Path>,
+) -> Result<Option<String>, ClientError> {
     if let Some(path) = token_file {
-        let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let token = text.lines().next().unwrap_or("").trim().to_string();
-        if token.is_empty() {
-            return Err(ClientError::EmptyTokenFile(path.display().to_string()));
-        }
-        return Ok(Some(token));
+        return read_token_file(path).map(Some);
     }
-    Ok(std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty()))
+    if let Some(t) = std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let home = home.map_or_else(crate::default_home, std::path::Path::to_path_buf);
+    let path = home.join(crate::TOKEN_FILE);
+    // Missing or unreadable (another user's daemon): go without, and let the daemon's
+    // 401 say what to do.
+    Ok(read_token_file(&path).ok())
+}
+
+fn read_token_file(path: &std::path::Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(ClientError::EmptyTokenFile(path.display().to_string()));
+    }
+    Ok(token)
 }
 
 impl Client {
@@ -85,7 +100,10 @@ impl Client {
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, self.url(path));
+        let r = self.http.request(method, self.url(path)).header(
+            crate::CLIENT_HEADER,
+            concat!("corral/", env!("CARGO_PKG_VERSION")),
+        );
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,

@@ -15,23 +15,20 @@ use std::sync::Arc;
 pub struct ServeOpts {
     pub listen: String,
     pub home: PathBuf,
+    /// The API token given by the user (`CORRAL_TOKEN`, `--token-file`); without one the
+    /// daemon uses (and creates) `<home>/token`.
     pub token: Option<String>,
+    /// Serve the API with no token at all (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+    /// Names besides the listen address that clients may use in `Host` (`--allow-host`).
+    pub allow_hosts: Vec<String>,
     pub log: LogConfig,
     pub observer: ObserverConfig,
     pub node: String,
     pub llama: crate::kinds::llama::LlamaConfig,
 }
 
-/// The default home: `$XDG_DATA_HOME/corral`, else `~/.local/share/corral`.
-pub fn default_home() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("corral");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/share/corral"),
-        None => PathBuf::from(".corral"),
-    }
-}
+pub use crate::home::default_home;
 
 pub fn node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -39,27 +36,6 @@ pub fn node_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Takes `<home>/daemon.lock` (an advisory `flock`, released by the kernel when the
-/// daemon exits, however it exits). Fails when another live daemon holds it.
-fn lock_home(home: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = home.join("daemon.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on an open descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another corral daemon is using the home {}; stop it first, or give this one another --home",
-            home.display()
-        );
-    }
-    Ok(file)
 }
 
 /// Runs the daemon until SIGINT/SIGTERM. Calls `on_ready` with the bound address.
@@ -74,7 +50,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
         })?
         .next()
         .with_context(|| format!("--listen `{}` resolves to no address", opts.listen))?;
-    if !addr.ip().is_loopback() && opts.token.is_none() {
+    if !addr.ip().is_loopback() && opts.token.is_none() && !opts.insecure_no_auth {
         bail!(
             "refusing to listen on {addr} without a token: anything beyond loopback needs one \
              (set CORRAL_TOKEN or pass --token-file FILE), or listen on 127.0.0.1"
@@ -90,10 +66,9 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
         };
         anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
     })?;
-    std::fs::create_dir_all(&opts.home)
-        .with_context(|| format!("cannot create the home directory {}", opts.home.display()))?;
     // One daemon per home: a second one would mark the first one's live runs `lost`.
-    let _home_lock = lock_home(&opts.home)?;
+    let _home_lock = crate::home::lock(&opts.home)?;
+    let auth = api::Auth::new(&opts, bound_addr(&listener)?)?;
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);
     let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
@@ -120,7 +95,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus,
-        token: opts.token.clone(),
+        auth,
         started_at: crate::util::unix_now(),
         llama,
     });
@@ -150,4 +125,10 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
         } => {}
     }
     Ok(())
+}
+
+fn bound_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {
+    listener
+        .local_addr()
+        .context("reading the listener's address")
 }

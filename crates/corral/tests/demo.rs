@@ -205,10 +205,13 @@ async fn demo_with_its_own_daemon_restarts_crashes_and_stops_cleanly_on_ctrl_c()
         .unwrap();
     let http = reqwest::Client::new();
     let api = |path: &str| format!("http://{addr}/api/v1{path}");
+    // The demo's daemon makes its token in its home at start.
+    let token_file = home.path().join("token");
     let get = |path: String| {
         let http = http.clone();
+        let token = std::fs::read_to_string(&token_file).unwrap_or_default();
         async move {
-            let r = http.get(path).send().await.ok()?;
+            let r = http.get(path).bearer_auth(token.trim()).send().await.ok()?;
             r.json::<serde_json::Value>().await.ok()
         }
     };

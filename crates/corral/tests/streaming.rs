@@ -135,7 +135,9 @@ fn stalled_follower(d: &Daemon, task: &str) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     write!(
         s,
-        "GET /api/v1/tasks/{task}/logs?since=0&follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET /api/v1/tasks/{task}/logs?since=0&follow=true HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}\r\n",
+        d.port,
+        d.auth_line()
     )
     .unwrap();
     s
@@ -167,6 +169,7 @@ for b in range(200):
         let resp = d
             .http
             .get(format!("{}/metrics", d.addr))
+            .bearer_auth(d.token.as_deref().unwrap_or(""))
             .send()
             .await
             .ok()?;
@@ -360,8 +363,7 @@ sys.exit(2)
     let run_id = d
         .run_task("ws", &[], &[python(), "-c", script, go.to_str().unwrap()])
         .await;
-    let url = format!("ws://127.0.0.1:{}/api/v1/tasks/ws/logs/ws?since=0", d.port);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let (mut ws, _) = tokio_tungstenite::connect_async(d.ws_request("/tasks/ws/logs/ws?since=0"))
         .await
         .expect("WebSocket handshake");
     touch(&go);
@@ -753,6 +755,7 @@ async fn monitor_strips_escape_sequences_only_on_a_terminal() {
         "0",
     ])
     .env("CORRAL_ADDR", &d.addr)
+    .env("CORRAL_TOKEN", d.token.as_deref().unwrap_or(""))
     .stdin(std::process::Stdio::null());
     let out = tokio::time::timeout(DEADLINE, cmd.output())
         .await

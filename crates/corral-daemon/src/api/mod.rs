@@ -5,12 +5,14 @@
 //! `{"error":{"code":…,"message":…}}` with the right status (an unknown task is 404).
 //! Every request is checked against the token when one is configured, in constant time.
 
+mod auth;
 mod error;
 mod llama;
 mod logs;
 mod metrics;
 mod tasks;
 
+pub use auth::Auth;
 pub use error::ApiError;
 
 use crate::bus::Bus;
@@ -31,7 +33,7 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct AppState {
     pub sup: Arc<Supervisor>,
     pub bus: Arc<Bus>,
-    pub token: Option<String>,
+    pub auth: Auth,
     pub started_at: f64,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
@@ -53,9 +55,11 @@ pub fn router(state: Shared) -> Router {
         .route("/runs/{run_id}/log", get(logs::raw_log))
         .route("/llama/{name}/status", get(llama::status))
         .route("/events", get(llama::events))
-        .route("/backends", get(llama::backends));
+        .route("/backends", get(llama::backends))
+        .route("/login-links", post(login_link));
     Router::new()
         .nest("/api/v1", api)
+        .route("/login/{code}", get(login))
         .route("/metrics", get(metrics::handler))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -80,24 +84,16 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// Token check and body-size check, before any handler runs.
+/// Who may ask (see [`auth`]) and the body-size check, before any handler runs.
 async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string)
-            .or_else(|| query_token(req.uri()));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong token: send `Authorization: Bearer <token>` (the CLI reads CORRAL_TOKEN or --token-file)",
-            )
-            .into_response();
-        }
+    let checked = if req.uri().path().starts_with("/login/") {
+        // The one-time code in the path is the credential.
+        st.auth.check_host_and_origin(req.headers())
+    } else {
+        st.auth.check(req.method(), req.headers())
+    };
+    if let Err(e) = checked {
+        return e.into_response();
     }
     let declared = req
         .headers()
@@ -165,17 +161,48 @@ async fn json_rejection(resp: Response) -> Response {
     out
 }
 
-/// `?token=` for clients that cannot set headers (a browser's EventSource), decoded
-/// as a form value so that a token with `+`, `/` or `=` survives the trip.
-fn query_token(uri: &axum::http::Uri) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct TokenQuery {
-        token: Option<String>,
+/// `POST /api/v1/login-links`: a one-time link that logs a browser in (it sets an
+/// HttpOnly, SameSite=Strict session cookie). The only credential ever put in a URL, and
+/// it works once, for two minutes.
+async fn login_link(State(st): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let code = st
+        .auth
+        .new_login_code()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "url": format!("http://{}/login/{code}", st.auth.bound()),
+        "expires_in_s": auth::LOGIN_LINK_TTL.as_secs(),
+    })))
+}
+
+/// `GET /login/{code}`: spends a login code, sets the session cookie, goes to `/`.
+async fn login(
+    State(st): State<Shared>,
+    axum::extract::Path(code): axum::extract::Path<String>,
+) -> Response {
+    match st.auth.redeem(&code) {
+        Some(session) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/".to_string()),
+                (
+                    header::SET_COOKIE,
+                    format!(
+                        "{}={session}; HttpOnly; SameSite=Strict; Path=/",
+                        auth::SESSION_COOKIE
+                    ),
+                ),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_login_link",
+            "this login link was used already or has expired; ask for a new one with `corral login`",
+        )
+        .into_response(),
     }
-    axum::extract::Query::<TokenQuery>::try_from_uri(uri)
-        .ok()?
-        .0
-        .token
 }
 
 /// Compares without leaking, through timing, how many leading bytes matched.
@@ -203,17 +230,5 @@ mod tests {
         let long_a = vec![b'a'; 300];
         let long_b = vec![b'a'; 44]; // lengths differ by 256
         assert!(!constant_time_eq(&long_a, &long_b));
-    }
-
-    #[test]
-    fn token_in_query() {
-        let token = |uri: &'static str| query_token(&axum::http::Uri::from_static(uri));
-        assert_eq!(token("/x?a=1&token=xyz"), Some("xyz".into()));
-        assert_eq!(token("/x?a=1"), None);
-        assert_eq!(token("/x"), None);
-        assert_eq!(
-            token("/x?token=a%2Bb%2F%3D+c%zz"),
-            Some("a+b/= c%zz".into())
-        );
     }
 }

@@ -66,6 +66,8 @@ pub enum Command {
     Restart(NameArg),
     /// Stop (if running) and forget a task; its runs stay in the registry.
     Rm(NameArg),
+    /// Print a one-time link that logs a browser in to the daemon (valid 2 minutes).
+    Login(JsonArg),
     /// Start the daemon (or use a running one) with a simulated llama.cpp fleet.
     Demo(crate::demo::DemoArgs),
     #[command(flatten)]
@@ -90,6 +92,19 @@ pub struct ServeArgs {
     /// Largest log file per run, in MiB; beyond it the head and the newest tail are kept.
     #[arg(long, env = "CORRAL_MAX_LOG_MB", default_value_t = 100)]
     pub max_log_mb: u64,
+    /// Serve the API with no token at all. Anyone who can reach the address can then run
+    /// commands as this user: only for a machine you alone use, behind other protection.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// A name clients may use in `Host` besides the listen address, e.g. behind a reverse
+    /// proxy (repeatable; also CORRAL_ALLOW_HOSTS, comma-separated).
+    #[arg(
+        long = "allow-host",
+        value_name = "NAME",
+        env = "CORRAL_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allow_hosts: Vec<String>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
 }
@@ -221,10 +236,21 @@ fn kv(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let token = corral_client::load_token(cli.token_file.as_deref())?;
+    // The daemon takes only a token the user gives; a client also finds the daemon's own
+    // `<home>/token` when its user may read it.
+    let given = match &cli.token_file {
+        Some(f) => corral_client::load_token(Some(f), None)?,
+        None => std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let token = match (&given, &cli.cmd) {
+        (Some(_), _) | (None, Command::Serve(_)) => given.clone(),
+        (None, Command::Demo(a)) => corral_client::load_token(None, a.home.as_deref())?,
+        (None, _) => corral_client::load_token(None, None)?,
+    };
     let c = Client::new(&cli.addr, token.clone());
     match cli.cmd {
-        Command::Serve(a) => serve(a, token).await,
+        Command::Serve(a) => serve(a, given).await,
+        Command::Login(a) => login(&c, a.json).await,
         Command::Run(a) => run(&c, a).await,
         Command::Ps(a) => ps(&c, a.json).await,
         Command::Runs(a) => runs(&c, a).await,
@@ -299,6 +325,8 @@ pub fn serve_opts(
             .clone()
             .unwrap_or_else(corral_daemon::serve::default_home),
         token,
+        insecure_no_auth: a.insecure_no_auth,
+        allow_hosts: a.allow_hosts.clone(),
         log: corral_daemon::logbook::LogConfig {
             ring_records: a.ring_records.max(1),
             max_bytes: a.max_log_mb.max(1) * 1024 * 1024,
@@ -312,6 +340,13 @@ pub fn serve_opts(
 
 async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
     let opts = serve_opts(&a, token)?;
+    if opts.insecure_no_auth {
+        say_error(&format!(
+            "WARNING: --insecure-no-auth: the API takes no token; anyone who can reach {} can run \
+             commands as this user",
+            opts.listen
+        ));
+    }
     let home = opts.home.clone();
     corral_daemon::serve(opts, |addr| {
         // The first line on stdout is for scripts and tests: the bound address.
@@ -319,6 +354,16 @@ async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
         tracing::info!("home {}", home.display());
     })
     .await?;
+    Ok(0)
+}
+
+async fn login(c: &Client, json_out: bool) -> anyhow::Result<i32> {
+    let v: Value = c.post("/login-links", &json!({})).await?;
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("{}", v["url"].as_str().unwrap_or(""));
+    }
     Ok(0)
 }
 

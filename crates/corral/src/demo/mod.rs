@@ -47,6 +47,8 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
                 home: a.home.clone(),
                 ring_records: 1000,
                 max_log_mb: 100,
+                insecure_no_auth: false,
+                allow_hosts: Vec::new(),
                 llama: crate::cli::config::LlamaServeArgs::default(),
             },
             token.clone(),
@@ -64,6 +66,11 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
                     _ => Err(anyhow::anyhow!("the daemon for the demo did not start")),
                 };
             }
+        };
+        // The daemon created its token in its home if it had none.
+        let token = match token {
+            Some(t) => Some(t),
+            None => corral_client::load_token(None, Some(&home))?,
         };
         client = Client::new(&format!("http://{addr}"), token);
         say(&format!(

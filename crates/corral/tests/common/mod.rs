@@ -188,6 +188,13 @@ impl Daemon {
         d.port = addr.rsplit(':').next().unwrap().parse().unwrap();
         // Wildcard listens are reached over loopback.
         d.addr = format!("http://127.0.0.1:{}", d.port);
+        if d.token.is_none() && !opts.args.iter().any(|a| a == "--insecure-no-auth") {
+            // The daemon made its own token before it printed its address.
+            let file = d.home.join("token");
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("the daemon wrote no {}: {e}", file.display()));
+            d.token = Some(text.trim().to_string());
+        }
         d
     }
 
@@ -233,6 +240,28 @@ impl Daemon {
             Some(t) => r.bearer_auth(t),
             None => r,
         }
+    }
+
+    /// A WebSocket handshake request for an API path, with the token.
+    pub fn ws_request(
+        &self,
+        path: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://127.0.0.1:{}/api/v1{path}", self.port);
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    }
+
+    /// The `Authorization` header line for hand-written HTTP requests (empty without a token).
+    pub fn auth_line(&self) -> String {
+        self.token
+            .as_ref()
+            .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"))
     }
 
     /// GET, returning the status and the JSON body (`Value::Null` when not JSON).
