@@ -11,7 +11,16 @@
 //! - a stop request always wins over a pending restart.
 
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::time::Duration;
+
+/// No restart comes sooner than this after an exit, whatever the configured backoff: a
+/// task that exits at once cannot spin.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// At most this many automatic restarts of one task in [`RATE_WINDOW`]; past it the next
+/// waits for the window to move. A crash loop makes dozens of runs a minute, not thousands.
+pub const RATE_CAP: usize = 60;
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -73,8 +82,13 @@ impl Default for RestartPolicy {
 
 impl RestartPolicy {
     /// Delay before retry `n` (1-based): `initial * 2^(n-1)` capped at `max`, then
-    /// scaled by `1 + jitter / 10` with `jitter` clamped to [-1, 1].
+    /// scaled by `1 + jitter / 10` with `jitter` clamped to [-1, 1]; never under
+    /// [`MIN_BACKOFF`].
     pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
+        self.backoff_raw(n, jitter).max(MIN_BACKOFF)
+    }
+
+    fn backoff_raw(&self, n: u32, jitter: f64) -> Duration {
         let exp = n.saturating_sub(1).min(40);
         let base = self
             .backoff_initial
@@ -214,6 +228,8 @@ pub struct Lifecycle {
     pub restarts: u32,
     started_at: Option<Duration>,
     stop_requested: bool,
+    /// When the last automatic restarts were planned (at most [`RATE_CAP`]).
+    recent: VecDeque<Duration>,
 }
 
 impl Lifecycle {
@@ -225,6 +241,23 @@ impl Lifecycle {
             restarts: 0,
             started_at: None,
             stop_requested: false,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// A restart after `delay` from `now`, held back by the rate cap when needed.
+    fn restart_after(&mut self, now: Duration, delay: Duration, retry: u32) -> Action {
+        let mut at = now + delay;
+        if self.recent.len() >= RATE_CAP {
+            if let Some(oldest) = self.recent.pop_front() {
+                at = at.max(oldest + RATE_WINDOW);
+            }
+        }
+        self.recent.push_back(at);
+        Action::RestartAfter {
+            delay: at - now,
+            retry,
+            of: self.policy.max_retries,
         }
     }
 
@@ -305,11 +338,8 @@ impl Lifecycle {
             self.failures = 0;
             self.status = TaskStatus::Crashed;
             self.restarts += 1;
-            return Action::RestartAfter {
-                delay: self.policy.backoff(1, jitter),
-                retry: 0,
-                of: self.policy.max_retries,
-            };
+            let delay = self.policy.backoff(1, jitter);
+            return self.restart_after(now, delay, 0);
         }
         self.failures += 1;
         if self.failures > self.policy.max_retries {
@@ -318,11 +348,8 @@ impl Lifecycle {
         }
         self.status = TaskStatus::Crashed;
         self.restarts += 1;
-        Action::RestartAfter {
-            delay: self.policy.backoff(self.failures, jitter),
-            retry: self.failures,
-            of: self.policy.max_retries,
-        }
+        let delay = self.policy.backoff(self.failures, jitter);
+        self.restart_after(now, delay, self.failures)
     }
 
     /// The restart timer fired. Returns `Spawn` unless a stop came first.
@@ -357,6 +384,58 @@ mod tests {
         let delays: Vec<u64> = (1..=7).map(|n| p.backoff(n, 0.0).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(p.backoff(u32::MAX, 0.0), secs(30));
+    }
+
+    #[test]
+    fn a_zero_backoff_is_still_the_minimum() {
+        let p = RestartPolicy {
+            backoff_initial: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            ..policy(Restart::Always)
+        };
+        assert_eq!(p.backoff(1, -1.0), MIN_BACKOFF);
+    }
+
+    /// `--backoff-initial 0 --restart always` on `true`: a clean exit at once, forever.
+    /// Restarts come at the minimum backoff until the cap, then no more than the cap per
+    /// window.
+    #[test]
+    fn a_crash_loop_is_capped_per_minute() {
+        let mut lc = Lifecycle::new(RestartPolicy {
+            backoff_initial: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            ..policy(Restart::Always)
+        });
+        let mut now = Duration::ZERO;
+        lc.start();
+        let mut runs = Vec::new();
+        while now < Duration::from_secs(180) {
+            lc.spawned(now, true);
+            runs.push(now);
+            match lc.exited(Exit::Code(0), now, 0.0) {
+                Action::RestartAfter { delay, .. } => {
+                    assert!(delay >= MIN_BACKOFF, "{delay:?}");
+                    now += delay;
+                }
+                a => panic!("{a:?}"),
+            }
+            assert_eq!(lc.retry_due(), Action::Spawn);
+        }
+        // In any window of 60 s, at most the cap (+1 for the run started by hand).
+        for (i, start) in runs.iter().enumerate() {
+            let in_window = runs[i..]
+                .iter()
+                .take_while(|t| **t < *start + RATE_WINDOW)
+                .count();
+            assert!(in_window <= RATE_CAP + 1, "{in_window} runs from {start:?}");
+        }
+        // The first ones come at the minimum backoff.
+        assert_eq!(runs[1] - runs[0], MIN_BACKOFF);
+        assert!(
+            runs.len() < 4 * RATE_CAP,
+            "{} runs in 3 minutes",
+            runs.len()
+        );
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     for kind in sup.kinds.all() {
         kind.start(&sup);
     }
+    // What should run runs again, as soon as the API answers.
+    tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.start_desired().await }
+    });
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus,

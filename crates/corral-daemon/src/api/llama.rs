@@ -97,12 +97,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     let f = filter(&q)?;
-    let since = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .or(q.since)
-        .unwrap_or(0);
+    let since = super::last_event_id(&headers)?.or(q.since).unwrap_or(0);
     // Ids start again with each daemon: a cursor from beyond the newest id belongs to an
     // earlier daemon, so replay what this one has rather than wait for ids to catch up.
     let since = if since > st.bus.last_id() { 0 } else { since };

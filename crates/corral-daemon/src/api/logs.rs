@@ -102,10 +102,7 @@ pub async fn task_logs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sse = wants_sse(&headers);
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let last_event_id = super::last_event_id(&headers)?;
     let log = open(&st, &name, &q)?;
     let start = start_seq(&log, &q, last_event_id);
     let fmt = if sse { Format::Sse } else { Format::Ndjson };

@@ -205,6 +205,24 @@ async fn login(
     }
 }
 
+/// The SSE resume cursor: `None` when absent; a value that is not a number is the
+/// client's mistake, said as such (silently replaying from the start would duplicate).
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID `{}` is not a number: send the `id:` of the last event received",
+                String::from_utf8_lossy(v.as_bytes()).escape_default()
+            ))
+        })
+}
+
 /// Compares without leaking, through timing, how many leading bytes matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());

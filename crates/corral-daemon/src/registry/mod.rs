@@ -5,7 +5,9 @@
 //!   `runs(run_id, task, attempt, status, pid, pid_start, started_at, ended_at, exit_code,
 //!   signal, log_path, error_message, lines, bytes)`;
 //! - v2: `runs` gains `truncated`, `gap_from`, `gap_to`, `gap_off_from`, `gap_off_to`
-//!   (the range dropped by the log size cap).
+//!   (the range dropped by the log size cap);
+//! - v3: `tasks` gains `desired` (`run` or `stop`): whether the task should be running,
+//!   which a daemon that starts restores.
 //!
 //! Run `status` is one of `running, succeeded, failed, killed, lost`. Every write is one
 //! statement or one transaction, so a crash cannot leave a half-written run.
@@ -66,7 +68,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN gap_to INTEGER;
     ALTER TABLE runs ADD COLUMN gap_off_from INTEGER;
     ALTER TABLE runs ADD COLUMN gap_off_to INTEGER;",
+    // v3
+    "ALTER TABLE tasks ADD COLUMN desired TEXT NOT NULL DEFAULT 'stop';",
 ];
+
+/// Whether a task should be running (kept across daemon restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Run,
+    Stop,
+}
+
+impl Desired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Desired::Run => "run",
+            Desired::Stop => "stop",
+        }
+    }
+}
 
 /// A row of `runs` (shown to clients as a [`RunInfo`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -197,16 +217,34 @@ impl Registry {
         Ok(())
     }
 
+    /// Records whether a task should be running.
+    pub fn set_desired(&self, name: &str, desired: Desired) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tasks SET desired = ?2 WHERE name = ?1",
+            params![name, desired.as_str()],
+        )?;
+        Ok(())
+    }
+
     pub fn remove_task(&self, name: &str) -> Result<()> {
         self.conn()
             .execute("DELETE FROM tasks WHERE name = ?1", params![name])?;
         Ok(())
     }
 
-    pub fn tasks(&self) -> Result<Vec<(String, String)>> {
+    /// The saved tasks: name, spec (JSON), and whether each should be running.
+    pub fn tasks(&self) -> Result<Vec<(String, String, Desired)>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT name, spec FROM tasks ORDER BY name")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut st = conn.prepare("SELECT name, spec, desired FROM tasks ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            let desired: String = r.get(2)?;
+            let desired = if desired == "run" {
+                Desired::Run
+            } else {
+                Desired::Stop
+            };
+            Ok((r.get(0)?, r.get(1)?, desired))
+        })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
@@ -420,9 +458,21 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO tasks(name, spec, created_at, updated_at) VALUES ('job', '{}', 1.0, 1.0)",
+                [],
+            )
+            .unwrap();
         }
         let reg = Registry::open(&path).unwrap();
-        assert_eq!(reg.schema_version().unwrap(), 2);
+        assert_eq!(reg.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        // A task from before desired states is not started by surprise.
+        assert_eq!(
+            reg.tasks().unwrap(),
+            [("job".to_string(), "{}".to_string(), Desired::Stop)]
+        );
+        reg.set_desired("job", Desired::Run).unwrap();
+        assert_eq!(reg.tasks().unwrap()[0].2, Desired::Run);
         let old = reg.run("old").unwrap().unwrap();
         assert_eq!(
             (old.status.as_str(), old.exit_code, old.truncated),

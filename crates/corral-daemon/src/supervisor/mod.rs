@@ -16,7 +16,7 @@ mod task;
 
 use crate::bus::Bus;
 use crate::logbook::{LogConfig, RunEnd, RunLog};
-use crate::registry::{Registry, RegistryError, RunRow};
+use crate::registry::{Desired, Registry, RegistryError, RunRow};
 pub use corral_client::wire::{HealthCheck, TaskInfo, TaskSpec};
 use corral_core::policy::{RunStatus, TaskStatus};
 use kind::Kinds;
@@ -106,6 +106,11 @@ pub struct Supervisor {
     /// any follower holds one, so a crowd reading an old run shares one block cache and
     /// one set of file handles instead of each opening its own.
     finished_logs: Mutex<HashMap<String, std::sync::Weak<RunLog>>>,
+    /// Processes of runs an earlier daemon left running (pid, start time), by task: a
+    /// start of that task stops them first, so nothing ever runs twice.
+    orphans: Mutex<HashMap<String, (u32, Option<u64>)>>,
+    /// Tasks [`Self::recover`] found should run, for [`Self::start_desired`].
+    resume: Mutex<Vec<String>>,
 }
 
 impl Supervisor {
@@ -122,6 +127,8 @@ impl Supervisor {
             kinds,
             tasks: Mutex::new(HashMap::new()),
             finished_logs: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
+            resume: Mutex::new(Vec::new()),
         })
     }
 
@@ -134,13 +141,18 @@ impl Supervisor {
         self.settings.home.join("runs").join(task).join("logs")
     }
 
-    /// Marks runs left `running` by an earlier daemon as `lost`, and loads the saved
-    /// tasks (in state `initial`: a daemon restart does not start anything by itself).
+    /// Marks runs left `running` by an earlier daemon as `lost` (remembering the ones
+    /// whose process still runs), and loads the saved tasks, settled. [`Self::start_desired`]
+    /// then starts the ones that should run.
     pub fn recover(self: &Arc<Self>) -> Result<Vec<String>, SupError> {
         let mut notes = Vec::new();
         for run in self.registry.running()? {
             let pid = run.pid.unwrap_or(0) as u32;
             let alive = pid != 0 && process::is_same_process(pid, run.pid_start.map(|v| v as u64));
+            if alive {
+                self.orphans()
+                    .insert(run.task.clone(), (pid, run.pid_start.map(|v| v as u64)));
+            }
             let why = if alive {
                 format!("the daemon restarted while this run was live; pid {pid} still runs but its output pipes are gone, so it was not adopted")
             } else {
@@ -175,12 +187,19 @@ impl Supervisor {
             )?;
             notes.push(run.run_id);
         }
-        for (name, spec) in self.registry.tasks()? {
+        for (name, spec, desired) in self.registry.tasks()? {
             match serde_json::from_str::<TaskSpec>(&spec) {
                 Ok(spec) => {
                     let last = self.registry.runs(Some(&name), 1)?.into_iter().next();
+                    let wanted = desired == Desired::Run && should_resume(&spec, last.as_ref());
                     let (handle, _) = self.new_handle(spec, false, last.as_ref());
                     self.tasks().insert(name.clone(), handle);
+                    if wanted {
+                        self.resume
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(name);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(task = %name, "skipping a saved task: its spec is unreadable ({e})")
@@ -188,6 +207,58 @@ impl Supervisor {
             }
         }
         Ok(notes)
+    }
+
+    /// Starts the tasks that should run (their desired state survived the daemon), as a
+    /// user's start would. Called once the daemon is ready.
+    pub async fn start_desired(self: &Arc<Self>) {
+        let names = std::mem::take(&mut *self.resume.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in names {
+            tracing::info!(task = %name, "starting again: it was running when the daemon stopped");
+            match self.start(&name).await {
+                Ok(s) if s.spawn_error.is_some() => {
+                    tracing::error!(task = %name, "could not start again: {}", s.spawn_error.unwrap_or_default())
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(task = %name, "could not start again: {e}"),
+            }
+        }
+    }
+
+    fn orphans(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Option<u64>)>> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops what an earlier daemon left running for this task (SIGTERM to its process
+    /// group, SIGKILL after the task's stop timeout), so a start never makes a second copy
+    /// (for a llama-server: a second model load and a port clash).
+    async fn stop_orphan(&self, spec: &TaskSpec) {
+        let Some((pid, start)) = self.orphans().remove(&spec.name) else {
+            return;
+        };
+        if !process::is_same_process(pid, start) {
+            return;
+        }
+        tracing::warn!(task = %spec.name, "stopping pid {pid}, left running by an earlier daemon, before starting the task");
+        process::signal_group(pid, libc::SIGTERM);
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(spec.stop_timeout_ms.max(100));
+        while process::is_same_process(pid, start) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if process::is_same_process(pid, start) {
+            process::signal_group(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Starts a settled task (the daemon's own start, at boot).
+    async fn start(&self, name: &str) -> Result<Started, SupError> {
+        let spec = self.spec(name)?;
+        self.stop_orphan(&spec).await;
+        let (tx, rx) = oneshot::channel();
+        self.with_handle(name, |h| h.tx.send(Cmd::Start(tx)))?
+            .map_err(|_| SupError::Gone(name.into()))?;
+        rx.await.map_err(|_| SupError::Gone(name.into()))?
     }
 
     /// A new task actor (started, or not); the caller puts the handle in the map.
@@ -225,6 +296,12 @@ impl Supervisor {
         if let Some(kind) = self.kinds.of(&spec).map_err(SupError::BadRequest)? {
             kind.prepare(&mut spec).map_err(SupError::BadRequest)?;
         }
+        if let Some(cwd) = spec.cwd.as_deref().filter(|d| !d.starts_with('/')) {
+            return Err(SupError::BadRequest(format!(
+                "the working directory `{cwd}` is relative; give an absolute path (the daemon's own \
+                 working directory is no place to guess from)"
+            )));
+        }
         if spec.command.is_empty() {
             return Err(SupError::BadRequest(
                 "no command given: put it after `--`, e.g. `corral run --name job -- python3 train.py`".into(),
@@ -232,6 +309,7 @@ impl Supervisor {
         }
         let json = serde_json::to_string(&spec).map_err(|e| SupError::BadRequest(e.to_string()))?;
         let name = spec.name.clone();
+        self.stop_orphan(&spec).await;
         // Check, replace and insert under one lock: two `run`s of one name cannot both win.
         let (old, rx) = {
             let mut tasks = self.tasks();
@@ -253,6 +331,7 @@ impl Supervisor {
         }
         self.registry
             .save_task(&name, &json, crate::util::unix_now())?;
+        self.registry.set_desired(&name, Desired::Run)?;
         rx.await.map_err(|_| SupError::Gone(name))?
     }
 
@@ -277,8 +356,15 @@ impl Supervisor {
         self.with_handle(name, |h| h.spec.clone())
     }
 
-    /// Stops a task and waits until its process group is gone.
+    /// Stops a task and waits until its process group is gone. It stays stopped across
+    /// daemon restarts.
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<TaskInfo, SupError> {
+        self.registry.set_desired(name, Desired::Stop)?;
+        self.stop_now(name, timeout).await
+    }
+
+    /// Stops a task without changing whether it should run (the daemon's own shutdown).
+    async fn stop_now(&self, name: &str, timeout: Option<Duration>) -> Result<TaskInfo, SupError> {
         let (tx, rx) = oneshot::channel();
         self.with_handle(name, |h| h.tx.send(Cmd::Stop(timeout, tx)))?
             .map_err(|_| SupError::Gone(name.into()))?;
@@ -287,6 +373,9 @@ impl Supervisor {
     }
 
     pub async fn restart(&self, name: &str) -> Result<Started, SupError> {
+        let spec = self.spec(name)?;
+        self.stop_orphan(&spec).await;
+        self.registry.set_desired(name, Desired::Run)?;
         let (tx, rx) = oneshot::channel();
         self.with_handle(name, |h| h.tx.send(Cmd::Restart(tx)))?
             .map_err(|_| SupError::Gone(name.into()))?;
@@ -312,10 +401,11 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops every task (daemon shutdown).
+    /// Stops every task (daemon shutdown); what should run still should, and runs again
+    /// when a daemon starts.
     pub async fn stop_all(&self) {
         let names: Vec<String> = self.tasks().keys().cloned().collect();
-        let stops = names.iter().map(|n| self.stop(n, None));
+        let stops = names.iter().map(|n| self.stop_now(n, None));
         futures_util::future::join_all(stops).await;
     }
 
@@ -410,6 +500,19 @@ impl Supervisor {
                 v.log.as_ref().map(|l| (l.run_id.clone(), l.stats()))
             })
             .collect()
+    }
+}
+
+/// Whether a task that should run is started again when a daemon starts: per its
+/// restart policy, given how its last run ended (a run-once task that finished stays
+/// finished; a run the daemon lost counts as a failure).
+fn should_resume(spec: &TaskSpec, last: Option<&RunRow>) -> bool {
+    use corral_core::policy::Restart;
+    match (spec.restart, last.map(|r| r.status)) {
+        (_, None) => true,
+        (Restart::Always, _) => true,
+        (Restart::OnFailure, Some(st)) => st != RunStatus::Succeeded,
+        (Restart::No, Some(_)) => false,
     }
 }
 
