@@ -155,3 +155,56 @@ async fn a_relative_cwd_and_a_bad_last_event_id_are_400() {
         );
     }
 }
+
+/// `corral service install` writes a unit that starts this binary's daemon with the same
+/// home at boot; here (no systemd) it says so and enables nothing; `uninstall` undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_install_writes_a_boot_unit_and_uninstall_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    let home = dir.path().join("home");
+    let out = cli(
+        &[
+            "service",
+            "install",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--home",
+            home.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7171",
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let unit = std::fs::read_to_string(units.join("corral.service")).unwrap();
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={} serve --home {} --listen 127.0.0.1:7171",
+            exe.display(),
+            home.display()
+        )),
+        "{unit}"
+    );
+    assert!(unit.contains("[Install]"), "{unit}");
+    assert!(
+        out.stdout().contains("nothing was enabled"),
+        "{}",
+        out.stdout()
+    );
+    let out = cli(
+        &[
+            "service",
+            "uninstall",
+            "--unit-dir",
+            units.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    assert!(out.stdout().contains("removed"), "{}", out.stdout());
+    assert!(!units.join("corral.service").exists());
+}

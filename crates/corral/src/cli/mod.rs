@@ -4,6 +4,7 @@
 pub mod config;
 pub mod llama;
 pub mod monitor;
+pub mod service;
 pub mod table;
 
 use anyhow::{bail, Context};
@@ -66,6 +67,8 @@ pub enum Command {
     Restart(NameArg),
     /// Stop (if running) and forget a task; its runs stay in the registry.
     Rm(NameArg),
+    /// Start the daemon at boot (systemd), with this home and address, or stop doing so.
+    Service(service::ServiceArgs),
     /// Print a one-time link that logs a browser in to the daemon (valid 2 minutes).
     Login(JsonArg),
     /// Start the daemon (or use a running one) with a simulated llama.cpp fleet.
@@ -251,6 +254,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Command::Serve(a) => serve(a, given).await,
         Command::Login(a) => login(&c, a.json).await,
+        Command::Service(a) => service::dispatch(a),
         Command::Run(a) => run(&c, a).await,
         Command::Ps(a) => ps(&c, a.json).await,
         Command::Runs(a) => runs(&c, a).await,
