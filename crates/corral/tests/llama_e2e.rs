@@ -370,7 +370,8 @@ async fn an_already_running_server_is_adopted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_server_connect_and_disconnect_events() {
-    let d = Daemon::start_with(DaemonOpts::args(&["--backend-heartbeat-interval", "0.5"])).await;
+    // A long period: what happens within it is driven by facts, not by the timer.
+    let d = Daemon::start_with(DaemonOpts::args(&["--backend-heartbeat-interval", "60"])).await;
     let rpc_port = free_port();
     let rpc_bin = binary("LLAMA_RPC_SERVER_BIN");
     d.cli(&[
@@ -428,14 +429,47 @@ async fn rpc_server_connect_and_disconnect_events() {
     let (_, backends) = d.get("/backends").await;
     assert_eq!(backends[0]["addr"], backend.as_str(), "{backends}");
     assert_eq!(backends[0]["healthy"], true, "{backends}");
-    // The backend going away is noticed by the heartbeat.
+    // The local rpc-server task stopping is a fact: the backend is down at once (well
+    // before any heartbeat), with the reason.
+    let stopped = std::time::Instant::now();
     d.cli(&["stop", "rpc0"]).await.ok();
-    d.wait_events(
-        "component=rpc_backend&type=disconnect",
-        "a disconnect from the heartbeat",
-        |evs| evs.iter().any(|e| e["details"]["source"] == "heartbeat"),
-    )
+    let ev = d
+        .wait_events(
+            "component=rpc_backend&type=disconnect",
+            "a disconnect from the task's exit",
+            |evs| evs.iter().any(|e| e["details"]["source"] == "task"),
+        )
+        .await;
+    let ev = ev
+        .iter()
+        .find(|e| e["details"]["source"] == "task")
+        .unwrap()
+        .clone();
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(2) + stop_grace(),
+        "noticed after {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(ev["details"]["addr"], backend.as_str(), "{ev}");
+    assert!(ev["message"].as_str().unwrap().contains("rpc0"), "{ev}");
+    let (_, backends) = d.get("/backends").await;
+    assert_eq!(backends[0]["healthy"], false, "{backends}");
+    assert!(
+        backends[0]["last_error"].as_str().unwrap().contains("rpc0"),
+        "{backends}"
+    );
+    // Started again, a later check finds it reachable.
+    d.cli(&["restart", "rpc0"]).await.ok();
+    wait_for("the backend healthy again", common::DEADLINE, || async {
+        let (_, b) = d.get("/backends").await;
+        (b[0]["healthy"] == true).then_some(())
+    })
     .await;
+}
+
+/// How long a stop of a well-behaved server may take (its SIGTERM handling).
+fn stop_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,4 +543,44 @@ async fn a_taken_port_is_a_startup_crash_with_the_bind_error() {
         "{bind:?}"
     );
     drop(holder);
+}
+
+/// The coordinator's own words about a backend are a fact: a backend it cannot reach is
+/// marked down with its message, without waiting for the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_the_coordinator_cannot_reach_is_down_with_its_reason() {
+    let d = Daemon::start_with(DaemonOpts::args(&["--backend-heartbeat-interval", "60"])).await;
+    // Nothing listens there.
+    let backend = format!("127.0.0.1:{}", free_port());
+    start_coordinator(
+        &d,
+        "coord",
+        free_port(),
+        &["--rpc", &backend, "--ngl", "99", "--max-retries", "0"],
+    )
+    .await;
+    let b = wait_for("the backend marked down", common::DEADLINE, || async {
+        let (_, b) = d.get("/backends").await;
+        let b = b.as_array()?.first()?.clone();
+        (b["healthy"] == false).then_some(b)
+    })
+    .await;
+    assert_eq!(b["addr"], backend.as_str(), "{b}");
+    let b = wait_for("the coordinator's reason", common::DEADLINE, || async {
+        let (_, b) = d.get("/backends").await;
+        let b = b.as_array()?.first()?.clone();
+        b["last_error"]
+            .as_str()?
+            .contains("Failed to connect")
+            .then_some(b)
+    })
+    .await;
+    let evs = d
+        .wait_events(
+            "component=rpc_backend&type=disconnect",
+            "a disconnect event",
+            |evs| !evs.is_empty(),
+        )
+        .await;
+    assert_eq!(evs[0]["details"]["addr"], backend.as_str(), "{evs:?}");
 }

@@ -47,6 +47,8 @@ struct Data {
 }
 
 struct Inner {
+    /// Wakes the backend checks at once (a coordinator started, a fact came in).
+    recheck: tokio::sync::Notify,
     cfg: LlamaConfig,
     sup: Arc<Supervisor>,
     bus: Arc<Bus>,
@@ -100,6 +102,7 @@ impl Llama {
     /// Starts the status watcher and the heartbeats (once).
     pub fn start(&self, sup: &Arc<Supervisor>) {
         let inner = Arc::new(Inner {
+            recheck: tokio::sync::Notify::new(),
             cfg: self.cfg.clone(),
             sup: sup.clone(),
             bus: sup.bus.clone(),
@@ -109,6 +112,7 @@ impl Llama {
             return;
         }
         tokio::spawn(status_loop(inner.clone()));
+        tokio::spawn(backend_facts(inner.clone()));
         tokio::spawn(coordinator_heartbeats(inner.clone()));
         if inner.cfg.backend_heartbeat {
             tokio::spawn(backend_heartbeats(inner));
@@ -430,11 +434,123 @@ async fn check_backend(addr: &str) -> Result<f64, String> {
     }
 }
 
+/// Marks a backend unhealthy at once because of a fact (the coordinator said it failed,
+/// its local rpc-server task exited), with the reason; the next successful check marks it
+/// healthy again.
+fn mark_unhealthy(inner: &Inner, addr: &str, reason: &str, source: &str) {
+    let task = {
+        let mut d = inner.data();
+        let Some(b) = d.backends.get_mut(addr) else {
+            return;
+        };
+        let changed = b.healthy != Some(false);
+        b.healthy = Some(false);
+        b.latency_ms = None;
+        b.last_error = Some(reason.to_string());
+        b.last_checked = Some(crate::util::unix_now());
+        if !changed {
+            return;
+        }
+        b.tasks.first().cloned().unwrap_or_default()
+    };
+    let kind = EventKind::new(
+        Component::RpcBackend,
+        Level::Warning,
+        EventType::Disconnect,
+        format!("rpc backend {addr} is down: {reason}"),
+    )
+    .with("addr", addr)
+    .with("source", source);
+    inner.bus.emit(kind, &task, "");
+}
+
+/// Whether a backend address names the server an `rpc` task listens on.
+fn serves(addr: &str, host: &str, port: u64) -> bool {
+    let Some((h, p)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    if p.parse::<u64>().ok() != Some(port) {
+        return false;
+    }
+    let local = |h: &str| matches!(h, "127.0.0.1" | "localhost" | "::1" | "[::1]");
+    h == host || (matches!(host, "0.0.0.0" | "::" | "") && local(h)) || (local(h) && local(host))
+}
+
+/// Reacts to facts about backends as they happen, not on the next timer: a coordinator's
+/// own log lines about a backend, the exit of a local rpc-server task, and a coordinator
+/// that starts (its backends are checked at once).
+async fn backend_facts(inner: Arc<Inner>) {
+    let (_, mut rx) = inner.bus.subscribe(u64::MAX, &Filter::default());
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev.event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let Ok(spec) = inner.sup.spec(&ev.task) else {
+            continue;
+        };
+        match (spec.kind.as_deref(), ev.component, ev.event_type) {
+            (Some("llama"), Component::RpcBackend, EventType::Error) => {
+                refresh_backend_list(&inner);
+                // The coordinator names the backend when it can; a crash in the middle of
+                // a request does not say which, so every backend of it is suspect until
+                // its next check.
+                let named = ev.details.get("addr").and_then(Value::as_str);
+                let addrs: Vec<String> = match named {
+                    Some(a) => vec![a.to_string()],
+                    None => str_list(&spec.extra["rpc_backends"]),
+                };
+                for addr in addrs {
+                    mark_unhealthy(&inner, &addr, &ev.message, "coordinator log");
+                }
+            }
+            (Some("llama"), Component::Task, EventType::Start) => inner.recheck.notify_one(),
+            (Some("rpc"), Component::Task, EventType::Exit | EventType::Stop) => {
+                refresh_backend_list(&inner);
+                let host = spec.extra["host"].as_str().unwrap_or("127.0.0.1");
+                let port = spec.extra["port"].as_u64().unwrap_or(0);
+                let addrs: Vec<String> = inner
+                    .data()
+                    .backends
+                    .keys()
+                    .filter(|a| serves(a, host, port))
+                    .cloned()
+                    .collect();
+                let reason = format!(
+                    "its rpc-server task `{}` {}",
+                    ev.task,
+                    ev.message.trim_start_matches(&format!("task {} ", ev.task))
+                );
+                for addr in addrs {
+                    mark_unhealthy(&inner, &addr, &reason, "task");
+                }
+            }
+            (Some("rpc"), Component::Task, EventType::Start) => {
+                // A server that just started needs a moment to listen: check it a few
+                // times, soon, rather than leave it down until the next period.
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    for ms in [100, 250, 500, 1000, 2000, 4000] {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        inner.recheck.notify_one();
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn backend_heartbeats(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.cfg.backend_heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // The first tick is at once: a backend is checked at start, not after a period.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.recheck.notified() => {}
+        }
         refresh_backend_list(&inner);
         let addrs: Vec<String> = inner.data().backends.keys().cloned().collect();
         if addrs.is_empty() {
