@@ -14,6 +14,7 @@
 pub mod api;
 pub mod bus;
 pub mod clock;
+pub mod holder;
 pub mod home;
 pub mod kinds;
 pub mod logbook;

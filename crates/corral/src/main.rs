@@ -10,6 +10,10 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    // The holder is a small single-threaded poll loop: no async runtime, no threads.
+    if let cli::Command::Hold(a) = cli.cmd {
+        std::process::exit(cli::hold(a));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -75,6 +75,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     #[command(flatten)]
     Llama(llama::LlamaCommand),
+    /// The per-run holder process the daemon starts (not for people).
+    #[command(hide = true)]
+    Hold(HoldCmd),
     #[command(hide = true)]
     SimLlamaServer(crate::demo::sim::SimLlamaArgs),
     #[command(hide = true)]
@@ -110,6 +113,22 @@ pub struct ServeArgs {
     pub allow_hosts: Vec<String>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct HoldCmd {
+    #[arg(long)]
+    pub run_id: String,
+    #[arg(long)]
+    pub socket: PathBuf,
+    #[arg(long)]
+    pub exit_file: PathBuf,
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    #[arg(long, default_value_t = corral_daemon::holder::shim::DEFAULT_BUFFER)]
+    pub buffer: usize,
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +332,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo(a) => crate::demo::demo(&c, a, token).await,
         Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
+        Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),
     }
@@ -359,6 +379,18 @@ async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
     })
     .await?;
     Ok(0)
+}
+
+/// `corral hold`: the per-run holder process (see `corral_daemon::holder`).
+pub fn hold(a: HoldCmd) -> i32 {
+    corral_daemon::holder::shim::hold(corral_daemon::holder::shim::HoldArgs {
+        run_id: a.run_id,
+        socket: a.socket,
+        exit_file: a.exit_file,
+        cwd: a.cwd,
+        argv: a.argv,
+        buffer: a.buffer.max(1),
+    })
 }
 
 async fn login(c: &Client, json_out: bool) -> anyhow::Result<i32> {

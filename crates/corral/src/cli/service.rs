@@ -108,8 +108,9 @@ pub fn unit_text(exe: &Path, home: &Path, listen: &str, user: bool) -> String {
          ExecStart={exec}\n\
          Restart=on-failure\n\
          RestartSec=2\n\
-         # The daemon stops its tasks itself on SIGTERM; the rest of the group only after.\n\
-         KillMode=mixed\n\
+         # The daemon stops its tasks itself on SIGTERM; their holder processes must\n\
+         # outlive a daemon restart, so only the daemon is signalled.\n\
+         KillMode=process\n\
          TimeoutStopSec=60\n\
          \n\
          [Install]\n\
