@@ -96,10 +96,13 @@ pub fn parse_data(p: &[u8]) -> Option<(u8, u64, &[u8])> {
     Some((p[0], off, &p[9..]))
 }
 
+/// Complete frames, `(kind, payload)`, and how many bytes of the buffer they took.
+pub type Split<'a> = (Vec<(u8, &'a [u8])>, usize);
+
 /// Cuts complete frames off the front of `buf`: `(kind, payload)` each, and how many
 /// bytes they took. A frame longer than [`MAX_PAYLOAD`] + 16 is an error (a peer that
 /// does not speak this protocol).
-pub fn split(buf: &[u8]) -> Result<(Vec<(u8, &[u8])>, usize), String> {
+pub fn split(buf: &[u8]) -> Result<Split<'_>, String> {
     let mut frames = Vec::new();
     let mut at = 0;
     while buf.len() - at >= 5 {
