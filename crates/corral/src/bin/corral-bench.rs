@@ -46,7 +46,9 @@
 //!   not something corral does); for the pipe it is `sh` exiting, as above. The corral
 //!   file is the run's `.log` (exactly the bytes the process wrote).
 //! - Idle: RSS and threads from /proc/PID/status, CPU from utime + stime in /proc/PID/stat
-//!   over the window, divided by the window's length; the window starts once every task has
+//!   over the window, divided by the window's length, and beside it the scheduler's exact
+//!   run time summed over the threads (utime + stime are sampled at clock ticks and miss
+//!   threads that a timer wakes just after a tick); the window starts once every task has
 //!   printed all its lines and every follower has received them.
 
 use anyhow::{bail, Context, Result};
@@ -100,7 +102,10 @@ loop of the benchmark only. Each file is then compared byte for byte with the ch
 regenerated from the same parameters. Targets: corral >= 0.95x the pipe, >= 1.2x supervisord.\n\
 Idle: the window starts once every task has printed all its lines and every follower has\n\
 received them; RSS (VmRSS) and threads from /proc/PID/status (sampled each second; the\n\
-largest is reported), CPU = utime + stime from /proc/PID/stat over the window / its length.\n\
+largest is reported), CPU = utime + stime from /proc/PID/stat over the window / its length,\n\
+and beside it the scheduler's run time summed over the threads (/proc/PID/task/*/schedstat):\n\
+tick-sampled utime + stime never charge a thread that a timer wakes just after a tick and that\n\
+sleeps again before the next; the CPU verdict takes the larger of the two.\n\
 Targets: RSS <= 200 MiB, <= 16 threads, <= 0.2% of one core. The bench raises its open-files\n\
 limit (inherited by the daemon) as the task count needs, and says so if the hard limit is\n\
 lower.\n\
