@@ -1,6 +1,9 @@
 #!/bin/sh
-# The benchmark of issue 2: capture throughput versus a plain pipe, follower fan-out
-# over loopback, and write-to-receipt latency, in one run, on /dev/shm.
+# The project's benchmark, in one run, on /dev/shm: capture throughput versus a plain pipe,
+# follower fan-out and latency over loopback (--capture); the same capture under the plain
+# pipe, corral, supervisord and pm2 side by side (--peers; supervisord and pm2 are installed
+# on first use under ~/.cache/corral-test); an idle daemon with 1,000 tasks and followers
+# (--idle). With none of these flags it runs all three; --quick shrinks the sizes.
 # Builds the daemon and the benchmark in release mode first; options go to corral-bench
 # (see `scripts/bench.sh --help`).
 set -eu
