@@ -307,12 +307,37 @@ struct FollowerArgs {
     timeout: u64,
 }
 
+/// `Authorization: Bearer $CORRAL_TOKEN`, for every request to the daemons.
+fn auth_headers() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(v) = std::env::var("CORRAL_TOKEN")
+        .ok()
+        .and_then(|t| format!("Bearer {t}").parse().ok())
+    {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    h
+}
+
 fn main() {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if cli.bench.quick {
         cli.bench.apply_quick(&matches);
+    }
+    if std::env::var_os("CORRAL_TOKEN").is_none() {
+        // The daemons this run starts and the follower processes share one API token
+        // (the daemon's API is authenticated even on loopback).
+        let token = format!(
+            "bench-{:x}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        // SAFETY: set before any thread of this process exists.
+        std::env::set_var("CORRAL_TOKEN", token);
     }
     let r = match cli.mode {
         Some(Mode::Child(a)) => child(a),
@@ -664,6 +689,7 @@ fn followers(a: FollowerArgs) -> Result<()> {
     };
     rt.block_on(async move {
         let client = reqwest::Client::builder()
+            .default_headers(auth_headers())
             .pool_max_idle_per_host(0)
             .tcp_nodelay(true)
             .build()?;
@@ -940,7 +966,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = reqwest::Client::builder().build()?;
+    let http = reqwest::Client::builder()
+        .default_headers(auth_headers())
+        .build()?;
     let ctx = Ctx {
         a: a.clone(),
         exe,
