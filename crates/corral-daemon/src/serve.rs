@@ -120,6 +120,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus,
+        metrics: Arc::new(api::metrics::registry(&sup)),
         token: opts.token.clone(),
         started_at: crate::util::unix_now(),
         llama,

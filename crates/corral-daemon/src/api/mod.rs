@@ -8,7 +8,7 @@
 mod error;
 mod llama;
 mod logs;
-mod metrics;
+pub mod metrics;
 mod tasks;
 
 pub use error::ApiError;
@@ -31,6 +31,8 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct AppState {
     pub sup: Arc<Supervisor>,
     pub bus: Arc<Bus>,
+    /// Everything `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Registry>,
     pub token: Option<String>,
     pub started_at: f64,
     /// The llama kinds' state, for `/backends`.

@@ -5,6 +5,7 @@ use super::LlamaConfig;
 use crate::bus::{Bus, Filter};
 use crate::logbook::follow::{Follower, RawItem};
 use crate::logbook::Format;
+use crate::metrics::{CounterF64, DescriptorEncoder, GaugeF64, Registry};
 use crate::supervisor::kind::{RunContext, Watcher};
 use crate::supervisor::{Supervisor, TaskInfo, TaskSpec};
 pub use corral_client::wire::Backend;
@@ -12,38 +13,207 @@ use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::llama::{LogParser, ParserKind};
 use corral_core::policy::TaskStatus;
 use corral_core::record::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// One Prometheus series over the request totals: name, type, help, value.
-type MetricSeries = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ReqMetrics) -> f64,
-);
-
-/// Request totals of one coordinator and model.
-#[derive(Debug, Default, Clone)]
-struct ReqMetrics {
-    requests: u64,
-    prompt_tokens: u64,
-    eval_tokens: u64,
-    prompt_seconds: f64,
-    eval_seconds: f64,
-    last_prompt_tps: f64,
-    last_eval_tps: f64,
-}
 
 #[derive(Default)]
 struct Data {
     models: HashMap<String, Vec<Value>>,
-    metrics: BTreeMap<(String, String), ReqMetrics>,
     backends: BTreeMap<String, Backend>,
     last_status: HashMap<String, Value>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskModel {
+    task: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskModelPhase {
+    task: String,
+    model: String,
+    /// `prompt` or `eval`.
+    phase: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Tokens per second of one request: from a CPU-bound small model to batched GPUs.
+const TPS_BUCKETS: [f64; 13] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+/// Seconds one request took: from a cached short answer to a long generation.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn tps_histogram() -> Histogram {
+    Histogram::new(TPS_BUCKETS)
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// The coordinators' request metrics, per task and model, written by the log watchers.
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: Family<TaskModel, Counter>,
+    prompt_tokens: Family<TaskModel, Counter>,
+    eval_tokens: Family<TaskModel, Counter>,
+    prompt_seconds: Family<TaskModel, CounterF64>,
+    eval_seconds: Family<TaskModel, CounterF64>,
+    last_prompt_tps: Family<TaskModel, GaugeF64>,
+    last_eval_tps: Family<TaskModel, GaugeF64>,
+    tokens_per_second: Histograms<TaskModelPhase>,
+    duration: Histograms<TaskModel>,
+}
+
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
+        RequestMetrics {
+            requests: Family::default(),
+            prompt_tokens: Family::default(),
+            eval_tokens: Family::default(),
+            prompt_seconds: Family::default(),
+            eval_seconds: Family::default(),
+            last_prompt_tps: Family::default(),
+            last_eval_tps: Family::default(),
+            tokens_per_second: Family::new_with_constructor(tps_histogram),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+
+    /// Counts one finished request from its `metrics` event's details.
+    fn record(&self, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
+        let get = |k: &str| d.get(k).and_then(Value::as_f64).filter(|v| v.is_finite());
+        let num = |k: &str| get(k).unwrap_or(0.0).max(0.0);
+        let labels = TaskModel {
+            task: task.to_string(),
+            model: model.to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.prompt_tokens
+            .get_or_create(&labels)
+            .inc_by(num("prompt_tokens") as u64);
+        self.eval_tokens
+            .get_or_create(&labels)
+            .inc_by(num("eval_tokens") as u64);
+        self.prompt_seconds
+            .get_or_create(&labels)
+            .inc_by(num("prompt_ms") / 1000.0);
+        self.eval_seconds
+            .get_or_create(&labels)
+            .inc_by(num("eval_ms") / 1000.0);
+        self.last_prompt_tps
+            .get_or_create(&labels)
+            .set(num("prompt_tokens_per_second"));
+        self.last_eval_tps
+            .get_or_create(&labels)
+            .set(num("eval_tokens_per_second"));
+        // A phase the server did not report (a fully cached prompt) is not a zero.
+        for (phase, key) in [
+            ("prompt", "prompt_tokens_per_second"),
+            ("eval", "eval_tokens_per_second"),
+        ] {
+            if let Some(tps) = get(key).filter(|v| *v > 0.0) {
+                self.tokens_per_second
+                    .get_or_create(&TaskModelPhase {
+                        task: task.to_string(),
+                        model: model.to_string(),
+                        phase,
+                    })
+                    .observe(tps);
+            }
+        }
+        let ms = get("total_ms").or_else(|| match (get("prompt_ms"), get("eval_ms")) {
+            (None, None) => None,
+            (p, e) => Some(p.unwrap_or(0.0) + e.unwrap_or(0.0)),
+        });
+        if let Some(ms) = ms.filter(|ms| *ms >= 0.0) {
+            self.duration.get_or_create(&labels).observe(ms / 1000.0);
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "corral_llama_requests",
+            "Completed requests",
+            self.requests.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_tokens",
+            "Prompt tokens evaluated",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "corral_llama_eval_tokens",
+            "Tokens generated",
+            self.eval_tokens.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_seconds",
+            "Seconds spent on prompts",
+            self.prompt_seconds.clone(),
+        );
+        r.register(
+            "corral_llama_eval_seconds",
+            "Seconds spent generating",
+            self.eval_seconds.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_tokens_per_second",
+            "Prompt tokens per second of the last request",
+            self.last_prompt_tps.clone(),
+        );
+        r.register(
+            "corral_llama_eval_tokens_per_second",
+            "Generated tokens per second of the last request",
+            self.last_eval_tps.clone(),
+        );
+        r.register(
+            "corral_llama_request_tokens_per_second",
+            "Tokens per second of each request, by phase (prompt, eval)",
+            self.tokens_per_second.clone(),
+        );
+        r.register(
+            "corral_llama_request_duration_seconds",
+            "Seconds each request took, prompt and generation",
+            self.duration.clone(),
+        );
+    }
+}
+
+/// `corral_rpc_backend_up{addr}`, read from the backend registry at scrape time (a
+/// backend no coordinator names any more has no series).
+struct BackendsUp(Arc<Mutex<Data>>);
+
+impl std::fmt::Debug for BackendsUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendsUp")
+    }
+}
+
+impl crate::metrics::Collector for BackendsUp {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        crate::metrics::gauge(
+            &mut enc,
+            "corral_rpc_backend_up",
+            "Whether an rpc backend accepted a TCP connection at the last check.",
+            d.backends.values().filter_map(|b| {
+                b.healthy
+                    .map(|h| ([("addr", b.addr.as_str())], i64::from(h)))
+            }),
+        )
+    }
 }
 
 struct Inner {
@@ -66,6 +236,7 @@ impl Inner {
 pub struct Llama {
     cfg: LlamaConfig,
     data: Arc<Mutex<Data>>,
+    metrics: RequestMetrics,
     inner: Arc<OnceLock<Arc<Inner>>>,
 }
 
@@ -89,12 +260,9 @@ impl Llama {
         Llama {
             cfg,
             data: Arc::new(Mutex::new(Data::default())),
+            metrics: RequestMetrics::new(),
             inner: Arc::new(OnceLock::new()),
         }
-    }
-
-    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts the status watcher and the heartbeats (once).
@@ -132,75 +300,10 @@ impl Llama {
         }
     }
 
-    pub fn write_metrics(&self, out: &mut String) {
-        let d = self.data();
-        let series: [MetricSeries; 7] = [
-            (
-                "corral_llama_requests_total",
-                "counter",
-                "Completed requests.",
-                |m| m.requests as f64,
-            ),
-            (
-                "corral_llama_prompt_tokens_total",
-                "counter",
-                "Prompt tokens evaluated.",
-                |m| m.prompt_tokens as f64,
-            ),
-            (
-                "corral_llama_eval_tokens_total",
-                "counter",
-                "Tokens generated.",
-                |m| m.eval_tokens as f64,
-            ),
-            (
-                "corral_llama_prompt_seconds_total",
-                "counter",
-                "Seconds spent on prompts.",
-                |m| m.prompt_seconds,
-            ),
-            (
-                "corral_llama_eval_seconds_total",
-                "counter",
-                "Seconds spent generating.",
-                |m| m.eval_seconds,
-            ),
-            (
-                "corral_llama_prompt_tokens_per_second",
-                "gauge",
-                "Prompt tokens per second of the last request.",
-                |m| m.last_prompt_tps,
-            ),
-            (
-                "corral_llama_eval_tokens_per_second",
-                "gauge",
-                "Generated tokens per second of the last request.",
-                |m| m.last_eval_tps,
-            ),
-        ];
-        for (name, ty, help, get) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
-            for ((task, model), m) in &d.metrics {
-                let _ = writeln!(
-                    out,
-                    "{name}{{task=\"{}\",model=\"{}\"}} {}",
-                    crate::metrics::label(task),
-                    crate::metrics::label(model),
-                    get(m)
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP corral_rpc_backend_up Whether an rpc backend accepted a TCP connection at the last check.\n# TYPE corral_rpc_backend_up gauge");
-        for b in d.backends.values() {
-            if let Some(h) = b.healthy {
-                let _ = writeln!(
-                    out,
-                    "corral_rpc_backend_up{{addr=\"{}\"}} {}",
-                    crate::metrics::label(&b.addr),
-                    h as u8
-                );
-            }
-        }
+    /// The request metrics and the backends' up gauge.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+        registry.register_collector(Box::new(BackendsUp(self.data.clone())));
     }
 }
 
@@ -506,7 +609,7 @@ async fn backend_heartbeats(inner: Arc<Inner>) {
 pub fn watch_run(llama: &Llama, parser_kind: ParserKind, run: RunContext<'_>) -> Watcher {
     let spec = run.spec;
     let log = run.log;
-    let data = llama.data.clone();
+    let metrics = llama.metrics.clone();
     let bus = run.bus;
     let task = spec.name.clone();
     let run_id = run.run_id.to_string();
@@ -542,7 +645,7 @@ pub fn watch_run(llama: &Llama, parser_kind: ParserKind, run: RunContext<'_>) ->
                 }
                 verdict.note(&k);
                 if k.is_request_metrics() {
-                    record_metrics(&data, &task, &model, &k.details);
+                    metrics.record(&task, &model, &k.details);
                 }
                 bus.emit(k, &task, &run_id);
             }
@@ -618,26 +721,77 @@ fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {
     Some(reason)
 }
 
-fn record_metrics(data: &Mutex<Data>, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
-    let num = |k: &str| d.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-    let m = data
-        .metrics
-        .entry((task.to_string(), model.to_string()))
-        .or_default();
-    m.requests += 1;
-    m.prompt_tokens += num("prompt_tokens") as u64;
-    m.eval_tokens += num("eval_tokens") as u64;
-    m.prompt_seconds += num("prompt_ms") / 1000.0;
-    m.eval_seconds += num("eval_ms") / 1000.0;
-    m.last_prompt_tps = num("prompt_tokens_per_second");
-    m.last_eval_tps = num("eval_tokens_per_second");
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{failure_reason, Verdict};
+    use super::{failure_reason, BackendsUp, Data, RequestMetrics, Verdict};
+    use crate::metrics::{render, Registry};
     use corral_core::event::{Component, EventKind, EventType, Level};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_request_feeds_its_counters_gauges_and_histograms() {
+        let m = RequestMetrics::new();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let data = Arc::new(Mutex::new(Data::default()));
+        r.register_collector(Box::new(BackendsUp(data.clone())));
+        let details = |v: serde_json::Value| v.as_object().unwrap().clone();
+        m.record(
+            "coord",
+            "x.gguf",
+            &details(serde_json::json!({
+                "prompt_tokens": 12, "prompt_ms": 40.0, "prompt_tokens_per_second": 300.0,
+                "eval_tokens": 120, "eval_ms": 3000.0, "eval_tokens_per_second": 40.0,
+                "total_ms": 3040.0,
+            })),
+        );
+        // A fully cached prompt reports no prompt phase, and no total.
+        m.record(
+            "coord",
+            "x.gguf",
+            &details(serde_json::json!({
+                "prompt_tokens": null, "prompt_ms": null, "prompt_tokens_per_second": null,
+                "eval_tokens": 10, "eval_ms": 500.0, "eval_tokens_per_second": 20.0,
+                "total_ms": null,
+            })),
+        );
+        data.lock().unwrap().backends.insert(
+            "10.0.0.2:50052".into(),
+            super::Backend {
+                addr: "10.0.0.2:50052".into(),
+                healthy: Some(true),
+                latency_ms: None,
+                last_error: None,
+                last_checked: None,
+                tasks: Vec::new(),
+            },
+        );
+        let text = render(&r);
+        let l = "{task=\"coord\",model=\"x.gguf\"}";
+        for line in [
+            format!("corral_llama_requests_total{l} 2"),
+            format!("corral_llama_prompt_tokens_total{l} 12"),
+            format!("corral_llama_eval_tokens_total{l} 130"),
+            format!("corral_llama_prompt_seconds_total{l} 0.04"),
+            format!("corral_llama_eval_seconds_total{l} 3.5"),
+            format!("corral_llama_prompt_tokens_per_second{l} 0.0"),
+            format!("corral_llama_eval_tokens_per_second{l} 20.0"),
+            "# TYPE corral_llama_requests_total counter".into(),
+            "# TYPE corral_llama_prompt_seconds_total counter".into(),
+            "# TYPE corral_llama_eval_tokens_per_second gauge".into(),
+            "# TYPE corral_llama_request_tokens_per_second histogram".into(),
+            "corral_llama_request_tokens_per_second_count{task=\"coord\",model=\"x.gguf\",phase=\"prompt\"} 1".into(),
+            "corral_llama_request_tokens_per_second_count{task=\"coord\",model=\"x.gguf\",phase=\"eval\"} 2".into(),
+            "corral_llama_request_tokens_per_second_bucket{task=\"coord\",model=\"x.gguf\",phase=\"eval\",le=\"25\"} 1".into(),
+            "# TYPE corral_llama_request_duration_seconds histogram".into(),
+            format!("corral_llama_request_duration_seconds_sum{l} 3.54"),
+            format!("corral_llama_request_duration_seconds_count{l} 2"),
+            "# TYPE corral_rpc_backend_up gauge".into(),
+            "corral_rpc_backend_up{addr=\"10.0.0.2:50052\"} 1".into(),
+        ] {
+            assert!(text.lines().any(|t| t == line), "no `{line}` in\n{text}");
+        }
+    }
 
     #[test]
     fn errors_the_server_served_past_are_not_the_reason() {
