@@ -1,10 +1,11 @@
 //! `GET /metrics`: the daemon's registry in the Prometheus text format. [`registry`]
-//! builds it once at startup: corral's own series (tasks, capture, events) are collected
-//! from their state at each scrape, and every kind registers its own.
+//! builds it once at startup: corral's own series (tasks, capture, events, sinks) are
+//! collected from their state at each scrape, and every kind registers its own.
 
 use super::Shared;
 use crate::bus::Bus;
 use crate::metrics::{counter, gauge, Collector, DescriptorEncoder, Registry, NO_LABELS};
+use crate::sinks::Events;
 use crate::supervisor::Supervisor;
 use axum::extract::State;
 use axum::http::header;
@@ -20,12 +21,13 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
 }
 
 /// The registry `/metrics` renders.
-pub fn registry(sup: &Arc<Supervisor>) -> Registry {
+pub fn registry(sup: &Arc<Supervisor>, events: &Events) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(crate::metrics::Capture));
     r.register_collector(Box::new(Daemon {
         sup: sup.clone(),
         bus: sup.bus.clone(),
+        events: events.clone(),
     }));
     for kind in sup.kinds.all() {
         kind.register_metrics(&mut r);
@@ -33,10 +35,11 @@ pub fn registry(sup: &Arc<Supervisor>) -> Registry {
     r
 }
 
-/// Tasks and events, read at scrape time.
+/// Tasks, events and sinks, read at scrape time.
 struct Daemon {
     sup: Arc<Supervisor>,
     bus: Arc<Bus>,
+    events: Events,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -92,7 +95,32 @@ impl Collector for Daemon {
             &mut enc,
             "corral_events_stored",
             "Events held by the observer store.",
-            [(NO_LABELS, stats.stored as i64)],
+            [(NO_LABELS, self.events.observer.len() as i64)],
+        )?;
+        let sinks = || stats.sinks.iter();
+        counter(
+            &mut enc,
+            "corral_sink_events_delivered",
+            "Events each sink took from its queue.",
+            sinks().map(|s| ([("sink", s.name)], s.delivered)),
+        )?;
+        counter(
+            &mut enc,
+            "corral_sink_events_dropped",
+            "Events each sink lost because its queue was full.",
+            sinks().map(|s| ([("sink", s.name)], s.dropped)),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_sink_events_queued",
+            "Events waiting in each sink's queue.",
+            sinks().map(|s| ([("sink", s.name)], s.queued as i64)),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_sink_queue_capacity",
+            "How many events each sink's queue holds before it drops the oldest.",
+            sinks().map(|s| ([("sink", s.name)], s.capacity as i64)),
         )
     }
 }
@@ -107,6 +135,7 @@ mod tests {
     async fn every_series_keeps_its_name_type_and_labels() {
         let tmp = tempfile::tempdir().unwrap();
         let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let events = crate::sinks::builtin(&bus, &ObserverConfig::default());
         let (kinds, _) = crate::kinds::builtin(Default::default());
         let sup = Supervisor::new(
             Settings {
@@ -127,7 +156,8 @@ mod tests {
             "t",
             "r",
         );
-        let text = crate::metrics::render(&super::registry(&sup));
+        events.history(0, &Default::default()).await;
+        let text = crate::metrics::render(&super::registry(&sup, &events));
         for (name, ty) in [
             ("corral_tasks", "gauge"),
             ("corral_task_restarts_total", "counter"),
@@ -137,6 +167,10 @@ mod tests {
             ("corral_events_total", "counter"),
             ("corral_events_sampled_out_total", "counter"),
             ("corral_events_stored", "gauge"),
+            ("corral_sink_events_delivered_total", "counter"),
+            ("corral_sink_events_dropped_total", "counter"),
+            ("corral_sink_events_queued", "gauge"),
+            ("corral_sink_queue_capacity", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
@@ -146,6 +180,9 @@ mod tests {
             "corral_events_total{type=\"start\"} 1",
             "corral_events_sampled_out_total 0",
             "corral_events_stored 1",
+            "corral_sink_events_dropped_total{sink=\"observer\"} 0",
+            "corral_sink_events_dropped_total{sink=\"live\"} 0",
+            "corral_sink_queue_capacity{sink=\"live\"} 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

@@ -1,4 +1,5 @@
-//! The HTTP API (`/api/v1`, JSON), log streaming (NDJSON, SSE, WebSocket) and `/metrics`.
+//! The HTTP API (`/api/v1`, JSON), log and event streaming (NDJSON, SSE, WebSocket; the
+//! plumbing they share is in [`stream`]) and `/metrics`.
 //!
 //! **API boundary:** only this module knows about HTTP. Handlers translate requests into
 //! calls on the supervisor, the registry and the logbook, and map errors to JSON
@@ -6,12 +7,15 @@
 //! Every request is checked against the token when one is configured, in constant time.
 
 mod error;
+mod events;
 mod llama;
 mod logs;
 pub mod metrics;
+pub mod stream;
 mod tasks;
 
 pub use error::ApiError;
+pub use stream::HEARTBEAT;
 
 use crate::bus::Bus;
 use crate::supervisor::Supervisor;
@@ -25,14 +29,16 @@ use std::sync::Arc;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Idle streams carry a heartbeat at least this often.
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct AppState {
     pub sup: Arc<Supervisor>,
     pub bus: Arc<Bus>,
+    /// The observer store and the live stream, for `/events`.
+    pub events: crate::sinks::Events,
     /// Everything `/metrics` shows.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// Ends open streams when the daemon shuts down.
+    pub shutdown: stream::Shutdown,
     pub token: Option<String>,
     pub started_at: f64,
     /// The llama kinds' state, for `/backends`.
@@ -54,7 +60,7 @@ pub fn router(state: Shared) -> Router {
         .route("/runs/{run_id}", get(tasks::run))
         .route("/runs/{run_id}/log", get(logs::raw_log))
         .route("/llama/{name}/status", get(llama::status))
-        .route("/events", get(llama::events))
+        .route("/events", get(events::events))
         .route("/backends", get(llama::backends));
     Router::new()
         .nest("/api/v1", api)

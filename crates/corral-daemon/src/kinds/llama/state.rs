@@ -2,7 +2,7 @@
 //! models, request metrics and the RPC backend registry with its heartbeats.
 
 use super::LlamaConfig;
-use crate::bus::{Bus, Filter};
+use crate::bus::{Bus, Queue, Sink};
 use crate::logbook::follow::{Follower, RawItem};
 use crate::logbook::Format;
 use crate::metrics::{CounterF64, DescriptorEncoder, GaugeF64, Registry};
@@ -276,7 +276,7 @@ impl Llama {
         if self.inner.set(inner.clone()).is_err() {
             return;
         }
-        tokio::spawn(status_loop(inner.clone()));
+        inner.bus.register(StatusWatch(inner.clone()));
         tokio::spawn(coordinator_heartbeats(inner.clone()));
         if inner.cfg.backend_heartbeat {
             tokio::spawn(backend_heartbeats(inner));
@@ -341,43 +341,52 @@ fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
     })
 }
 
-/// Re-derives coordinator status objects when the supervisor reports a change, fetches
-/// models when a coordinator becomes ready, and pushes `status` events.
-async fn status_loop(inner: Arc<Inner>) {
-    let (_, mut rx) = inner.bus.subscribe(
-        u64::MAX,
-        &Filter {
-            component: Some(Component::Task),
-            ..Filter::default()
-        },
-    );
-    loop {
-        let task = match rx.recv().await {
-            Ok(ev) => Some(ev.event.task.clone()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
-            Err(_) => return,
-        };
-        for (info, spec) in llama_tasks(&inner.sup, "llama") {
-            if task.as_ref().is_some_and(|t| *t != info.name) {
-                continue;
+/// Re-derives coordinator status objects when the supervisor reports a change (a `task`
+/// event), fetches models when a coordinator becomes ready, and pushes `status` events.
+/// A sink of the bus: when its queue dropped events, every coordinator is re-derived.
+struct StatusWatch(Arc<Inner>);
+
+impl Sink for StatusWatch {
+    fn name(&self) -> &'static str {
+        "llama_status"
+    }
+
+    async fn run(self, mut queue: Queue) {
+        while let Some(batch) = queue.next().await {
+            if batch.dropped > 0 {
+                refresh_status(&self.0, None).await;
             }
-            let fresh_ready = info.status == TaskStatus::Ready
-                && inner
-                    .data()
-                    .last_status
-                    .get(&info.name)
-                    .is_none_or(|s| s["status"] != "ready");
-            if fresh_ready {
-                let models = fetch_models(&spec).await;
-                inner.data().models.insert(info.name.clone(), models);
-            } else if info.status != TaskStatus::Ready {
-                // A server that is not serving lists no models; they are fetched again
-                // when it is next ready.
-                inner.data().models.remove(&info.name);
+            for s in &batch.events {
+                if s.event.component == Component::Task {
+                    refresh_status(&self.0, Some(&s.event.task)).await;
+                }
             }
-            let info = inner.sup.get(&info.name).unwrap_or(info);
-            push_status(&inner, &info, &spec);
         }
+    }
+}
+
+/// Re-derives the status of one coordinator (`None`: of every one).
+async fn refresh_status(inner: &Inner, task: Option<&str>) {
+    for (info, spec) in llama_tasks(&inner.sup, "llama") {
+        if task.is_some_and(|t| t != info.name) {
+            continue;
+        }
+        let fresh_ready = info.status == TaskStatus::Ready
+            && inner
+                .data()
+                .last_status
+                .get(&info.name)
+                .is_none_or(|s| s["status"] != "ready");
+        if fresh_ready {
+            let models = fetch_models(&spec).await;
+            inner.data().models.insert(info.name.clone(), models);
+        } else if info.status != TaskStatus::Ready {
+            // A server that is not serving lists no models; they are fetched again
+            // when it is next ready.
+            inner.data().models.remove(&info.name);
+        }
+        let info = inner.sup.get(&info.name).unwrap_or(info);
+        push_status(inner, &info, &spec);
     }
 }
 
