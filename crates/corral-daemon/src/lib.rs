@@ -21,6 +21,7 @@ pub mod logbook;
 pub mod metrics;
 pub mod registry;
 pub mod serve;
+pub mod sinks;
 pub mod sources;
 pub mod supervisor;
 pub mod util;

@@ -1,5 +1,11 @@
-//! `corral serve`: wires the registry, the event bus, the supervisor and the API
-//! together, binds the listener, and stops every task on SIGINT/SIGTERM.
+//! `corral serve`: wires the registry, the event bus and its sinks, the supervisor and
+//! the API together, binds the listener, and shuts down on SIGINT/SIGTERM.
+//!
+//! Shutdown, in order: stop every task (their last events are published); close the
+//! bus, so that every sink takes what was queued and flushes (bounded by
+//! [`SINK_FLUSH`]), which also ends the live event streams after their last event; signal
+//! the API's streams, which end once they have nothing ready; and return as soon as the
+//! server has no connection left (bounded by [`STREAMS_END`]).
 
 use crate::api::{self, AppState};
 use crate::bus::{Bus, ObserverConfig};
@@ -7,9 +13,17 @@ use crate::logbook::LogConfig;
 use crate::registry::Registry;
 use crate::supervisor::{Settings, Supervisor};
 use anyhow::{bail, Context};
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the sinks may take to flush at shutdown before the daemon exits without them.
+pub const SINK_FLUSH: Duration = Duration::from_secs(5);
+/// How long open streams may take to end at shutdown (a follower still reading a long
+/// backlog from disk) before the daemon exits anyway.
+pub const STREAMS_END: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServeOpts {
@@ -40,6 +54,24 @@ pub fn node_name() -> String {
 
 /// Runs the daemon until SIGINT/SIGTERM. Calls `on_ready` with the bound address.
 pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+    let signalled = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    serve_until(opts, on_ready, signalled).await
+}
+
+/// Runs the daemon until `stop` completes, then shuts it down (see the module's
+/// documentation). Calls `on_ready` with the bound address.
+pub async fn serve_until(
+    opts: ServeOpts,
+    on_ready: impl FnOnce(SocketAddr),
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = tokio::net::lookup_host(&opts.listen)
         .await
         .with_context(|| {
@@ -71,6 +103,7 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     let auth = api::Auth::new(&opts, bound_addr(&listener)?)?;
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);
+    let events = crate::sinks::builtin(&bus, &opts.observer);
     let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
     let sup = Supervisor::new(
         Settings {
@@ -97,39 +130,52 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
         let sup = sup.clone();
         async move { sup.start_desired().await }
     });
+    let (down, shutdown) = api::stream::Shutdown::new();
     let state = Arc::new(AppState {
         sup: sup.clone(),
-        bus,
+        bus: bus.clone(),
+        metrics: Arc::new(api::metrics::registry(&sup, &events)),
+        events,
+        shutdown: shutdown.clone(),
         auth,
         started_at: crate::util::unix_now(),
         llama,
     });
     on_ready(bound);
-    let app = api::router(state.clone());
-    let (down_tx, mut down_rx) = tokio::sync::watch::channel(false);
-    let stopper = sup.clone();
-    let shutdown = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-        tracing::info!("shutting down: stopping every task");
-        // Stopping the tasks ends their runs, which ends the log streams following them.
-        stopper.stop_all().await;
-        let _ = down_tx.send(true);
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let app = api::router(state);
+    let mut streams_down = shutdown;
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { streams_down.wait().await })
+        .into_future();
+    let mut server = tokio::spawn(server);
     tokio::select! {
-        r = server => r.context("serving the API")?,
-        _ = async {
-            let _ = down_rx.wait_for(|down| *down).await;
-            // Event streams never end by themselves: give clients a moment, then go.
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        } => {}
+        r = &mut server => return served(r),
+        _ = stop => {}
     }
-    Ok(())
+    tracing::info!("shutting down: stopping every task");
+    // Stopping the tasks ends their runs, which ends the log streams following them.
+    sup.stop_all().await;
+    let late = bus.close(SINK_FLUSH).await;
+    if !late.is_empty() {
+        tracing::warn!(
+            "shutting down without waiting longer for the event sinks {}",
+            late.join(", ")
+        );
+    }
+    let _ = down.send(true);
+    match tokio::time::timeout(STREAMS_END, &mut server).await {
+        Ok(r) => served(r),
+        Err(_) => {
+            tracing::warn!("shutting down with streams still open");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.context("the API server failed")?
+        .context("serving the API")
 }
 
 fn bound_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {

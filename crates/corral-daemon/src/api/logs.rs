@@ -4,8 +4,11 @@
 //! A stream starts at a cursor: `Last-Event-ID` (SSE resume), else `since` (records
 //! after that seq), else `tail` (the last N records, default 1000). The response names
 //! the run in `X-Corral-Run-Id`, so a client can resume the same run after a reconnect.
+//! Framing, heartbeats and the end at shutdown are [`super::stream`]'s; the records come
+//! encoded from the logbook, one shared buffer per batch.
 
-use super::{ApiError, Shared, HEARTBEAT};
+use super::stream::{self, Framing, Shutdown, Source, HEARTBEAT};
+use super::{ApiError, Shared};
 use crate::logbook::follow::{Follower, Item};
 use crate::logbook::{Format, RunLog};
 use axum::body::Body;
@@ -27,20 +30,24 @@ pub struct LogQuery {
 
 const DEFAULT_TAIL: u64 = 1000;
 
-/// Bytes a log stream hands to its connection before it lets other tasks run.
-const YIELD_AFTER: usize = 256 * 1024;
-
-/// A byte stream's state between items.
-struct LogStream {
+/// A log byte stream's source: a follower, encoding with the logbook's shared batches.
+struct LogSource {
     f: Follower,
     _guard: crate::metrics::FollowerGuard,
     fmt: Format,
     /// The end record went out: nothing follows.
     done: bool,
-    /// Fires when the stream was idle for [`HEARTBEAT`].
-    heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Bytes handed out since the task last yielded.
-    unyielded: usize,
+}
+
+impl Source for LogSource {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let item = self.f.next().await?;
+        self.done = matches!(item, Item::End(_));
+        Some(item_bytes(item, self.fmt))
+    }
 }
 
 fn open(st: &Shared, name: &str, q: &LogQuery) -> Result<Arc<RunLog>, ApiError> {
@@ -60,13 +67,6 @@ fn start_seq(log: &RunLog, q: &LogQuery, last_event_id: Option<u64>) -> u64 {
     (last + 1).saturating_sub(tail).max(1)
 }
 
-fn wants_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"))
-}
-
 pub fn end_json(end: &crate::logbook::RunEnd) -> String {
     serde_json::json!({"end": {"status": end.status, "exit_code": end.exit_code, "signal": end.signal}})
         .to_string()
@@ -74,10 +74,6 @@ pub fn end_json(end: &crate::logbook::RunEnd) -> String {
 
 pub fn gap_json(from: u64, to: u64, reason: &str) -> String {
     serde_json::json!({"gap": {"from": from, "to": to, "reason": reason}}).to_string()
-}
-
-fn heartbeat_json() -> String {
-    format!("{{\"heartbeat\":{:.3}}}", crate::util::unix_now())
 }
 
 /// Encodes an item for a byte stream (NDJSON or SSE).
@@ -101,66 +97,24 @@ pub async fn task_logs(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let sse = wants_sse(&headers);
-    let last_event_id = super::last_event_id(&headers)?;
+    let framing = Framing::of(&headers);
+    let last_event_id = stream::last_event_id(&headers)?;
     let log = open(&st, &name, &q)?;
     let start = start_seq(&log, &q, last_event_id);
-    let fmt = if sse { Format::Sse } else { Format::Ndjson };
-    let follow = q.follow.unwrap_or(sse);
+    let fmt = match framing {
+        Framing::Sse => Format::Sse,
+        Framing::Ndjson => Format::Ndjson,
+    };
+    let follow = q.follow.unwrap_or(framing == Framing::Sse);
     let run_id = log.run_id.clone();
-    let follower = Follower::new(log, start, fmt, follow);
-    let state = LogStream {
-        f: follower,
+    let src = LogSource {
+        f: Follower::new(log, start, fmt, follow),
         _guard: crate::metrics::FollowerGuard::new(),
         fmt,
         done: false,
-        heartbeat: Box::pin(tokio::time::sleep(HEARTBEAT)),
-        unyielded: 0,
     };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        if s.unyielded >= YIELD_AFTER {
-            // A follower catching up always has its next records ready: without a turn
-            // given back now and then, one connection would keep a runtime worker (and
-            // the supervisor, the API and live followers queued behind it) for as long
-            // as its socket takes data.
-            s.unyielded = 0;
-            tokio::task::yield_now().await;
-        }
-        let item = tokio::select! {
-            biased;
-            item = s.f.next() => item,
-            _ = s.heartbeat.as_mut() => {
-                s.heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT);
-                let hb: Bytes = match s.fmt {
-                    Format::Sse => Bytes::from_static(b": heartbeat\n\n"),
-                    Format::Ndjson => format!("{}\n", heartbeat_json()).into(),
-                };
-                return Some((Ok::<_, std::io::Error>(hb), s));
-            }
-        }?;
-        // One timer per stream, pushed back on every item (cheap: it only moves later),
-        // rather than a new timeout per item.
-        s.heartbeat
-            .as_mut()
-            .reset(tokio::time::Instant::now() + HEARTBEAT);
-        s.done = matches!(item, Item::End(_));
-        let bytes = item_bytes(item, s.fmt);
-        s.unyielded += bytes.len();
-        Some((Ok(bytes), s))
-    });
-    let ctype = if sse {
-        "text/event-stream"
-    } else {
-        "application/x-ndjson"
-    };
-    let mut resp = Response::new(Body::from_stream(stream));
+    let mut resp = stream::response(framing, stream::body(src, framing, st.shutdown.clone()));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(&run_id) {
         h.insert("x-corral-run-id", v);
     }
@@ -182,17 +136,20 @@ pub async fn task_logs_ws(
     let start = start_seq(&log, &q, None);
     let follow = q.follow.unwrap_or(true);
     let follower = Follower::new(log, start, Format::Ndjson, follow);
-    Ok(ws.on_upgrade(move |socket| ws_loop(socket, follower)))
+    let shutdown = st.shutdown.clone();
+    Ok(ws.on_upgrade(move |socket| ws_loop(socket, follower, shutdown)))
 }
 
-async fn ws_loop(mut socket: WebSocket, mut f: Follower) {
+async fn ws_loop(mut socket: WebSocket, mut f: Follower, shutdown: Shutdown) {
     use futures_util::SinkExt;
     let _guard = crate::metrics::FollowerGuard::new();
     let mut heartbeat = Box::pin(tokio::time::sleep(HEARTBEAT));
+    let mut shutdown = shutdown.pinned();
     loop {
         let item = tokio::select! {
             biased;
             item = f.next() => Some(item),
+            _ = shutdown.as_mut() => Some(None),
             _ = heartbeat.as_mut() => None,
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
@@ -219,7 +176,7 @@ async fn ws_loop(mut socket: WebSocket, mut f: Follower) {
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }
-            None => vec![heartbeat_json().into()],
+            None => vec![stream::heartbeat_json().into()],
         };
         for t in texts {
             if socket.feed(Message::Text(t)).await.is_err() {

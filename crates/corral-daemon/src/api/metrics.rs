@@ -1,76 +1,190 @@
-//! `GET /metrics`: corral's own counters and every kind's series, in the Prometheus text
-//! format.
+//! `GET /metrics`: the daemon's registry in the Prometheus text format. [`registry`]
+//! builds it once at startup: corral's own series (tasks, capture, events, sinks) are
+//! collected from their state at each scrape, and every kind registers its own.
 
 use super::Shared;
-use crate::metrics::{BYTES, FOLLOWERS, RECORDS};
+use crate::bus::Bus;
+use crate::metrics::{counter, gauge, Collector, DescriptorEncoder, Registry, NO_LABELS};
+use crate::sinks::Events;
+use crate::supervisor::Supervisor;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use corral_core::policy::TaskStatus;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
-    let mut out = String::new();
-    let tasks = st.sup.list();
-    let _ = writeln!(
-        out,
-        "# HELP corral_tasks Supervised tasks by status.\n# TYPE corral_tasks gauge"
-    );
-    for status in [
-        TaskStatus::Initial,
-        TaskStatus::Starting,
-        TaskStatus::Ready,
-        TaskStatus::Crashed,
-        TaskStatus::Error,
-        TaskStatus::Stopping,
-        TaskStatus::Stopped,
-        TaskStatus::Completed,
-    ] {
-        let n = tasks.iter().filter(|t| t.status == status).count();
-        let _ = writeln!(out, "corral_tasks{{status=\"{status}\"}} {n}");
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&st.metrics),
+    )
+}
+
+/// The registry `/metrics` renders.
+pub fn registry(sup: &Arc<Supervisor>, events: &Events) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(crate::metrics::Capture));
+    r.register_collector(Box::new(Daemon {
+        sup: sup.clone(),
+        bus: sup.bus.clone(),
+        events: events.clone(),
+    }));
+    for kind in sup.kinds.all() {
+        kind.register_metrics(&mut r);
     }
-    let _ = writeln!(out, "# HELP corral_task_restarts_total Restarts per task.\n# TYPE corral_task_restarts_total counter");
-    for t in &tasks {
-        let _ = writeln!(
-            out,
-            "corral_task_restarts_total{{task=\"{}\"}} {}",
-            crate::metrics::label(&t.name),
-            t.restarts
+    r
+}
+
+/// Tasks, events and sinks, read at scrape time.
+struct Daemon {
+    sup: Arc<Supervisor>,
+    bus: Arc<Bus>,
+    events: Events,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Daemon")
+    }
+}
+
+impl Collector for Daemon {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let tasks = self.sup.list();
+        gauge(
+            &mut enc,
+            "corral_tasks",
+            "Supervised tasks by status.",
+            [
+                TaskStatus::Initial,
+                TaskStatus::Starting,
+                TaskStatus::Ready,
+                TaskStatus::Crashed,
+                TaskStatus::Error,
+                TaskStatus::Stopping,
+                TaskStatus::Stopped,
+                TaskStatus::Completed,
+            ]
+            .map(|status| {
+                let n = tasks.iter().filter(|t| t.status == status).count();
+                ([("status", status.as_str())], n as i64)
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "corral_task_restarts",
+            "Restarts per task.",
+            tasks
+                .iter()
+                .map(|t| ([("task", t.name.as_str())], u64::from(t.restarts))),
+        )?;
+        let stats = self.bus.stats();
+        counter(
+            &mut enc,
+            "corral_events",
+            "Events by type (before sampling).",
+            stats.by_type.iter().map(|(t, n)| ([("type", *t)], *n)),
+        )?;
+        counter(
+            &mut enc,
+            "corral_events_sampled_out",
+            "Events thinned by sampling.",
+            [(NO_LABELS, stats.sampled_out)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_events_stored",
+            "Events held by the observer store.",
+            [(NO_LABELS, self.events.observer.len() as i64)],
+        )?;
+        let sinks = || stats.sinks.iter();
+        counter(
+            &mut enc,
+            "corral_sink_events_delivered",
+            "Events each sink took from its queue.",
+            sinks().map(|s| ([("sink", s.name)], s.delivered)),
+        )?;
+        counter(
+            &mut enc,
+            "corral_sink_events_dropped",
+            "Events each sink lost because its queue was full.",
+            sinks().map(|s| ([("sink", s.name)], s.dropped)),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_sink_events_queued",
+            "Events waiting in each sink's queue.",
+            sinks().map(|s| ([("sink", s.name)], s.queued as i64)),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_sink_queue_capacity",
+            "How many events each sink's queue holds before it drops the oldest.",
+            sinks().map(|s| ([("sink", s.name)], s.capacity as i64)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::{Bus, ObserverConfig};
+    use crate::supervisor::{Settings, Supervisor};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn every_series_keeps_its_name_type_and_labels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let events = crate::sinks::builtin(&bus, &ObserverConfig::default());
+        let (kinds, _) = crate::kinds::builtin(Default::default());
+        let sup = Supervisor::new(
+            Settings {
+                home: tmp.path().to_path_buf(),
+                log: Default::default(),
+            },
+            Arc::new(crate::registry::Registry::open(&tmp.path().join("r.db")).unwrap()),
+            bus.clone(),
+            kinds,
         );
+        bus.emit(
+            corral_core::event::EventKind::new(
+                corral_core::event::Component::Task,
+                corral_core::event::Level::Info,
+                corral_core::event::EventType::Start,
+                "m",
+            ),
+            "t",
+            "r",
+        );
+        events.history(0, &Default::default()).await;
+        let text = crate::metrics::render(&super::registry(&sup, &events));
+        for (name, ty) in [
+            ("corral_tasks", "gauge"),
+            ("corral_task_restarts_total", "counter"),
+            ("corral_records_captured_total", "counter"),
+            ("corral_bytes_captured_total", "counter"),
+            ("corral_followers", "gauge"),
+            ("corral_events_total", "counter"),
+            ("corral_events_sampled_out_total", "counter"),
+            ("corral_events_stored", "gauge"),
+            ("corral_sink_events_delivered_total", "counter"),
+            ("corral_sink_events_dropped_total", "counter"),
+            ("corral_sink_events_queued", "gauge"),
+            ("corral_sink_queue_capacity", "gauge"),
+        ] {
+            let line = format!("# TYPE {name} {ty}");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        for line in [
+            "corral_tasks{status=\"ready\"} 0",
+            "corral_events_total{type=\"start\"} 1",
+            "corral_events_sampled_out_total 0",
+            "corral_events_stored 1",
+            "corral_sink_events_dropped_total{sink=\"observer\"} 0",
+            "corral_sink_events_dropped_total{sink=\"live\"} 0",
+            "corral_sink_queue_capacity{sink=\"live\"} 4096",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
-    let _ = writeln!(out, "# HELP corral_records_captured_total Log records captured.\n# TYPE corral_records_captured_total counter");
-    let _ = writeln!(
-        out,
-        "corral_records_captured_total {}",
-        RECORDS.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(out, "# HELP corral_bytes_captured_total Log bytes captured.\n# TYPE corral_bytes_captured_total counter");
-    let _ = writeln!(
-        out,
-        "corral_bytes_captured_total {}",
-        BYTES.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP corral_followers Connected log followers.\n# TYPE corral_followers gauge"
-    );
-    let _ = writeln!(
-        out,
-        "corral_followers {}",
-        FOLLOWERS.load(Ordering::Relaxed)
-    );
-    let stats = st.bus.stats();
-    let _ = writeln!(out, "# HELP corral_events_total Events by type (before sampling).\n# TYPE corral_events_total counter");
-    for (t, n) in &stats.by_type {
-        let _ = writeln!(out, "corral_events_total{{type=\"{t}\"}} {n}");
-    }
-    let _ = writeln!(out, "# HELP corral_events_sampled_out_total Events thinned by sampling.\n# TYPE corral_events_sampled_out_total counter");
-    let _ = writeln!(out, "corral_events_sampled_out_total {}", stats.sampled_out);
-    let _ = writeln!(out, "# HELP corral_events_stored Events held by the observer store.\n# TYPE corral_events_stored gauge");
-    let _ = writeln!(out, "corral_events_stored {}", stats.stored);
-    for kind in st.sup.kinds.all() {
-        kind.write_metrics(&mut out);
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,4 +1,5 @@
-//! The HTTP API (`/api/v1`, JSON), log streaming (NDJSON, SSE, WebSocket) and `/metrics`.
+//! The HTTP API (`/api/v1`, JSON), log and event streaming (NDJSON, SSE, WebSocket; the
+//! plumbing they share is in [`stream`]) and `/metrics`.
 //!
 //! **API boundary:** only this module knows about HTTP. Handlers translate requests into
 //! calls on the supervisor, the registry and the logbook, and map errors to JSON
@@ -7,13 +8,16 @@
 
 mod auth;
 mod error;
+mod events;
 mod llama;
 mod logs;
-mod metrics;
+pub mod metrics;
+pub mod stream;
 mod tasks;
 
 pub use auth::Auth;
 pub use error::ApiError;
+pub use stream::HEARTBEAT;
 
 use crate::bus::Bus;
 use crate::supervisor::Supervisor;
@@ -27,13 +31,17 @@ use std::sync::Arc;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Idle streams carry a heartbeat at least this often.
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct AppState {
     pub sup: Arc<Supervisor>,
     pub bus: Arc<Bus>,
     pub auth: Auth,
+    /// The observer store and the live stream, for `/events`.
+    pub events: crate::sinks::Events,
+    /// Everything `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Registry>,
+    /// Ends open streams when the daemon shuts down.
+    pub shutdown: stream::Shutdown,
     pub started_at: f64,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
@@ -54,7 +62,7 @@ pub fn router(state: Shared) -> Router {
         .route("/runs/{run_id}", get(tasks::run))
         .route("/runs/{run_id}/log", get(logs::raw_log))
         .route("/llama/{name}/status", get(llama::status))
-        .route("/events", get(llama::events))
+        .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
         .route("/login-links", post(login_link));
     Router::new()
@@ -203,24 +211,6 @@ async fn login(
         )
         .into_response(),
     }
-}
-
-/// The SSE resume cursor: `None` when absent; a value that is not a number is the
-/// client's mistake, said as such (silently replaying from the start would duplicate).
-pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get("last-event-id") else {
-        return Ok(None);
-    };
-    v.to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Last-Event-ID `{}` is not a number: send the `id:` of the last event received",
-                String::from_utf8_lossy(v.as_bytes()).escape_default()
-            ))
-        })
 }
 
 /// Compares without leaking, through timing, how many leading bytes matched.

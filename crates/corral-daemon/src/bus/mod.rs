@@ -1,17 +1,32 @@
 //! The event bus: structured events from the supervisor, parsers, probes and heartbeats
-//! go to one place, which keeps a bounded, sampled store of recent events (the observer)
-//! and broadcasts every event to live subscribers (SSE, `corral events --follow`).
+//! go to one place, which numbers them, marks which ones history keeps (sampling), and
+//! hands every one of them to each registered [`Sink`] (the observer store, the live
+//! stream, Redis) through that sink's own bounded queue.
 //!
-//! Invariants: publishing never waits for a subscriber (a lagging subscriber is told how
-//! many events it missed and resumes from the store by id); the store is bounded by
-//! `max_events`; only high-volume info events are sampled away, and they are counted.
+//! Invariants:
+//! - publishing never waits for a sink: a full queue drops its oldest event and counts
+//!   it, per sink (`corral_sink_events_dropped_total`), and no other sink notices;
+//! - ids are dense and increase in publishing order, and every queue holds its events in
+//!   id order, so a sink (or a viewer behind one) that lost some sees the gap by id;
+//! - sampling only marks events ([`Stored::kept`]): it thins what history sinks keep,
+//!   never what a sink receives. Only high-volume info events are sampled away, and they
+//!   are counted;
+//! - after [`Bus::close`] nothing more is queued; each sink gets what was queued before,
+//!   then the end of its queue, and the close waits (bounded) for them to flush.
+
+mod sink;
+
+pub use sink::{Batch, Queue, Sink, SinkStats, DEFAULT_CAPACITY};
 
 use corral_core::event::{Event, EventKind, EventType, Level};
 use corral_core::sampling::Sampler;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::time::Duration;
+use tokio::task::JoinHandle;
 
+/// The observer's settings (`SOLLOL_OBSERVER_*`): how many events the store holds, and
+/// how the bus samples high-volume events for it.
 #[derive(Debug, Clone)]
 pub struct ObserverConfig {
     pub max_events: usize,
@@ -29,15 +44,17 @@ impl Default for ObserverConfig {
     }
 }
 
-/// An event with its place in the store.
+/// A published event with its id.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub id: u64,
     pub event: Arc<Event>,
+    /// Whether sampling keeps it for history (the observer store); live viewers get
+    /// every event either way.
+    pub kept: bool,
 }
 
-struct Store {
-    events: VecDeque<Stored>,
+struct State {
     next_id: u64,
     /// One sampler per (task, event type, details.kind), so that a chatty stream (a
     /// heartbeat every second, live `n_gen` progress) cannot thin another one (a
@@ -47,13 +64,14 @@ struct Store {
     sample_rate: f64,
     sampled_out: u64,
     by_type: BTreeMap<&'static str, u64>,
+    sinks: Vec<Arc<sink::Shared>>,
+    closed: bool,
 }
 
 pub struct Bus {
     pub node: String,
-    max_events: usize,
-    store: Mutex<Store>,
-    tx: broadcast::Sender<Stored>,
+    state: Mutex<State>,
+    tasks: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
 }
 
 /// Counters for `/metrics`.
@@ -61,29 +79,50 @@ pub struct Bus {
 pub struct BusStats {
     pub by_type: BTreeMap<&'static str, u64>,
     pub sampled_out: u64,
-    pub stored: usize,
+    pub sinks: Vec<SinkStats>,
 }
 
 impl Bus {
+    /// A bus with no sink yet; `cfg` says how to sample (see [`ObserverConfig`]).
     pub fn new(node: String, cfg: &ObserverConfig) -> Arc<Bus> {
         Arc::new(Bus {
             node,
-            max_events: cfg.max_events.max(1),
-            store: Mutex::new(Store {
-                events: VecDeque::new(),
+            state: Mutex::new(State {
                 next_id: 1,
                 samplers: HashMap::new(),
                 sampling: cfg.sampling,
                 sample_rate: cfg.sample_rate,
                 sampled_out: 0,
                 by_type: BTreeMap::new(),
+                sinks: Vec::new(),
+                closed: false,
             }),
-            tx: broadcast::channel(4096).0,
+            tasks: Mutex::new(Vec::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives a sink its queue and starts it in a task of its own (on the current tokio
+    /// runtime). It receives every event published from now on.
+    pub fn register<S: Sink>(&self, sink: S) {
+        let shared = sink::Shared::new(sink.name(), sink.capacity());
+        {
+            let mut s = self.lock();
+            if s.closed {
+                shared.close();
+            } else {
+                s.sinks.push(shared.clone());
+            }
+        }
+        let name = sink.name();
+        let task = tokio::spawn(sink.run(Queue::new(shared)));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, task));
     }
 
     /// Stamps and publishes an event (see [`Bus::publish`]).
@@ -92,43 +131,43 @@ impl Bus {
         self.publish(Event::from_kind(kind, ts, &self.node, task, run_id))
     }
 
-    /// Publishes to live subscribers always, and to the store unless sampling thins it.
-    /// Returns whether the store kept it.
+    /// Numbers an event, decides whether history keeps it, and queues it for every sink.
+    /// Returns whether history keeps it. Never waits for a sink; after [`Bus::close`] it
+    /// drops the event.
     pub fn publish(&self, event: Event) -> bool {
-        let (stored, kept) = {
-            let mut s = self.lock();
-            *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
-            let mut keep = true;
-            if Sampler::is_high_volume(event.level, event.event_type) {
-                let (on, rate) = (s.sampling, s.sample_rate);
-                keep = s
-                    .samplers
-                    .entry((
-                        event.task.clone(),
-                        event.event_type,
-                        corral_core::event::shape(&event.details).to_string(),
-                    ))
-                    .or_insert_with(|| Sampler::new(on, rate))
-                    .keep(event.level, event.event_type);
-                if !keep {
-                    s.sampled_out += 1;
-                }
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+        let mut kept = true;
+        if Sampler::is_high_volume(event.level, event.event_type) {
+            let (on, rate) = (s.sampling, s.sample_rate);
+            kept = s
+                .samplers
+                .entry((
+                    event.task.clone(),
+                    event.event_type,
+                    corral_core::event::shape(&event.details).to_string(),
+                ))
+                .or_insert_with(|| Sampler::new(on, rate))
+                .keep(event.level, event.event_type);
+            if !kept {
+                s.sampled_out += 1;
             }
-            let id = s.next_id;
-            s.next_id += 1;
-            let stored = Stored {
-                id,
-                event: Arc::new(event),
-            };
-            if keep {
-                s.events.push_back(stored.clone());
-                while s.events.len() > self.max_events {
-                    s.events.pop_front();
-                }
-            }
-            (stored, keep)
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        let stored = Stored {
+            id,
+            event: Arc::new(event),
+            kept,
         };
-        let _ = self.tx.send(stored);
+        // Queued under the bus lock, so that every queue is in id order. A push only
+        // takes the queue's own lock for a moment: no sink can hold this up.
+        for q in &s.sinks {
+            q.push(stored.clone());
+        }
         kept
     }
 
@@ -137,40 +176,37 @@ impl Bus {
         self.lock().next_id - 1
     }
 
-    /// Stored events after `since` (an id), oldest first, filtered.
-    pub fn history(&self, since: u64, filter: &Filter) -> Vec<Stored> {
-        self.lock()
-            .events
-            .iter()
-            .filter(|s| s.id > since && filter.matches(&s.event))
-            .cloned()
-            .collect()
-    }
-
-    /// History and a live subscription, taken together so nothing falls between them.
-    pub fn subscribe(
-        &self,
-        since: u64,
-        filter: &Filter,
-    ) -> (Vec<Stored>, broadcast::Receiver<Stored>) {
-        let s = self.lock();
-        let rx = self.tx.subscribe();
-        let hist = s
-            .events
-            .iter()
-            .filter(|e| e.id > since && filter.matches(&e.event))
-            .cloned()
-            .collect();
-        (hist, rx)
-    }
-
     pub fn stats(&self) -> BusStats {
         let s = self.lock();
         BusStats {
             by_type: s.by_type.clone(),
             sampled_out: s.sampled_out,
-            stored: s.events.len(),
+            sinks: s.sinks.iter().map(|q| q.stats()).collect(),
         }
+    }
+
+    /// Stops queueing, lets every sink take what is queued, and waits for the sinks to
+    /// return, at most `within` in all. Returns the names of the sinks that had not
+    /// finished by then (they are abandoned).
+    pub async fn close(&self, within: Duration) -> Vec<&'static str> {
+        {
+            let mut s = self.lock();
+            s.closed = true;
+            for q in &s.sinks {
+                q.close();
+            }
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = tokio::time::Instant::now() + within;
+        let mut late = Vec::new();
+        for (name, task) in tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                abort.abort();
+                late.push(name);
+            }
+        }
+        late
     }
 }
 
@@ -202,36 +238,6 @@ mod tests {
     }
 
     #[test]
-    fn store_is_bounded_and_sampling_is_counted() {
-        let bus = Bus::new(
-            "n".into(),
-            &ObserverConfig {
-                max_events: 5,
-                sampling: true,
-                sample_rate: 0.5,
-            },
-        );
-        for _ in 0..10 {
-            bus.emit(kind(Level::Info, EventType::Metrics), "t", "r");
-        }
-        for _ in 0..4 {
-            bus.emit(kind(Level::Error, EventType::Error), "t", "r");
-        }
-        let st = bus.stats();
-        assert_eq!(st.sampled_out, 5);
-        assert_eq!(st.stored, 5);
-        assert_eq!(st.by_type["metrics"], 10);
-        let errors = bus.history(
-            0,
-            &Filter {
-                min_level: Some(Level::Warning),
-                ..Filter::default()
-            },
-        );
-        assert_eq!(errors.len(), 4);
-    }
-
-    #[test]
     fn each_task_and_type_is_sampled_on_its_own() {
         let bus = Bus::new("n".into(), &ObserverConfig::default());
         for _ in 0..10 {
@@ -257,30 +263,83 @@ mod tests {
         assert_eq!(bus.stats().sampled_out, 10);
     }
 
-    #[tokio::test]
-    async fn live_subscribers_get_what_sampling_keeps_out_of_the_store() {
-        let bus = Bus::new("n".into(), &ObserverConfig::default());
-        let (_, mut rx) = bus.subscribe(0, &Filter::default());
-        let kept: Vec<bool> = (0..3)
-            .map(|_| bus.emit(kind(Level::Info, EventType::Heartbeat), "t", "r"))
-            .collect();
-        assert_eq!(kept, [true, false, false]);
-        for id in 1..=3 {
-            assert_eq!(rx.recv().await.unwrap().id, id);
+    /// Collects what it is given, and says when its queue ended.
+    struct Collect(tokio::sync::mpsc::UnboundedSender<Batch>);
+
+    impl Sink for Collect {
+        fn name(&self) -> &'static str {
+            "collect"
         }
-        assert_eq!(bus.history(0, &Filter::default()).len(), 1);
-        assert_eq!(bus.last_id(), 3);
+
+        fn capacity(&self) -> usize {
+            4
+        }
+
+        async fn run(self, mut queue: Queue) {
+            while let Some(batch) = queue.next().await {
+                let _ = self.0.send(batch);
+            }
+        }
     }
 
     #[tokio::test]
-    async fn subscribe_gets_history_then_live_without_gap() {
+    async fn a_queue_keeps_the_newest_events_and_reports_what_it_dropped() {
+        // Current-thread runtime: the sink cannot run until this test awaits, so the
+        // queue fills deterministically.
         let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        bus.register(Collect(tx));
+        for _ in 0..10 {
+            bus.emit(kind(Level::Error, EventType::Error), "t", "r");
+        }
+        let st = &bus.stats().sinks[0];
+        assert_eq!(
+            (st.name, st.dropped, st.queued, st.delivered),
+            ("collect", 6, 4, 0)
+        );
+        let batch = rx.recv().await.unwrap();
+        let ids: Vec<u64> = batch.events.iter().map(|s| s.id).collect();
+        assert_eq!((ids, batch.dropped), (vec![7, 8, 9, 10], 6));
+        let st = &bus.stats().sinks[0];
+        assert_eq!((st.dropped, st.queued, st.delivered), (6, 0, 4));
+    }
+
+    #[tokio::test]
+    async fn close_delivers_what_was_queued_then_ends_every_queue() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        bus.register(Collect(tx));
         bus.emit(kind(Level::Info, EventType::Start), "t", "r");
-        let (hist, mut rx) = bus.subscribe(0, &Filter::default());
-        bus.emit(kind(Level::Info, EventType::Stop), "t", "r");
-        assert_eq!(hist.len(), 1);
-        let live = rx.recv().await.unwrap();
-        assert_eq!(live.id, 2);
-        assert_eq!(live.event.event_type, EventType::Stop);
+        let late = bus.close(Duration::from_secs(60)).await;
+        assert!(late.is_empty(), "{late:?}");
+        // Published after the close: nobody gets it.
+        assert!(!bus.emit(kind(Level::Info, EventType::Stop), "t", "r"));
+        assert_eq!(rx.recv().await.unwrap().events[0].id, 1);
+        assert!(
+            rx.recv().await.is_none(),
+            "the sink returned and dropped its sender"
+        );
+    }
+
+    /// Never takes anything and never returns.
+    struct Stuck;
+
+    impl Sink for Stuck {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+
+        async fn run(self, _queue: Queue) {
+            std::future::pending::<()>().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_gives_up_on_a_sink_that_does_not_finish() {
+        let bus = Bus::new("n".into(), &ObserverConfig::default());
+        bus.register(Stuck);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        bus.register(Collect(tx));
+        assert_eq!(bus.close(Duration::from_secs(5)).await, ["stuck"]);
     }
 }

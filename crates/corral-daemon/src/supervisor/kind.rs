@@ -48,8 +48,9 @@ pub trait TaskKind: Send + Sync + 'static {
     /// is ready.
     fn start(&self, _sup: &Arc<Supervisor>) {}
 
-    /// The kind's Prometheus series, appended to `/metrics`.
-    fn write_metrics(&self, _out: &mut String) {}
+    /// Registers the kind's Prometheus series (metrics it updates, or a collector read
+    /// at scrape time) in the daemon's registry, once, before the daemon serves.
+    fn register_metrics(&self, _registry: &mut crate::metrics::Registry) {}
 
     /// The kind's status object of a task, if it has one.
     fn status(&self, _task: &str) -> Option<serde_json::Value> {

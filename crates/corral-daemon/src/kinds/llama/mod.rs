@@ -82,8 +82,8 @@ impl TaskKind for Coordinator {
         self.0.start(sup);
     }
 
-    fn write_metrics(&self, out: &mut String) {
-        self.0.write_metrics(out);
+    fn register_metrics(&self, registry: &mut crate::metrics::Registry) {
+        self.0.register_metrics(registry);
     }
 
     fn status(&self, task: &str) -> Option<serde_json::Value> {

@@ -2,9 +2,10 @@
 //! models, request metrics and the RPC backend registry with its heartbeats.
 
 use super::LlamaConfig;
-use crate::bus::{Bus, Filter};
+use crate::bus::{Bus, Queue, Sink};
 use crate::logbook::follow::{Follower, RawItem};
 use crate::logbook::Format;
+use crate::metrics::{CounterF64, DescriptorEncoder, GaugeF64, Registry};
 use crate::supervisor::kind::{RunContext, Watcher};
 use crate::supervisor::{Supervisor, TaskInfo, TaskSpec};
 pub use corral_client::wire::Backend;
@@ -12,38 +13,207 @@ use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::llama::{LogParser, ParserKind};
 use corral_core::policy::TaskStatus;
 use corral_core::record::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// One Prometheus series over the request totals: name, type, help, value.
-type MetricSeries = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ReqMetrics) -> f64,
-);
-
-/// Request totals of one coordinator and model.
-#[derive(Debug, Default, Clone)]
-struct ReqMetrics {
-    requests: u64,
-    prompt_tokens: u64,
-    eval_tokens: u64,
-    prompt_seconds: f64,
-    eval_seconds: f64,
-    last_prompt_tps: f64,
-    last_eval_tps: f64,
-}
 
 #[derive(Default)]
 struct Data {
     models: HashMap<String, Vec<Value>>,
-    metrics: BTreeMap<(String, String), ReqMetrics>,
     backends: BTreeMap<String, Backend>,
     last_status: HashMap<String, Value>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskModel {
+    task: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskModelPhase {
+    task: String,
+    model: String,
+    /// `prompt` or `eval`.
+    phase: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Tokens per second of one request: from a CPU-bound small model to batched GPUs.
+const TPS_BUCKETS: [f64; 13] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+/// Seconds one request took: from a cached short answer to a long generation.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn tps_histogram() -> Histogram {
+    Histogram::new(TPS_BUCKETS)
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// The coordinators' request metrics, per task and model, written by the log watchers.
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: Family<TaskModel, Counter>,
+    prompt_tokens: Family<TaskModel, Counter>,
+    eval_tokens: Family<TaskModel, Counter>,
+    prompt_seconds: Family<TaskModel, CounterF64>,
+    eval_seconds: Family<TaskModel, CounterF64>,
+    last_prompt_tps: Family<TaskModel, GaugeF64>,
+    last_eval_tps: Family<TaskModel, GaugeF64>,
+    tokens_per_second: Histograms<TaskModelPhase>,
+    duration: Histograms<TaskModel>,
+}
+
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
+        RequestMetrics {
+            requests: Family::default(),
+            prompt_tokens: Family::default(),
+            eval_tokens: Family::default(),
+            prompt_seconds: Family::default(),
+            eval_seconds: Family::default(),
+            last_prompt_tps: Family::default(),
+            last_eval_tps: Family::default(),
+            tokens_per_second: Family::new_with_constructor(tps_histogram),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+
+    /// Counts one finished request from its `metrics` event's details.
+    fn record(&self, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
+        let get = |k: &str| d.get(k).and_then(Value::as_f64).filter(|v| v.is_finite());
+        let num = |k: &str| get(k).unwrap_or(0.0).max(0.0);
+        let labels = TaskModel {
+            task: task.to_string(),
+            model: model.to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.prompt_tokens
+            .get_or_create(&labels)
+            .inc_by(num("prompt_tokens") as u64);
+        self.eval_tokens
+            .get_or_create(&labels)
+            .inc_by(num("eval_tokens") as u64);
+        self.prompt_seconds
+            .get_or_create(&labels)
+            .inc_by(num("prompt_ms") / 1000.0);
+        self.eval_seconds
+            .get_or_create(&labels)
+            .inc_by(num("eval_ms") / 1000.0);
+        self.last_prompt_tps
+            .get_or_create(&labels)
+            .set(num("prompt_tokens_per_second"));
+        self.last_eval_tps
+            .get_or_create(&labels)
+            .set(num("eval_tokens_per_second"));
+        // A phase the server did not report (a fully cached prompt) is not a zero.
+        for (phase, key) in [
+            ("prompt", "prompt_tokens_per_second"),
+            ("eval", "eval_tokens_per_second"),
+        ] {
+            if let Some(tps) = get(key).filter(|v| *v > 0.0) {
+                self.tokens_per_second
+                    .get_or_create(&TaskModelPhase {
+                        task: task.to_string(),
+                        model: model.to_string(),
+                        phase,
+                    })
+                    .observe(tps);
+            }
+        }
+        let ms = get("total_ms").or_else(|| match (get("prompt_ms"), get("eval_ms")) {
+            (None, None) => None,
+            (p, e) => Some(p.unwrap_or(0.0) + e.unwrap_or(0.0)),
+        });
+        if let Some(ms) = ms.filter(|ms| *ms >= 0.0) {
+            self.duration.get_or_create(&labels).observe(ms / 1000.0);
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "corral_llama_requests",
+            "Completed requests",
+            self.requests.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_tokens",
+            "Prompt tokens evaluated",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "corral_llama_eval_tokens",
+            "Tokens generated",
+            self.eval_tokens.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_seconds",
+            "Seconds spent on prompts",
+            self.prompt_seconds.clone(),
+        );
+        r.register(
+            "corral_llama_eval_seconds",
+            "Seconds spent generating",
+            self.eval_seconds.clone(),
+        );
+        r.register(
+            "corral_llama_prompt_tokens_per_second",
+            "Prompt tokens per second of the last request",
+            self.last_prompt_tps.clone(),
+        );
+        r.register(
+            "corral_llama_eval_tokens_per_second",
+            "Generated tokens per second of the last request",
+            self.last_eval_tps.clone(),
+        );
+        r.register(
+            "corral_llama_request_tokens_per_second",
+            "Tokens per second of each request, by phase (prompt, eval)",
+            self.tokens_per_second.clone(),
+        );
+        r.register(
+            "corral_llama_request_duration_seconds",
+            "Seconds each request took, prompt and generation",
+            self.duration.clone(),
+        );
+    }
+}
+
+/// `corral_rpc_backend_up{addr}`, read from the backend registry at scrape time (a
+/// backend no coordinator names any more has no series).
+struct BackendsUp(Arc<Mutex<Data>>);
+
+impl std::fmt::Debug for BackendsUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendsUp")
+    }
+}
+
+impl crate::metrics::Collector for BackendsUp {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        crate::metrics::gauge(
+            &mut enc,
+            "corral_rpc_backend_up",
+            "Whether an rpc backend accepted a TCP connection at the last check.",
+            d.backends.values().filter_map(|b| {
+                b.healthy
+                    .map(|h| ([("addr", b.addr.as_str())], i64::from(h)))
+            }),
+        )
+    }
 }
 
 struct Inner {
@@ -68,6 +238,7 @@ impl Inner {
 pub struct Llama {
     cfg: LlamaConfig,
     data: Arc<Mutex<Data>>,
+    metrics: RequestMetrics,
     inner: Arc<OnceLock<Arc<Inner>>>,
 }
 
@@ -91,12 +262,9 @@ impl Llama {
         Llama {
             cfg,
             data: Arc::new(Mutex::new(Data::default())),
+            metrics: RequestMetrics::new(),
             inner: Arc::new(OnceLock::new()),
         }
-    }
-
-    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts the status watcher and the heartbeats (once).
@@ -111,8 +279,8 @@ impl Llama {
         if self.inner.set(inner.clone()).is_err() {
             return;
         }
-        tokio::spawn(status_loop(inner.clone()));
-        tokio::spawn(backend_facts(inner.clone()));
+        inner.bus.register(StatusWatch(inner.clone()));
+        inner.bus.register(BackendFacts(inner.clone()));
         tokio::spawn(coordinator_heartbeats(inner.clone()));
         if inner.cfg.backend_heartbeat {
             tokio::spawn(backend_heartbeats(inner));
@@ -136,75 +304,10 @@ impl Llama {
         }
     }
 
-    pub fn write_metrics(&self, out: &mut String) {
-        let d = self.data();
-        let series: [MetricSeries; 7] = [
-            (
-                "corral_llama_requests_total",
-                "counter",
-                "Completed requests.",
-                |m| m.requests as f64,
-            ),
-            (
-                "corral_llama_prompt_tokens_total",
-                "counter",
-                "Prompt tokens evaluated.",
-                |m| m.prompt_tokens as f64,
-            ),
-            (
-                "corral_llama_eval_tokens_total",
-                "counter",
-                "Tokens generated.",
-                |m| m.eval_tokens as f64,
-            ),
-            (
-                "corral_llama_prompt_seconds_total",
-                "counter",
-                "Seconds spent on prompts.",
-                |m| m.prompt_seconds,
-            ),
-            (
-                "corral_llama_eval_seconds_total",
-                "counter",
-                "Seconds spent generating.",
-                |m| m.eval_seconds,
-            ),
-            (
-                "corral_llama_prompt_tokens_per_second",
-                "gauge",
-                "Prompt tokens per second of the last request.",
-                |m| m.last_prompt_tps,
-            ),
-            (
-                "corral_llama_eval_tokens_per_second",
-                "gauge",
-                "Generated tokens per second of the last request.",
-                |m| m.last_eval_tps,
-            ),
-        ];
-        for (name, ty, help, get) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
-            for ((task, model), m) in &d.metrics {
-                let _ = writeln!(
-                    out,
-                    "{name}{{task=\"{}\",model=\"{}\"}} {}",
-                    crate::metrics::label(task),
-                    crate::metrics::label(model),
-                    get(m)
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP corral_rpc_backend_up Whether an rpc backend accepted a TCP connection at the last check.\n# TYPE corral_rpc_backend_up gauge");
-        for b in d.backends.values() {
-            if let Some(h) = b.healthy {
-                let _ = writeln!(
-                    out,
-                    "corral_rpc_backend_up{{addr=\"{}\"}} {}",
-                    crate::metrics::label(&b.addr),
-                    h as u8
-                );
-            }
-        }
+    /// The request metrics and the backends' up gauge.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+        registry.register_collector(Box::new(BackendsUp(self.data.clone())));
     }
 }
 
@@ -242,43 +345,52 @@ fn status_object(inner: &Inner, info: &TaskInfo, spec: &TaskSpec) -> Value {
     })
 }
 
-/// Re-derives coordinator status objects when the supervisor reports a change, fetches
-/// models when a coordinator becomes ready, and pushes `status` events.
-async fn status_loop(inner: Arc<Inner>) {
-    let (_, mut rx) = inner.bus.subscribe(
-        u64::MAX,
-        &Filter {
-            component: Some(Component::Task),
-            ..Filter::default()
-        },
-    );
-    loop {
-        let task = match rx.recv().await {
-            Ok(ev) => Some(ev.event.task.clone()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
-            Err(_) => return,
-        };
-        for (info, spec) in llama_tasks(&inner.sup, "llama") {
-            if task.as_ref().is_some_and(|t| *t != info.name) {
-                continue;
+/// Re-derives coordinator status objects when the supervisor reports a change (a `task`
+/// event), fetches models when a coordinator becomes ready, and pushes `status` events.
+/// A sink of the bus: when its queue dropped events, every coordinator is re-derived.
+struct StatusWatch(Arc<Inner>);
+
+impl Sink for StatusWatch {
+    fn name(&self) -> &'static str {
+        "llama_status"
+    }
+
+    async fn run(self, mut queue: Queue) {
+        while let Some(batch) = queue.next().await {
+            if batch.dropped > 0 {
+                refresh_status(&self.0, None).await;
             }
-            let fresh_ready = info.status == TaskStatus::Ready
-                && inner
-                    .data()
-                    .last_status
-                    .get(&info.name)
-                    .is_none_or(|s| s["status"] != "ready");
-            if fresh_ready {
-                let models = fetch_models(&spec).await;
-                inner.data().models.insert(info.name.clone(), models);
-            } else if info.status != TaskStatus::Ready {
-                // A server that is not serving lists no models; they are fetched again
-                // when it is next ready.
-                inner.data().models.remove(&info.name);
+            for s in &batch.events {
+                if s.event.component == Component::Task {
+                    refresh_status(&self.0, Some(&s.event.task)).await;
+                }
             }
-            let info = inner.sup.get(&info.name).unwrap_or(info);
-            push_status(&inner, &info, &spec);
         }
+    }
+}
+
+/// Re-derives the status of one coordinator (`None`: of every one).
+async fn refresh_status(inner: &Inner, task: Option<&str>) {
+    for (info, spec) in llama_tasks(&inner.sup, "llama") {
+        if task.is_some_and(|t| t != info.name) {
+            continue;
+        }
+        let fresh_ready = info.status == TaskStatus::Ready
+            && inner
+                .data()
+                .last_status
+                .get(&info.name)
+                .is_none_or(|s| s["status"] != "ready");
+        if fresh_ready {
+            let models = fetch_models(&spec).await;
+            inner.data().models.insert(info.name.clone(), models);
+        } else if info.status != TaskStatus::Ready {
+            // A server that is not serving lists no models; they are fetched again
+            // when it is next ready.
+            inner.data().models.remove(&info.name);
+        }
+        let info = inner.sup.get(&info.name).unwrap_or(info);
+        push_status(inner, &info, &spec);
     }
 }
 
@@ -478,21 +590,35 @@ fn serves(addr: &str, host: &str, port: u64) -> bool {
 
 /// Reacts to facts about backends as they happen, not on the next timer: a coordinator's
 /// own log lines about a backend, the exit of a local rpc-server task, and a coordinator
-/// that starts (its backends are checked at once).
-async fn backend_facts(inner: Arc<Inner>) {
-    let (_, mut rx) = inner.bus.subscribe(u64::MAX, &Filter::default());
-    loop {
-        let ev = match rx.recv().await {
-            Ok(ev) => ev.event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
-        };
+/// or rpc-server that starts (its backends are checked at once). A sink of the bus.
+struct BackendFacts(Arc<Inner>);
+
+impl Sink for BackendFacts {
+    fn name(&self) -> &'static str {
+        "llama_backends"
+    }
+
+    async fn run(self, mut queue: Queue) {
+        while let Some(batch) = queue.next().await {
+            if batch.dropped > 0 {
+                // Facts were lost: check every backend now instead.
+                self.0.recheck.notify_one();
+            }
+            for s in &batch.events {
+                backend_fact(&self.0, &s.event);
+            }
+        }
+    }
+}
+
+fn backend_fact(inner: &Arc<Inner>, ev: &corral_core::event::Event) {
+    {
         let Ok(spec) = inner.sup.spec(&ev.task) else {
-            continue;
+            return;
         };
         match (spec.kind.as_deref(), ev.component, ev.event_type) {
             (Some("llama"), Component::RpcBackend, EventType::Error) => {
-                refresh_backend_list(&inner);
+                refresh_backend_list(inner);
                 // The coordinator names the backend when it can; a crash in the middle of
                 // a request does not say which, so every backend of it is suspect until
                 // its next check.
@@ -502,12 +628,12 @@ async fn backend_facts(inner: Arc<Inner>) {
                     None => str_list(&spec.extra["rpc_backends"]),
                 };
                 for addr in addrs {
-                    mark_unhealthy(&inner, &addr, &ev.message, "coordinator log");
+                    mark_unhealthy(inner, &addr, &ev.message, "coordinator log");
                 }
             }
             (Some("llama"), Component::Task, EventType::Start) => inner.recheck.notify_one(),
             (Some("rpc"), Component::Task, EventType::Exit | EventType::Stop) => {
-                refresh_backend_list(&inner);
+                refresh_backend_list(inner);
                 let host = spec.extra["host"].as_str().unwrap_or("127.0.0.1");
                 let port = spec.extra["port"].as_u64().unwrap_or(0);
                 let addrs: Vec<String> = inner
@@ -523,7 +649,7 @@ async fn backend_facts(inner: Arc<Inner>) {
                     ev.message.trim_start_matches(&format!("task {} ", ev.task))
                 );
                 for addr in addrs {
-                    mark_unhealthy(&inner, &addr, &reason, "task");
+                    mark_unhealthy(inner, &addr, &reason, "task");
                 }
             }
             (Some("rpc"), Component::Task, EventType::Start) => {
@@ -622,7 +748,7 @@ async fn backend_heartbeats(inner: Arc<Inner>) {
 pub fn watch_run(llama: &Llama, parser_kind: ParserKind, run: RunContext<'_>) -> Watcher {
     let spec = run.spec;
     let log = run.log;
-    let data = llama.data.clone();
+    let metrics = llama.metrics.clone();
     let bus = run.bus;
     let task = spec.name.clone();
     let run_id = run.run_id.to_string();
@@ -658,7 +784,7 @@ pub fn watch_run(llama: &Llama, parser_kind: ParserKind, run: RunContext<'_>) ->
                 }
                 verdict.note(&k);
                 if k.is_request_metrics() {
-                    record_metrics(&data, &task, &model, &k.details);
+                    metrics.record(&task, &model, &k.details);
                 }
                 bus.emit(k, &task, &run_id);
             }
@@ -734,26 +860,77 @@ fn failure_reason(errors: &[String], path: Option<&str>) -> Option<String> {
     Some(reason)
 }
 
-fn record_metrics(data: &Mutex<Data>, task: &str, model: &str, d: &serde_json::Map<String, Value>) {
-    let num = |k: &str| d.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-    let m = data
-        .metrics
-        .entry((task.to_string(), model.to_string()))
-        .or_default();
-    m.requests += 1;
-    m.prompt_tokens += num("prompt_tokens") as u64;
-    m.eval_tokens += num("eval_tokens") as u64;
-    m.prompt_seconds += num("prompt_ms") / 1000.0;
-    m.eval_seconds += num("eval_ms") / 1000.0;
-    m.last_prompt_tps = num("prompt_tokens_per_second");
-    m.last_eval_tps = num("eval_tokens_per_second");
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{failure_reason, Verdict};
+    use super::{failure_reason, BackendsUp, Data, RequestMetrics, Verdict};
+    use crate::metrics::{render, Registry};
     use corral_core::event::{Component, EventKind, EventType, Level};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_request_feeds_its_counters_gauges_and_histograms() {
+        let m = RequestMetrics::new();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let data = Arc::new(Mutex::new(Data::default()));
+        r.register_collector(Box::new(BackendsUp(data.clone())));
+        let details = |v: serde_json::Value| v.as_object().unwrap().clone();
+        m.record(
+            "coord",
+            "x.gguf",
+            &details(serde_json::json!({
+                "prompt_tokens": 12, "prompt_ms": 40.0, "prompt_tokens_per_second": 300.0,
+                "eval_tokens": 120, "eval_ms": 3000.0, "eval_tokens_per_second": 40.0,
+                "total_ms": 3040.0,
+            })),
+        );
+        // A fully cached prompt reports no prompt phase, and no total.
+        m.record(
+            "coord",
+            "x.gguf",
+            &details(serde_json::json!({
+                "prompt_tokens": null, "prompt_ms": null, "prompt_tokens_per_second": null,
+                "eval_tokens": 10, "eval_ms": 500.0, "eval_tokens_per_second": 20.0,
+                "total_ms": null,
+            })),
+        );
+        data.lock().unwrap().backends.insert(
+            "10.0.0.2:50052".into(),
+            super::Backend {
+                addr: "10.0.0.2:50052".into(),
+                healthy: Some(true),
+                latency_ms: None,
+                last_error: None,
+                last_checked: None,
+                tasks: Vec::new(),
+            },
+        );
+        let text = render(&r);
+        let l = "{task=\"coord\",model=\"x.gguf\"}";
+        for line in [
+            format!("corral_llama_requests_total{l} 2"),
+            format!("corral_llama_prompt_tokens_total{l} 12"),
+            format!("corral_llama_eval_tokens_total{l} 130"),
+            format!("corral_llama_prompt_seconds_total{l} 0.04"),
+            format!("corral_llama_eval_seconds_total{l} 3.5"),
+            format!("corral_llama_prompt_tokens_per_second{l} 0.0"),
+            format!("corral_llama_eval_tokens_per_second{l} 20.0"),
+            "# TYPE corral_llama_requests_total counter".into(),
+            "# TYPE corral_llama_prompt_seconds_total counter".into(),
+            "# TYPE corral_llama_eval_tokens_per_second gauge".into(),
+            "# TYPE corral_llama_request_tokens_per_second histogram".into(),
+            "corral_llama_request_tokens_per_second_count{task=\"coord\",model=\"x.gguf\",phase=\"prompt\"} 1".into(),
+            "corral_llama_request_tokens_per_second_count{task=\"coord\",model=\"x.gguf\",phase=\"eval\"} 2".into(),
+            "corral_llama_request_tokens_per_second_bucket{task=\"coord\",model=\"x.gguf\",phase=\"eval\",le=\"25\"} 1".into(),
+            "# TYPE corral_llama_request_duration_seconds histogram".into(),
+            format!("corral_llama_request_duration_seconds_sum{l} 3.54"),
+            format!("corral_llama_request_duration_seconds_count{l} 2"),
+            "# TYPE corral_rpc_backend_up gauge".into(),
+            "corral_rpc_backend_up{addr=\"10.0.0.2:50052\"} 1".into(),
+        ] {
+            assert!(text.lines().any(|t| t == line), "no `{line}` in\n{text}");
+        }
+    }
 
     #[test]
     fn errors_the_server_served_past_are_not_the_reason() {
