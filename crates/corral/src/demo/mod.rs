@@ -41,7 +41,7 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
     let mut client = client.clone();
     let mut own_daemon: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     if client.get::<Health>("/health").await.is_err() {
-        let opts = crate::cli::serve_opts(
+        let opts = crate::cli::serve::serve_opts(
             &crate::cli::ServeArgs {
                 listen: a.listen.clone(),
                 home: a.home.clone(),

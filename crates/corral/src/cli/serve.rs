@@ -1,0 +1,44 @@
+//! `corral serve`: the daemon in the foreground. The daemon itself is the
+//! `corral-daemon` library; this wires its options from flags and environment.
+
+use super::{config, say, ServeArgs};
+use std::path::PathBuf;
+
+/// The daemon's home: `--home` / `CORRAL_HOME`, else the default.
+pub fn home(a: &ServeArgs) -> PathBuf {
+    a.home
+        .clone()
+        .unwrap_or_else(corral_daemon::serve::default_home)
+}
+
+pub fn serve_opts(
+    a: &ServeArgs,
+    token: Option<String>,
+) -> anyhow::Result<corral_daemon::ServeOpts> {
+    Ok(corral_daemon::ServeOpts {
+        listen: a.listen.clone(),
+        home: home(a),
+        token,
+        log: corral_daemon::logbook::LogConfig {
+            ring_records: a.ring_records.max(1),
+            max_bytes: a.max_log_mb.max(1) * 1024 * 1024,
+            ..Default::default()
+        },
+        observer: config::observer_config()?,
+        node: corral_daemon::serve::node_name(),
+        llama: a.llama.config()?,
+    })
+}
+
+pub async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
+    let opts = serve_opts(&a, token)?;
+    let home = opts.home.clone();
+    corral_daemon::serve(opts, |addr| {
+        // The first line on stdout is for scripts and tests: the bound address.
+        say(&format!("corral listening on http://{addr}"));
+        tracing::info!(home = %home.display(), "listening on http://{addr}");
+    })
+    .await?;
+    tracing::info!("stopped");
+    Ok(0)
+}
