@@ -5,7 +5,7 @@
 //!
 //! Output: client commands print results on stdout and their errors as `corral: …` on
 //! stderr; `serve` and `demo` print through [`say`] (which a reader that went away cannot
-//! fail).
+//! fail) and log their diagnostics through `tracing` (see `crate::logging`).
 
 pub mod config;
 pub mod events;
@@ -102,6 +102,8 @@ pub struct ServeArgs {
     pub max_log_mb: u64,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +220,18 @@ pub struct StopArgs {
 
 pub fn duration_arg(flag: &str, v: &str) -> anyhow::Result<Duration> {
     parse_duration(v).with_context(|| format!("--{flag}"))
+}
+
+impl Cli {
+    /// For the commands that run a daemon (`serve`, and `demo`, which may start one): its
+    /// diagnostics settings, and the file to keep them in when it is known already.
+    pub fn daemon_logging(&self) -> Option<(&crate::logging::LogArgs, Option<PathBuf>)> {
+        match &self.cmd {
+            Command::Serve(a) => Some((&a.log, Some(serve::home(a).join("daemon.log")))),
+            Command::Demo(a) => Some((&a.log, None)),
+            _ => None,
+        }
+    }
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {

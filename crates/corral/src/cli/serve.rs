@@ -1,7 +1,9 @@
 //! `corral serve`: the daemon in the foreground. The daemon itself is the
-//! `corral-daemon` library; this wires its options from flags and environment.
+//! `corral-daemon` library; this wires its options from flags and environment, and makes
+//! the process outlive the terminal it was started from.
 
 use super::{config, say, ServeArgs};
+use anyhow::Context;
 use std::path::PathBuf;
 
 /// The daemon's home: `--home` / `CORRAL_HOME`, else the default.
@@ -32,6 +34,7 @@ pub fn serve_opts(
 
 pub async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
     let opts = serve_opts(&a, token)?;
+    ignore_hangup()?;
     let home = opts.home.clone();
     corral_daemon::serve(opts, |addr| {
         // The first line on stdout is for scripts and tests: the bound address.
@@ -41,4 +44,20 @@ pub async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
     .await?;
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// A closed terminal (SIGHUP) does not stop the daemon: its tasks go on, and it stops
+/// only on SIGTERM or Ctrl-C. A handler rather than `SIG_IGN`, which the supervised
+/// processes would inherit through exec; a handler is reset to the default there.
+fn ignore_hangup() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP ignored: the daemon keeps running (stop it with SIGTERM or Ctrl-C)"
+            );
+        }
+    });
+    Ok(())
 }

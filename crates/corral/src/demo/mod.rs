@@ -30,6 +30,8 @@ pub struct DemoArgs {
     /// Start the fleet and exit at once instead of running until Ctrl-C.
     #[arg(long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -48,11 +50,13 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
                 ring_records: 1000,
                 max_log_mb: 100,
                 llama: crate::cli::config::LlamaServeArgs::default(),
+                log: a.log.clone(),
             },
             token.clone(),
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = opts.home.clone();
+        crate::logging::keep_in(home.join("daemon.log"));
         let handle = tokio::spawn(corral_daemon::serve(opts, move |addr| {
             let _ = tx.send(addr);
         }));
