@@ -2,8 +2,10 @@
 //! next, the gRPC service and the dashboard) read. Field names and shapes are the public
 //! JSON contract documented in the README; statuses are enums, never strings compared.
 
+use corral_core::event::Event;
 use corral_core::policy::{Restart, RestartPolicy};
 pub use corral_core::policy::{RunStatus, TaskStatus};
+pub use corral_core::record::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -286,6 +288,153 @@ pub struct LlamaStatus {
     pub run_id: Option<String>,
 }
 
+/// The stream a record came from, as the daemon names it. The names corral knows today
+/// ([`Stream`]) parse to `Known`; any other name (a source added to a newer daemon) is
+/// kept as it was sent, so a client never fails on a record it cannot classify.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum RecordStream {
+    Known(Stream),
+    Other(String),
+}
+
+impl RecordStream {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RecordStream::Known(s) => s.as_str(),
+            RecordStream::Other(s) => s,
+        }
+    }
+
+    /// corral's own notes about the run (`started pid 123`), not the process's output.
+    pub fn is_system(&self) -> bool {
+        *self == RecordStream::Known(Stream::System)
+    }
+}
+
+impl From<String> for RecordStream {
+    fn from(s: String) -> Self {
+        match s.parse::<Stream>() {
+            Ok(known) => RecordStream::Known(known),
+            Err(_) => RecordStream::Other(s),
+        }
+    }
+}
+
+impl From<RecordStream> for String {
+    fn from(s: RecordStream) -> Self {
+        match s {
+            RecordStream::Known(k) => k.as_str().to_string(),
+            RecordStream::Other(o) => o,
+        }
+    }
+}
+
+impl From<Stream> for RecordStream {
+    fn from(s: Stream) -> Self {
+        RecordStream::Known(s)
+    }
+}
+
+impl std::fmt::Display for RecordStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One record of a run's output, as log streams carry it:
+/// `{"seq","ts","run_id","stream","line"}` with `"partial":true` and `"lossy":true`
+/// only when set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub seq: u64,
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    pub run_id: String,
+    pub stream: RecordStream,
+    pub line: String,
+    /// A chunk of an over-long line; the next record continues it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub partial: bool,
+    /// The bytes were not UTF-8; invalid sequences were replaced.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lossy: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Records `from..=to` no longer exist (the size cap dropped them); the stream goes on
+/// after `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogGap {
+    pub from: u64,
+    pub to: u64,
+    pub reason: String,
+}
+
+/// The run ended; nothing follows in the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEnd {
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl LogEnd {
+    /// The exit status a command following the run leaves with: the run's exit code;
+    /// 128 + signal for a signal; else 0 for a run that succeeded and 1 for any other.
+    pub fn exit_status(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) if self.status == RunStatus::Succeeded => 0,
+            (None, None) => 1,
+        }
+    }
+}
+
+/// One line of a log stream (`GET /tasks/{name}/logs`, NDJSON; the same objects are the
+/// `data:` of its SSE form and the WebSocket's messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogItem {
+    Record(LogRecord),
+    /// `{"gap":{"from","to","reason"}}`
+    Gap {
+        gap: LogGap,
+    },
+    /// `{"end":{"status","exit_code","signal"}}`
+    End {
+        end: LogEnd,
+    },
+    /// `{"heartbeat":ts}`: an idle stream is still alive.
+    Heartbeat {
+        heartbeat: f64,
+    },
+}
+
+/// One line of the NDJSON event stream (`GET /events`): a structured event with the id
+/// that resumes the stream (`?since=ID`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// One line of the NDJSON event stream: an event, or the heartbeat of an idle stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventItem {
+    Event(Box<EventRecord>),
+    /// `{"heartbeat":ts}`
+    Heartbeat {
+        heartbeat: f64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +473,65 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"task":"t","run_id":"r"}"#
+        );
+    }
+    #[test]
+    fn log_items_parse_every_shape_the_stream_carries() {
+        let rec: LogItem = serde_json::from_str(
+            r#"{"seq":3,"ts":1.5,"run_id":"r","stream":"stderr","line":"x","partial":true}"#,
+        )
+        .unwrap();
+        let LogItem::Record(r) = rec else {
+            panic!("{rec:?}")
+        };
+        assert_eq!((r.seq, r.partial, r.lossy), (3, true, false));
+        assert_eq!(r.stream, RecordStream::Known(Stream::Stderr));
+        assert_eq!(
+            serde_json::from_str::<LogItem>(r#"{"gap":{"from":2,"to":9,"reason":"size cap"}}"#)
+                .unwrap(),
+            LogItem::Gap {
+                gap: LogGap {
+                    from: 2,
+                    to: 9,
+                    reason: "size cap".into()
+                }
+            }
+        );
+        let end: LogItem =
+            serde_json::from_str(r#"{"end":{"status":"killed","exit_code":null,"signal":9}}"#)
+                .unwrap();
+        let LogItem::End { end } = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(end.exit_status(), 137);
+        assert_eq!(
+            serde_json::from_str::<LogItem>(r#"{"heartbeat":12.25}"#).unwrap(),
+            LogItem::Heartbeat { heartbeat: 12.25 }
+        );
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_stream_still_parses_and_round_trips() {
+        let line = r#"{"seq":1,"ts":2.0,"run_id":"r","stream":"file","line":"tail -F"}"#;
+        let LogItem::Record(r) = serde_json::from_str::<LogItem>(line).unwrap() else {
+            panic!("not a record")
+        };
+        assert_eq!(r.stream, RecordStream::Other("file".into()));
+        assert!(!r.stream.is_system());
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
+    }
+
+    #[test]
+    fn an_event_line_carries_its_id_beside_the_event_fields() {
+        let line = r#"{"timestamp":1.5,"node":"n","task":"t","run_id":"r","component":"task","level":"info","event_type":"start","message":"m","details":{"pid":7},"id":42}"#;
+        let EventItem::Event(e) = serde_json::from_str::<EventItem>(line).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!(e.id, 42);
+        assert_eq!(e.event.details["pid"], 7);
+        assert_eq!(
+            serde_json::from_str::<EventItem>(r#"{"heartbeat":3.0}"#).unwrap(),
+            EventItem::Heartbeat { heartbeat: 3.0 }
         );
     }
 }

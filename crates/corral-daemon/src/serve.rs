@@ -54,11 +54,14 @@ pub fn node_name() -> String {
 
 /// Runs the daemon until SIGINT/SIGTERM. Calls `on_ready` with the bound address.
 pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
-    let signalled = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    use tokio::signal::unix::{signal, SignalKind};
+    // Both handlers exist before the address is printed: a script that signals the daemon
+    // as soon as it read that line gets a graceful stop, never the default death.
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let signalled = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
     };

@@ -1,12 +1,16 @@
 //! corral: keeps llama.cpp servers and GPU jobs running, and lets anyone watch them live.
 //!
 //! One binary: `corral serve` runs the daemon (the `corral-daemon` library), every other
-//! command is a client of its API (through `corral-client`).
+//! command is a client of its API (through `corral-client`). `serve` and `demo` log their
+//! diagnostics through `tracing` ([`logging`]); the client commands print their errors
+//! as `corral: …` on stderr.
 
 mod cli;
 mod demo;
+mod logging;
 
 use clap::Parser;
+use std::time::Duration;
 
 fn main() {
     let cli = cli::Cli::parse();
@@ -14,6 +18,16 @@ fn main() {
     if let cli::Command::Hold(a) = cli.cmd {
         std::process::exit(cli::hold(a));
     }
+    let logging = match cli.daemon_logging() {
+        Some((args, file)) => match logging::init(args, file) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                cli::say_error(&format!("{e:#}"));
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,11 +50,18 @@ fn main() {
                     // The reader went away (`corral logs … | head`): not an error.
                     return 0;
                 }
-                cli::say_error(&format!("{e:#}"));
+                if logging.is_some() {
+                    tracing::error!("{e:#}");
+                } else {
+                    cli::say_error(&format!("{e:#}"));
+                }
                 1
             }
         }
     });
-    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    if let Some(l) = logging {
+        l.flush(Duration::from_secs(1));
+    }
     std::process::exit(code);
 }

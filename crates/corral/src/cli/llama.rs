@@ -1,4 +1,5 @@
-//! `corral llama`, `corral rpc-server`, `corral events`, `corral parse`, `corral backends`.
+//! `corral llama`, `corral rpc-server`, `corral parse`, `corral backends`, and the
+//! arguments of `corral events` (in `events.rs`).
 
 use super::config::{read_file, FileSettings};
 use super::{duration_arg, table};
@@ -10,7 +11,7 @@ use corral_client::wire::{
 use corral_client::{enc, Client};
 use corral_core::llama::{LogParser, ParserKind};
 use corral_core::policy::Restart;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -189,21 +190,23 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                 ..TaskSpec::new(a.name.clone(), Vec::new())
             };
             let v: Started = c.post("/tasks", &spec).await?;
-            print_started(&v, a.json);
+            print_started(&v, a.json)?;
             Ok(super::start_exit_code(&v))
         }
-        LlamaCommand::Events(a) => events(c, a).await,
+        LlamaCommand::Events(a) => super::events::events(c, a).await,
         LlamaCommand::Parse(a) => parse(&a),
         LlamaCommand::Backends(a) => {
             let list: Vec<Backend> = c.get("/backends").await?;
+            let mut out = std::io::stdout().lock();
             if a.json {
-                println!("{}", serde_json::to_string(&list)?);
+                writeln!(out, "{}", serde_json::to_string(&list)?)?;
                 return Ok(0);
             }
             if list.is_empty() {
-                println!(
+                writeln!(
+                    out,
                     "no rpc backends configured; give them to `corral llama --rpc HOST:PORT,…`"
-                );
+                )?;
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = list
@@ -224,19 +227,21 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                 })
                 .collect();
             table::print(
+                &mut out,
                 &["ADDR", "STATE", "LATENCY_MS", "TASKS", "LAST_ERROR"],
                 &rows,
-            );
+            )?;
             Ok(0)
         }
     }
 }
 
-fn print_started(v: &Started, json_out: bool) {
+fn print_started(v: &Started, json_out: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     if json_out {
-        println!("{}", json!({"task": v.task, "run_id": v.run_id}));
+        writeln!(out, "{}", json!({"task": v.task, "run_id": v.run_id}))
     } else {
-        println!("{}", v.run_id);
+        writeln!(out, "{}", v.run_id)
     }
 }
 
@@ -321,103 +326,47 @@ fn probe_duration(flag: &str, v: &str) -> anyhow::Result<std::time::Duration> {
 async fn start_llama(c: &Client, a: LlamaArgs) -> anyhow::Result<i32> {
     let spec = coordinator_spec(&a)?;
     let v: Started = c.post("/tasks", &spec).await?;
-    print_started(&v, a.json);
+    print_started(&v, a.json)?;
     Ok(super::start_exit_code(&v))
 }
 
 async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
     let v: LlamaStatus = c.get(&format!("/llama/{}/status", enc(name))).await?;
+    let mut out = std::io::stdout().lock();
     if json_out {
-        println!("{}", serde_json::to_string(&v)?);
+        writeln!(out, "{}", serde_json::to_string(&v)?)?;
         return Ok(0);
     }
     let clean = |s: &str| corral_core::term::strip_escapes(s).into_owned();
-    println!("{}: {}", clean(name), v.status);
-    println!("  port        {}", v.port);
+    writeln!(out, "{}: {}", clean(name), v.status)?;
+    writeln!(out, "  port        {}", v.port)?;
     if let Some(t) = &v.started_at {
-        println!(
+        writeln!(
+            out,
             "  started     {} (up {})",
             clean(t),
             v.uptime.map_or("-".into(), |u| table::age(u as f64))
-        );
+        )?;
     }
-    println!("  retries     {}", v.retries);
+    writeln!(out, "  retries     {}", v.retries)?;
     if v.adopted {
-        println!("  adopted     yes (corral did not start this server)");
+        writeln!(out, "  adopted     yes (corral did not start this server)")?;
     }
     for m in &v.models {
-        println!(
+        writeln!(
+            out,
             "  model       {} (n_params {}, n_ctx {}, size {})",
             clean(m["id"].as_str().unwrap_or("?")),
             m["n_params"],
             m["n_ctx"],
             m["size"]
-        );
+        )?;
     }
     if !v.rpc_backends.is_empty() {
-        println!("  rpc         {}", clean(&v.rpc_backends.join(", ")));
+        writeln!(out, "  rpc         {}", clean(&v.rpc_backends.join(", ")))?;
     }
     if let Some(e) = &v.last_error {
-        println!("  last error  {}", clean(e));
-    }
-    Ok(0)
-}
-
-async fn events(c: &Client, a: EventsArgs) -> anyhow::Result<i32> {
-    use futures_util::StreamExt;
-    let mut path = format!("/events?follow={}", a.follow);
-    for (k, v) in [
-        ("component", &a.component),
-        ("level", &a.level),
-        ("task", &a.task),
-    ] {
-        if let Some(v) = v {
-            path.push_str(&format!("&{k}={}", enc(v)));
-        }
-    }
-    if let Some(s) = a.since {
-        path.push_str(&format!("&since={s}"));
-    }
-    let resp = c.send(c.request(reqwest::Method::GET, &path)).await?;
-    let strip = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut out = std::io::stdout().lock();
-    let mut body = resp.bytes_stream();
-    let mut pending = Vec::new();
-    while let Some(chunk) = body.next().await {
-        pending.extend_from_slice(&chunk.context("reading events")?);
-        let mut start = 0;
-        while let Some(i) = memchr::memchr(b'\n', &pending[start..]) {
-            let line = &pending[start..start + i];
-            start += i + 1;
-            let Ok(v) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            if v.get("heartbeat").is_some() {
-                continue;
-            }
-            if a.json {
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
-            } else {
-                let msg = v["message"].as_str().unwrap_or("");
-                let msg = if strip {
-                    corral_core::term::strip_escapes(msg)
-                } else {
-                    msg.into()
-                };
-                writeln!(
-                    out,
-                    "{} {:<8} {}/{} {}: {msg}",
-                    v["timestamp"].as_f64().map_or(String::new(), table::time),
-                    v["level"].as_str().unwrap_or(""),
-                    v["component"].as_str().unwrap_or(""),
-                    v["event_type"].as_str().unwrap_or(""),
-                    v["task"].as_str().unwrap_or(""),
-                )?;
-            }
-        }
-        pending.drain(..start);
-        out.flush()?;
+        writeln!(out, "  last error  {}", clean(e))?;
     }
     Ok(0)
 }

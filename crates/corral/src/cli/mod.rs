@@ -1,18 +1,28 @@
-//! The command line: a thin client of the daemon's HTTP API (`corral serve` runs the
-//! daemon itself). Every listing has `--json`.
+//! The command line: argument parsing and dispatch. Every command but `serve` and `demo`
+//! is a thin client of the daemon's HTTP API, one file per command group: `tasks` (run,
+//! ps, runs, stop, restart, rm), `logs`, `monitor`, `events`, `llama`; `serve` wires the
+//! daemon. Every listing has `--json`.
+//!
+//! Output: client commands print results on stdout and their errors as `corral: …` on
+//! stderr; `serve` and `demo` print through [`say`] (which a reader that went away cannot
+//! fail) and log their diagnostics through `tracing` (see `crate::logging`).
 
 pub mod config;
+pub mod events;
 pub mod llama;
+pub mod logs;
 pub mod monitor;
+pub mod serve;
 pub mod service;
+pub mod stream;
 pub mod table;
+pub mod tasks;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
-use corral_client::{enc, Client};
+use corral_client::wire::Started;
+use corral_client::Client;
 use corral_core::duration::parse_duration;
-use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,6 +123,8 @@ pub struct ServeArgs {
     pub allow_hosts: Vec<String>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 #[derive(Args, Debug)]
@@ -247,14 +259,16 @@ pub fn duration_arg(flag: &str, v: &str) -> anyhow::Result<Duration> {
     parse_duration(v).with_context(|| format!("--{flag}"))
 }
 
-fn kv(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    items
-        .iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => bail!("--{flag} `{s}` is not K=V; write e.g. --{flag} CUDA_VISIBLE_DEVICES=0"),
-        })
-        .collect()
+impl Cli {
+    /// For the commands that run a daemon (`serve`, and `demo`, which may start one): its
+    /// diagnostics settings, and the file to keep them in when it is known already.
+    pub fn daemon_logging(&self) -> Option<(&crate::logging::LogArgs, Option<PathBuf>)> {
+        match &self.cmd {
+            Command::Serve(a) => Some((&a.log, Some(serve::home(a).join("daemon.log")))),
+            Command::Demo(a) => Some((&a.log, None)),
+            _ => None,
+        }
+    }
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
@@ -271,114 +285,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     };
     let c = Client::new(&cli.addr, token.clone());
     match cli.cmd {
-        Command::Serve(a) => serve(a, given).await,
+        Command::Serve(a) => serve::serve(a, given).await,
         Command::Login(a) => login(&c, a.json).await,
         Command::Service(a) => service::dispatch(a),
-        Command::Run(a) => run(&c, a).await,
-        Command::Ps(a) => ps(&c, a.json).await,
-        Command::Runs(a) => runs(&c, a).await,
-        Command::Monitor(a) => {
-            let since = if a.no_history { None } else { a.since };
-            let tail = if a.no_history { 0 } else { a.tail };
-            monitor::monitor(
-                &c,
-                monitor::MonitorOpts {
-                    task: a.name,
-                    run: a.run,
-                    tail,
-                    since,
-                    json: a.json,
-                },
-            )
-            .await
-        }
-        Command::Logs(a) => logs(&c, a).await,
-        Command::Stop(a) => {
-            let body = StopRequest {
-                timeout_ms: match &a.timeout {
-                    Some(t) => Some(duration_arg("timeout", t)?.as_millis() as u64),
-                    None => None,
-                },
-            };
-            let info: TaskInfo = c
-                .post(&format!("/tasks/{}/stop", enc(&a.name)), &body)
-                .await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&info)?);
-            } else {
-                println!("{}: {}", a.name, info.status);
-            }
-            Ok(0)
-        }
-        Command::Restart(a) => {
-            let v: Started = c
-                .post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({}))
-                .await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!("{}", v.run_id);
-            }
-            Ok(start_exit_code(&v))
-        }
-        Command::Rm(a) => {
-            let v: Removed = c.delete(&format!("/tasks/{}", enc(&a.name))).await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!("removed {}", a.name);
-            }
-            Ok(0)
-        }
+        Command::Run(a) => tasks::run(&c, a).await,
+        Command::Ps(a) => tasks::ps(&c, a.json).await,
+        Command::Runs(a) => tasks::runs(&c, a).await,
+        Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,
+        Command::Logs(a) => logs::logs(&c, a).await,
+        Command::Stop(a) => tasks::stop(&c, a).await,
+        Command::Restart(a) => tasks::restart(&c, a).await,
+        Command::Rm(a) => tasks::rm(&c, a).await,
         Command::Demo(a) => crate::demo::demo(&c, a, token).await,
         Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),
     }
-}
-
-pub fn serve_opts(
-    a: &ServeArgs,
-    token: Option<String>,
-) -> anyhow::Result<corral_daemon::ServeOpts> {
-    Ok(corral_daemon::ServeOpts {
-        listen: a.listen.clone(),
-        home: a
-            .home
-            .clone()
-            .unwrap_or_else(corral_daemon::serve::default_home),
-        token,
-        insecure_no_auth: a.insecure_no_auth,
-        allow_hosts: a.allow_hosts.clone(),
-        log: corral_daemon::logbook::LogConfig {
-            ring_records: a.ring_records.max(1),
-            max_bytes: a.max_log_mb.max(1) * 1024 * 1024,
-            ..Default::default()
-        },
-        observer: config::observer_config()?,
-        node: corral_daemon::serve::node_name(),
-        llama: a.llama.config()?,
-    })
-}
-
-async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
-    let opts = serve_opts(&a, token)?;
-    if opts.insecure_no_auth {
-        say_error(&format!(
-            "WARNING: --insecure-no-auth: the API takes no token; anyone who can reach {} can run \
-             commands as this user",
-            opts.listen
-        ));
-    }
-    let home = opts.home.clone();
-    corral_daemon::serve(opts, |addr| {
-        // The first line on stdout is for scripts and tests: the bound address.
-        say(&format!("corral listening on http://{addr}"));
-        tracing::info!("home {}", home.display());
-    })
-    .await?;
-    Ok(0)
 }
 
 /// `corral hold`: the per-run holder process (see `corral_daemon::holder`).
@@ -394,11 +317,12 @@ pub fn hold(a: HoldCmd) -> i32 {
 }
 
 async fn login(c: &Client, json_out: bool) -> anyhow::Result<i32> {
-    let v: Value = c.post("/login-links", &json!({})).await?;
+    let v: serde_json::Value = c.post("/login-links", &serde_json::json!({})).await?;
+    let mut out = std::io::stdout().lock();
     if json_out {
-        println!("{v}");
+        writeln!(out, "{v}")?;
     } else {
-        println!("{}", v["url"].as_str().unwrap_or(""));
+        writeln!(out, "{}", v["url"].as_str().unwrap_or(""))?;
     }
     Ok(0)
 }
@@ -416,60 +340,6 @@ pub fn say_error(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "corral: {line}");
 }
 
-async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
-    let restart: corral_core::policy::Restart = a
-        .restart
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
-    let cwd = match &a.cwd {
-        Some(d) => Some(
-            std::fs::canonicalize(d)
-                .with_context(|| format!("--cwd {}: no such directory", d.display()))?
-                .display()
-                .to_string(),
-        ),
-        None => std::env::current_dir()
-            .ok()
-            .map(|d| d.display().to_string()),
-    };
-    let spec = TaskSpec {
-        cwd,
-        env: kv("env", &a.env)?.into_iter().collect(),
-        labels: kv("label", &a.labels)?.into_iter().collect(),
-        restart,
-        max_retries: a.max_retries,
-        backoff_initial_ms: duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64,
-        backoff_max_ms: duration_arg("backoff-max", &a.backoff_max)?.as_millis() as u64,
-        stop_timeout_ms: duration_arg("stop-timeout", &a.stop_timeout)?.as_millis() as u64,
-        ..TaskSpec::new(a.name.clone(), a.command.clone())
-    };
-    let v: Started = c.post("/tasks", &spec).await?;
-    let run_id = v.run_id.clone();
-    if a.json {
-        println!("{}", json!({"task": v.task, "run_id": run_id}));
-    } else {
-        println!("{run_id}");
-    }
-    let code = start_exit_code(&v);
-    if code != 0 {
-        return Ok(code);
-    }
-    if a.follow {
-        return monitor::monitor(
-            c,
-            monitor::MonitorOpts {
-                task: a.name,
-                run: Some(run_id),
-                tail: 0,
-                since: Some(0),
-                json: a.json,
-            },
-        )
-        .await;
-    }
-    Ok(0)
-}
-
 /// The exit code of a command that started a run (`run`, `restart`, `llama`, …): a
 /// command that could not even be spawned is the caller's mistake, so say why and exit 1
 /// (the run is still recorded `failed`, with the same message).
@@ -485,239 +355,4 @@ pub fn start_exit_code(started: &Started) -> i32 {
         }
         None => 0,
     }
-}
-
-async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
-    let tasks: Vec<TaskInfo> = c.get("/tasks").await?;
-    if json_out {
-        println!("{}", serde_json::to_string(&tasks)?);
-        return Ok(0);
-    }
-    if tasks.is_empty() {
-        println!("no tasks; start one with `corral run --name NAME -- CMD`");
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = tasks
-        .iter()
-        .map(|t| {
-            vec![
-                t.name.clone(),
-                t.status.to_string(),
-                table::opt(t.pid),
-                table::opt(t.run_id.as_deref()),
-                t.restarts.to_string(),
-                t.uptime_s.map_or("-".into(), table::age),
-                corral_core::term::strip_escapes(&t.command).into_owned(),
-            ]
-        })
-        .collect();
-    table::print(
-        &[
-            "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
-        ],
-        &rows,
-    );
-    Ok(0)
-}
-
-async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
-    let mut path = format!("/runs?limit={}", a.limit);
-    if let Some(n) = &a.name {
-        path.push_str(&format!("&task={}", enc(n)));
-    }
-    let rows: Vec<RunInfo> = c.get(&path).await?;
-    if a.json {
-        println!("{}", serde_json::to_string(&rows)?);
-        return Ok(0);
-    }
-    if rows.is_empty() {
-        println!("no runs yet");
-        return Ok(0);
-    }
-    let table_rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let err = corral_core::term::strip_escapes(r.error_message.as_deref().unwrap_or(""));
-            let short: String = err.chars().take(60).collect();
-            vec![
-                r.run_id.clone(),
-                r.task.clone(),
-                r.attempt.to_string(),
-                r.status.to_string(),
-                table::opt(r.pid),
-                table::time(r.started_at),
-                r.ended_at.map_or("-".into(), table::time),
-                table::opt(r.exit_code),
-                table::opt(r.signal),
-                r.lines.to_string(),
-                r.bytes.to_string(),
-                corral_core::term::strip_escapes(&r.log_path).into_owned(),
-                short,
-            ]
-        })
-        .collect();
-    table::print(
-        &[
-            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "ENDED", "EXIT", "SIGNAL",
-            "LINES", "BYTES", "LOG", "ERROR",
-        ],
-        &table_rows,
-    );
-    Ok(0)
-}
-
-/// The last records of a run, holding at least `tail` of the process's records: the
-/// server's `tail` counts corral's own notes too, so the window widens until enough are
-/// in it (or it reaches the start of the run).
-async fn tail_records(c: &Client, base: &str, tail: u64) -> anyhow::Result<bytes::Bytes> {
-    let mut n = tail.saturating_add(8);
-    loop {
-        let path = format!("{base}&tail={n}");
-        let body = c
-            .send(c.request(reqwest::Method::GET, &path))
-            .await?
-            .bytes()
-            .await?;
-        let (mut output, mut first) = (0u64, None);
-        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            if let Some(seq) = v["seq"].as_u64() {
-                first.get_or_insert(seq);
-                if v["stream"] != "system" {
-                    output += 1;
-                }
-            }
-        }
-        if output >= tail || first.is_none_or(|s| s <= 1) || n == u64::MAX {
-            return Ok(body);
-        }
-        n = n.saturating_mul(4);
-    }
-}
-
-async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
-    let run_id = match &a.run {
-        Some(r) => r.clone(),
-        None => {
-            let rows: Vec<RunInfo> = c
-                .get(&format!("/runs?task={}&limit=1", enc(&a.name)))
-                .await?;
-            match rows.first() {
-                Some(r) => r.run_id.clone(),
-                None => bail!("task `{}` has no runs yet", a.name),
-            }
-        }
-    };
-    let grep = a
-        .grep
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--grep is not a valid regular expression")?;
-    let stream: Option<corral_core::record::Stream> = a
-        .stream
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|e: String| anyhow::anyhow!("--stream: {e}"))?;
-    let mut out = std::io::stdout().lock();
-    if grep.is_none() && stream.is_none() && a.tail.is_none() && !a.json {
-        // Byte-for-byte what the process wrote.
-        let resp = c
-            .send(c.request(reqwest::Method::GET, &format!("/runs/{}/log", enc(&run_id))))
-            .await?;
-        if let Some(g) = resp
-            .headers()
-            .get("x-corral-gap")
-            .and_then(|v| v.to_str().ok())
-        {
-            say_error(&format!(
-                "records {} were dropped by the log size cap; the rest follows",
-                corral_core::term::strip_escapes(g)
-            ));
-        }
-        use futures_util::StreamExt;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            out.write_all(&chunk.context("reading the log")?)?;
-        }
-        out.flush()?;
-        return Ok(0);
-    }
-    let base = format!(
-        "/tasks/{}/logs?follow=false&run={}",
-        enc(&a.name),
-        enc(&run_id)
-    );
-    let body = match a.tail {
-        Some(t) if grep.is_none() && stream.is_none() => tail_records(c, &base, t).await?,
-        _ => {
-            let path = format!("{base}&since=0");
-            c.send(c.request(reqwest::Method::GET, &path))
-                .await?
-                .bytes()
-                .await?
-        }
-    };
-    let mut end: Option<&[u8]> = None;
-    let mut kept: Vec<&[u8]> = Vec::new();
-    for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            continue;
-        };
-        if v.get("seq").is_none() {
-            if a.json && v.get("gap").is_some() {
-                kept.push(line);
-            }
-            if v.get("end").is_some() {
-                end = Some(line);
-            }
-            continue;
-        }
-        if let Some(s) = stream {
-            if v["stream"] != s.as_str() {
-                continue;
-            }
-        } else if v["stream"] == "system" {
-            continue;
-        }
-        if let Some(re) = &grep {
-            if !re.is_match(v["line"].as_str().unwrap_or("")) {
-                continue;
-            }
-        }
-        kept.push(line);
-    }
-    let start = match a.tail {
-        Some(t) => kept.len().saturating_sub(t as usize),
-        None => 0,
-    };
-    let strip = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    for line in &kept[start..] {
-        if a.json {
-            out.write_all(line)?;
-            out.write_all(b"\n")?;
-        } else {
-            let v: Value = serde_json::from_slice(line)?;
-            let text = v["line"].as_str().unwrap_or("");
-            let text = if strip {
-                corral_core::term::strip_escapes(text)
-            } else {
-                text.into()
-            };
-            if v["partial"] == true {
-                write!(out, "{text}")?;
-            } else {
-                writeln!(out, "{text}")?;
-            }
-        }
-    }
-    if let (true, Some(end)) = (a.json, end) {
-        out.write_all(end)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    Ok(0)
 }

@@ -1,13 +1,15 @@
 //! Plain aligned tables for listings (`--json` gives the data itself).
 
-pub fn print(headers: &[&str], rows: &[Vec<String>]) {
+use std::io::Write;
+
+pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut line = |cells: Vec<String>| {
         let last = cells.len() - 1;
         let s: Vec<String> = cells
             .into_iter()
@@ -20,12 +22,13 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        writeln!(out, "{}", s.join("  ").trim_end())
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers.iter().map(|h| h.to_string()).collect())?;
     for r in rows {
-        line(r.clone());
+        line(r.clone())?;
     }
+    Ok(())
 }
 
 pub fn opt<T: ToString>(v: Option<T>) -> String {

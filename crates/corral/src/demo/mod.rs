@@ -1,6 +1,11 @@
 //! `corral demo`: the daemon (or a running one) plus a simulated llama.cpp fleet, as
 //! ordinary supervised tasks: one `llama-server` coordinator and two `rpc-server`
 //! backends (see [`sim`]). It prints how to watch them and runs until Ctrl-C.
+//!
+//! **Invariant:** the demo leaves no process behind. Ctrl-C, SIGTERM and a closed terminal
+//! (SIGHUP) all stop the fleet before the demo exits, whatever became of the program that
+//! read its output (`corral demo | tee out`: Ctrl-C reaches `tee` too): the signals are
+//! caught from the very start, and nothing the demo prints can fail it.
 
 pub mod sim;
 
@@ -11,6 +16,8 @@ use corral_client::wire::{Health, LlamaSettings, RpcSettings, Started, TaskSpec}
 use corral_client::{Client, ClientError};
 use corral_core::policy::Restart;
 use std::path::PathBuf;
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -30,6 +37,8 @@ pub struct DemoArgs {
     /// Start the fleet and exit at once instead of running until Ctrl-C.
     #[arg(long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -38,61 +47,157 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow::Result<i32> {
+    // Before anything is started: from here on, no signal ends the process by itself.
+    let mut stop = StopSignals::install()?;
     let mut client = client.clone();
     let mut own_daemon: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     if client.get::<Health>("/health").await.is_err() {
-        let opts = crate::cli::serve_opts(
-            &crate::cli::ServeArgs {
-                listen: a.listen.clone(),
-                home: a.home.clone(),
-                ring_records: 1000,
-                max_log_mb: 100,
-                insecure_no_auth: false,
-                allow_hosts: Vec::new(),
-                llama: crate::cli::config::LlamaServeArgs::default(),
-            },
-            token.clone(),
-        )?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let home = opts.home.clone();
-        let handle = tokio::spawn(corral_daemon::serve(opts, move |addr| {
-            let _ = tx.send(addr);
-        }));
-        let addr = match rx.await {
-            Ok(addr) => addr,
-            Err(_) => {
-                return match handle.await {
-                    Ok(Err(e)) => Err(e.context("starting the daemon for the demo")),
-                    _ => Err(anyhow::anyhow!("the daemon for the demo did not start")),
-                };
-            }
-        };
-        // The daemon created its token in its home if it had none.
-        let token = match token {
-            Some(t) => Some(t),
-            None => corral_client::load_token(None, Some(&home))?,
-        };
-        client = Client::new(&format!("http://{addr}"), token);
-        say(&format!(
-            "corral daemon started on http://{addr} (home {})",
-            home.display()
-        ));
+        let (c, handle) = start_daemon(&a, token).await?;
+        client = c;
         own_daemon = Some(handle);
     } else {
         say(&format!("using the corral daemon at {}", client.base));
     }
 
-    let launched = launch(&client, &a).await;
+    let launched = tokio::select! {
+        r = launch(&client, &a) => r,
+        sig = stop.recv() => Err(anyhow::anyhow!("{sig} while starting the fleet")),
+    };
     let (port, backends) = match launched {
         Ok(v) => v,
         Err(e) => {
+            // A task may have been created just before: take them all down.
             stop_fleet(&client).await;
             if let Some(h) = own_daemon {
-                h.abort();
+                stop_own_daemon(h).await;
             }
             return Err(e);
         }
     };
+    print_howto(&client, port, &backends);
+    if a.detach {
+        return Ok(0);
+    }
+    say("Press Ctrl-C to stop the demo.");
+    let daemon_ended = async {
+        match own_daemon.as_mut() {
+            Some(h) => {
+                let _ = h.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        sig = stop.recv() => tracing::info!("{sig}: stopping the demo"),
+        _ = daemon_ended => {
+            say("the daemon stopped; the demo ends");
+            return Ok(0);
+        }
+    }
+    say("\nstopping the demo fleet…");
+    match own_daemon {
+        Some(h) => stop_own_daemon(h).await,
+        None => stop_fleet(&client).await,
+    }
+    say("done");
+    Ok(0)
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP, caught for the demo's whole life.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing a {name} handler"))
+        };
+        Ok(StopSignals {
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            hup: catch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Starts a daemon in this process; returns a client of it and its task.
+async fn start_daemon(
+    a: &DemoArgs,
+    token: Option<String>,
+) -> anyhow::Result<(Client, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let opts = crate::cli::serve::serve_opts(
+        &crate::cli::ServeArgs {
+            listen: a.listen.clone(),
+            home: a.home.clone(),
+            ring_records: 1000,
+            max_log_mb: 100,
+            insecure_no_auth: false,
+            allow_hosts: Vec::new(),
+            llama: crate::cli::config::LlamaServeArgs::default(),
+            log: a.log.clone(),
+        },
+        token.clone(),
+    )?;
+    let home = opts.home.clone();
+    crate::logging::keep_in(home.join("daemon.log"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(corral_daemon::serve(opts, move |addr| {
+        let _ = tx.send(addr);
+    }));
+    let addr = match rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            return match handle.await {
+                Ok(Err(e)) => Err(e.context("starting the daemon for the demo")),
+                _ => Err(anyhow::anyhow!("the daemon for the demo did not start")),
+            };
+        }
+    };
+    tracing::info!(home = %home.display(), "the demo's daemon is listening on http://{addr}");
+    say(&format!(
+        "corral daemon started on http://{addr} (home {})",
+        home.display()
+    ));
+    // The daemon made its token in its home if it had none.
+    let token = match token {
+        Some(t) => Some(t),
+        None => corral_client::load_token(None, Some(&home))?,
+    };
+    Ok((Client::new(&format!("http://{addr}"), token), handle))
+}
+
+/// Stops the daemon this process runs, which stops every task first. The daemon ends on
+/// SIGINT and SIGTERM (and not on SIGHUP): whatever signal stopped the demo, the daemon
+/// is sent SIGTERM, again each second until it ends, in case the first one came before
+/// it listened (one it has seen already changes nothing).
+async fn stop_own_daemon(mut daemon: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let ended = loop {
+        // SAFETY: signalling this process; the handlers are tokio's.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), &mut daemon).await {
+            break r;
+        }
+    };
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the demo's daemon: {e:#}"),
+        Err(e) => tracing::error!("the demo's daemon: {e}"),
+    }
+}
+
+fn print_howto(client: &Client, port: u16, backends: &[String]) {
     let me = command_name();
     let addr_flag = if client.base == "http://127.0.0.1:7070" {
         String::new()
@@ -111,38 +216,6 @@ pub async fn demo(client: &Client, a: DemoArgs, token: Option<String>) -> anyhow
         backends.join(", "),
         client.base
     ));
-    if a.detach {
-        return Ok(0);
-    }
-    say("Press Ctrl-C to stop the demo.");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
-    let daemon_ended = async {
-        match own_daemon.as_mut() {
-            Some(h) => {
-                let _ = h.await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = daemon_ended => {
-            say("the daemon stopped; the demo ends");
-            return Ok(0);
-        }
-    }
-    say("\nstopping the demo fleet…");
-    match own_daemon {
-        // Our own daemon saw the same signal: it stops every task, then ends.
-        Some(h) => {
-            let _ = h.await;
-        }
-        None => stop_fleet(&client).await,
-    }
-    say("done");
-    Ok(0)
 }
 
 /// How the user can call this binary: `corral` when that is what PATH finds, else its

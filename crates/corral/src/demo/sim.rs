@@ -1259,9 +1259,11 @@ pub async fn rpc_server(args: SimRpcArgs) -> anyhow::Result<()> {
     let listener = match TcpListener::bind((args.host.as_str(), args.port)).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "Failed to create server socket on {}:{}: {e}",
-                args.host, args.port
+                args.host,
+                args.port
             );
             std::process::exit(1);
         }

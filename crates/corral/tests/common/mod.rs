@@ -52,6 +52,8 @@ pub struct DaemonOpts {
     pub args: Vec<String>,
     /// `CORRAL_TOKEN` for the daemon (and for the CLI and HTTP helpers of this handle).
     pub token: Option<String>,
+    /// More environment of the daemon (after the caller's `CORRAL_*` are cleared).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonOpts {
@@ -146,6 +148,7 @@ impl Daemon {
         if let Some(t) = &opts.token {
             cmd.env("CORRAL_TOKEN", t);
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("starting corral serve");
         let pid = child.id();
         let stdout = child.stdout.take().unwrap();
@@ -201,6 +204,11 @@ impl Daemon {
     /// What the daemon printed on stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The daemon's diagnostics file, `<home>/daemon.log`.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.home.join("daemon.log")
     }
 
     /// SIGKILL: the daemon gets no chance to stop its tasks.
@@ -726,14 +734,15 @@ pub fn reap_group(pgid: u32) {
 }
 
 /// Kills the given pids (SIGKILL) when dropped: cleanup of processes a test left behind
-/// on purpose (or that a failed assertion left behind).
+/// on purpose (or that a failed assertion left behind). A negative pid is a process
+/// group; 0 and -1 (this group, every process) are never signalled.
 #[derive(Default)]
 pub struct KillOnDrop(pub Vec<i32>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for &pid in &self.0 {
-            if pid > 0 {
+            if !(-1..=0).contains(&pid) {
                 signal(pid, libc::SIGKILL);
             }
         }
@@ -743,4 +752,49 @@ impl Drop for KillOnDrop {
 /// A file whose appearance a test child waits for (a "go" signal from the test).
 pub fn go_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("go-{name}"))
+}
+
+/// Removes the caller's `CORRAL_*`/`SOLLOL_*` variables from a command of the test's own
+/// making (the helpers above do it for theirs).
+pub fn clear_corral_env(cmd: &mut Command) {
+    for k in corral_env() {
+        cmd.env_remove(k);
+    }
+}
+
+/// A port that was free a moment ago (for a process that must be told its address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+pub async fn wait_for_text(path: &Path, needle: &str) -> String {
+    wait_for(
+        &format!("{} to contain {needle:?}", path.display()),
+        DEADLINE,
+        || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            std::future::ready(text.contains(needle).then_some(text))
+        },
+    )
+    .await
+}
+
+/// An HTTP client that sends the token a daemon made in `home` (read when first needed:
+/// the daemon writes it before it prints its address).
+pub fn home_client(home: &Path) -> reqwest::Client {
+    let token = std::fs::read_to_string(home.join("token"))
+        .unwrap_or_else(|e| panic!("no token in {}: {e}", home.display()));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

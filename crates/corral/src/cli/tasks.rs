@@ -1,0 +1,211 @@
+//! The task commands: `run`, `ps`, `runs`, `stop`, `restart`, `rm`.
+
+use super::{duration_arg, monitor, start_exit_code, table};
+use super::{NameArg, RunArgs, RunsArgs, StopArgs};
+use anyhow::{bail, Context};
+use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
+use corral_client::{enc, Client};
+use corral_core::term::strip_escapes;
+use serde_json::json;
+use std::io::Write;
+
+fn kv(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--{flag} `{s}` is not K=V; write e.g. --{flag} CUDA_VISIBLE_DEVICES=0"),
+        })
+        .collect()
+}
+
+/// The spec of `corral run`.
+fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
+    let restart: corral_core::policy::Restart = a
+        .restart
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
+    let cwd = match &a.cwd {
+        Some(d) => Some(
+            std::fs::canonicalize(d)
+                .with_context(|| format!("--cwd {}: no such directory", d.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => std::env::current_dir()
+            .ok()
+            .map(|d| d.display().to_string()),
+    };
+    Ok(TaskSpec {
+        cwd,
+        env: kv("env", &a.env)?.into_iter().collect(),
+        labels: kv("label", &a.labels)?.into_iter().collect(),
+        restart,
+        max_retries: a.max_retries,
+        backoff_initial_ms: duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64,
+        backoff_max_ms: duration_arg("backoff-max", &a.backoff_max)?.as_millis() as u64,
+        stop_timeout_ms: duration_arg("stop-timeout", &a.stop_timeout)?.as_millis() as u64,
+        ..TaskSpec::new(a.name.clone(), a.command.clone())
+    })
+}
+
+pub async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
+    let v: Started = c.post("/tasks", &spec(&a)?).await?;
+    let run_id = v.run_id.clone();
+    {
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            writeln!(out, "{}", json!({"task": v.task, "run_id": run_id}))?;
+        } else {
+            writeln!(out, "{run_id}")?;
+        }
+        out.flush()?;
+    }
+    let code = start_exit_code(&v);
+    if code != 0 {
+        return Ok(code);
+    }
+    if a.follow {
+        return monitor::monitor(
+            c,
+            monitor::MonitorOpts {
+                task: a.name,
+                run: Some(run_id),
+                tail: 0,
+                since: Some(0),
+                json: a.json,
+            },
+        )
+        .await;
+    }
+    Ok(0)
+}
+
+pub async fn stop(c: &Client, a: StopArgs) -> anyhow::Result<i32> {
+    let body = StopRequest {
+        timeout_ms: match &a.timeout {
+            Some(t) => Some(duration_arg("timeout", t)?.as_millis() as u64),
+            None => None,
+        },
+    };
+    let info: TaskInfo = c
+        .post(&format!("/tasks/{}/stop", enc(&a.name)), &body)
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&info)?)?;
+    } else {
+        writeln!(out, "{}: {}", a.name, info.status)?;
+    }
+    Ok(0)
+}
+
+pub async fn restart(c: &Client, a: NameArg) -> anyhow::Result<i32> {
+    let v: Started = c
+        .post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({}))
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&v)?)?;
+    } else {
+        writeln!(out, "{}", v.run_id)?;
+    }
+    Ok(start_exit_code(&v))
+}
+
+pub async fn rm(c: &Client, a: NameArg) -> anyhow::Result<i32> {
+    let v: Removed = c.delete(&format!("/tasks/{}", enc(&a.name))).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&v)?)?;
+    } else {
+        writeln!(out, "removed {}", a.name)?;
+    }
+    Ok(0)
+}
+
+pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
+    let tasks: Vec<TaskInfo> = c.get("/tasks").await?;
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{}", serde_json::to_string(&tasks)?)?;
+        return Ok(0);
+    }
+    if tasks.is_empty() {
+        writeln!(
+            out,
+            "no tasks; start one with `corral run --name NAME -- CMD`"
+        )?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.status.to_string(),
+                table::opt(t.pid),
+                table::opt(t.run_id.as_deref()),
+                t.restarts.to_string(),
+                t.uptime_s.map_or("-".into(), table::age),
+                strip_escapes(&t.command).into_owned(),
+            ]
+        })
+        .collect();
+    table::print(
+        &mut out,
+        &[
+            "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
+        ],
+        &rows,
+    )?;
+    Ok(0)
+}
+
+pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
+    let mut path = format!("/runs?limit={}", a.limit);
+    if let Some(n) = &a.name {
+        path.push_str(&format!("&task={}", enc(n)));
+    }
+    let rows: Vec<RunInfo> = c.get(&path).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no runs yet")?;
+        return Ok(0);
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let err = strip_escapes(r.error_message.as_deref().unwrap_or(""));
+            let short: String = err.chars().take(60).collect();
+            vec![
+                r.run_id.clone(),
+                r.task.clone(),
+                r.attempt.to_string(),
+                r.status.to_string(),
+                table::opt(r.pid),
+                table::time(r.started_at),
+                r.ended_at.map_or("-".into(), table::time),
+                table::opt(r.exit_code),
+                table::opt(r.signal),
+                r.lines.to_string(),
+                r.bytes.to_string(),
+                strip_escapes(&r.log_path).into_owned(),
+                short,
+            ]
+        })
+        .collect();
+    table::print(
+        &mut out,
+        &[
+            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "ENDED", "EXIT", "SIGNAL",
+            "LINES", "BYTES", "LOG", "ERROR",
+        ],
+        &table_rows,
+    )?;
+    Ok(0)
+}
