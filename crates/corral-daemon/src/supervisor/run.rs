@@ -397,6 +397,26 @@ mod tests {
         panic!("the follower ended without an end mark");
     }
 
+    /// Waits for the run's exit event, which comes once its registry row is final (the
+    /// end mark reaches followers before that: a parser may still add to the message).
+    async fn exit_announced(sup: &Supervisor, run_id: &str) {
+        use corral_core::event::EventType;
+        let filter = crate::bus::Filter {
+            event_type: Some(EventType::Exit),
+            ..Default::default()
+        };
+        let (history, mut live) = sup.bus.subscribe(0, &filter);
+        if history.iter().any(|s| s.event.run_id == run_id) {
+            return;
+        }
+        while let Ok(s) = live.recv().await {
+            if s.event.run_id == run_id {
+                return;
+            }
+        }
+        panic!("the bus closed before the exit of {run_id}");
+    }
+
     /// What both sources are given: lines across pushes, an over-long line (records
     /// hold 16 bytes here), invalid UTF-8, and a last line without a newline.
     const BYTES: [&[u8]; 4] = [
@@ -462,6 +482,7 @@ mod tests {
                 signal: None
             }
         );
+        exit_announced(&sup, &started.run_id).await;
         let row = sup.registry.run(&started.run_id).unwrap().unwrap();
         assert_eq!(row.status, RunStatus::Succeeded);
         assert_eq!(row.lines, file.len() as i64);
@@ -486,6 +507,7 @@ mod tests {
         let (child_recs, child_end) = follow(sup.task_log("child").unwrap()).await;
         assert_eq!(content(&child_recs, Stream::Stdout), file);
         assert_eq!(child_end, end);
+        exit_announced(&sup, &child.run_id).await;
         let child_row = sup.registry.run(&child.run_id).unwrap().unwrap();
         assert_eq!((child_row.lines, child_row.bytes), (row.lines, row.bytes));
         let seqs: Vec<u64> = child_recs.iter().map(|r| r.seq).collect();
