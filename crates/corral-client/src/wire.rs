@@ -512,13 +512,19 @@ mod tests {
 
     #[test]
     fn a_record_of_an_unknown_stream_still_parses_and_round_trips() {
-        let line = r#"{"seq":1,"ts":2.0,"run_id":"r","stream":"file","line":"tail -F"}"#;
+        let line = r#"{"seq":1,"ts":2.0,"run_id":"r","stream":"from-the-future","line":"x"}"#;
         let LogItem::Record(r) = serde_json::from_str::<LogItem>(line).unwrap() else {
             panic!("not a record")
         };
-        assert_eq!(r.stream, RecordStream::Other("file".into()));
+        assert_eq!(r.stream, RecordStream::Other("from-the-future".into()));
         assert!(!r.stream.is_system());
         assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        // A followed file's records are a known stream.
+        let file = r#"{"seq":1,"ts":2.0,"run_id":"r","stream":"file","line":"tail -F"}"#;
+        let LogItem::Record(r) = serde_json::from_str::<LogItem>(file).unwrap() else {
+            panic!("not a record")
+        };
+        assert_eq!(r.stream, RecordStream::Known(Stream::File));
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! `{"seq":17,"ts":1704067200.123456,"run_id":"…","stream":"stdout","line":"…"}` with
 //! `"partial":true` and `"lossy":true` only when set. The encoder writes into a caller's
 //! buffer so that a batch of records is encoded once and shared by every follower.
+//!
+//! **What `stream` carries.** The stream is the *channel within a run's source*, never
+//! the source itself: `stdout` and `stderr` (a process's two pipes, local or remote),
+//! `file` (the content of a followed file), and `system` (corral's own notes about the
+//! run). *What* the source is (a child's pid, a file's path, a host, a container id) is a
+//! property of the run, recorded once with the run, not repeated in every record. So a new
+//! kind of source needs no change to the record format, the encoder or the seq index: it
+//! hands its bytes in on one of these channels.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +23,8 @@ pub enum Stream {
     Stderr,
     /// Lifecycle notes written by corral itself (`started pid 123`, `exited with code 3`).
     System,
+    /// The content of a followed file (`tail -F` of a local or remote file).
+    File,
 }
 
 impl Stream {
@@ -23,14 +33,17 @@ impl Stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
             Stream::System => "system",
+            Stream::File => "file",
         }
     }
 
+    /// The stream's byte in the seq index. Values are forever: they are on disk.
     pub fn to_u8(self) -> u8 {
         match self {
             Stream::Stdout => 0,
             Stream::Stderr => 1,
             Stream::System => 2,
+            Stream::File => 3,
         }
     }
 
@@ -39,6 +52,7 @@ impl Stream {
             0 => Some(Stream::Stdout),
             1 => Some(Stream::Stderr),
             2 => Some(Stream::System),
+            3 => Some(Stream::File),
             _ => None,
         }
     }
@@ -51,8 +65,9 @@ impl std::str::FromStr for Stream {
             "stdout" => Ok(Stream::Stdout),
             "stderr" => Ok(Stream::Stderr),
             "system" => Ok(Stream::System),
+            "file" => Ok(Stream::File),
             _ => Err(format!(
-                "unknown stream `{s}`; expected stdout, stderr or system"
+                "unknown stream `{s}`; expected stdout, stderr, file or system"
             )),
         }
     }
@@ -327,6 +342,27 @@ mod tests {
         assert_eq!(back.line, nasty);
         assert_eq!(back.seq, 17);
         assert!(!back.partial && !back.lossy);
+    }
+
+    /// Every stream goes through its three forms (JSON name, index byte, wire record)
+    /// and back; `file` is the channel of followed files.
+    #[test]
+    fn every_stream_round_trips_through_name_byte_and_json() {
+        let all = [Stream::Stdout, Stream::Stderr, Stream::System, Stream::File];
+        for (i, s) in all.into_iter().enumerate() {
+            assert_eq!(s.to_u8(), i as u8);
+            assert_eq!(Stream::from_u8(s.to_u8()), Some(s));
+            assert_eq!(s.as_str().parse::<Stream>(), Ok(s));
+            let mut out = Vec::new();
+            encode_json(&mut out, 1, 1.0, "r", s, false, b"x");
+            let back: WireRecord = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back.stream, s);
+            assert!(String::from_utf8(out)
+                .unwrap()
+                .contains(&format!("\"stream\":\"{}\"", s.as_str())));
+        }
+        assert_eq!(Stream::from_u8(4), None);
+        assert!("pipe".parse::<Stream>().unwrap_err().contains("file"));
     }
 
     #[test]

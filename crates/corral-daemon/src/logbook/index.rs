@@ -8,13 +8,16 @@
 //! |-------|-------------------------------------------------------------------|
 //! | 0..8  | offset of the record's bytes (in the `.log`, or `.sys` for system) |
 //! | 8..12 | length in bytes, newline included                                  |
-//! | 12    | stream: 0 stdout, 1 stderr, 2 system                               |
+//! | 12    | stream: 0 stdout, 1 stderr, 2 system, 3 file                       |
 //! | 13    | flags: bit 0 = partial                                             |
 //! | 14..16| zero                                                               |
 //! | 16..24| timestamp, microseconds since the Unix epoch                       |
 //!
-//! The `.log` holds exactly the bytes the process wrote, in arrival order; corral's own
-//! lifecycle notes go to the `.sys` file so that the `.log` stays byte-exact.
+//! The `.log` holds exactly the bytes the source handed in (a process's `stdout` and
+//! `stderr`, a followed `file`), in arrival order; corral's own lifecycle notes (`system`)
+//! go to the `.sys` file so that the `.log` stays byte-exact. The stream byte is the
+//! channel within the source (see `corral_core::record`), so a new kind of source needs
+//! no new layout.
 
 use corral_core::record::Stream;
 
@@ -77,5 +80,33 @@ mod tests {
         assert_eq!(buf.len(), ENTRY);
         assert_eq!(Entry::decode(&buf), Some(e));
         assert_eq!(Entry::decode(&[0u8; ENTRY]), None);
+    }
+
+    #[test]
+    fn every_stream_has_its_byte() {
+        for (byte, stream) in [Stream::Stdout, Stream::Stderr, Stream::System, Stream::File]
+            .into_iter()
+            .enumerate()
+        {
+            let e = Entry {
+                offset: 7,
+                len: 3,
+                stream,
+                partial: false,
+                ts_micros: 1,
+            };
+            let mut buf = Vec::new();
+            e.encode(&mut buf);
+            assert_eq!(buf[12], byte as u8);
+            assert_eq!(Entry::decode(&buf), Some(e));
+        }
+        let mut bad = [0u8; ENTRY];
+        bad[0] = 1;
+        bad[12] = 9;
+        assert_eq!(
+            Entry::decode(&bad),
+            None,
+            "an unknown stream byte is no entry"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The logbook: one per run. It owns the run's log files, its seq numbers, the in-memory
 //! ring of recent records, and the followers' view of all three.
 //!
-//! Data flow: the capture thread frames bytes into records and hands them to
+//! Data flow: a source (see `crate::sources`) hands bytes to a channel of the run's
+//! [`Ingest`] stage ([`ingest`]), which frames them into records and hands them to
 //! [`LogWriter::append`], which writes the bytes to the `.log`, the entries to the `.idx`
 //! (see [`index`]), pushes one shared [`Batch`] into the ring and bumps a watch channel.
 //! Followers ([`follow::Follower`]) hold only a cursor: they serve themselves from the
@@ -17,8 +18,10 @@
 
 pub mod follow;
 pub mod index;
+pub mod ingest;
 mod writer;
 
+pub use ingest::{Channel, Ingest};
 pub use writer::LogWriter;
 
 use bytes::Bytes;

@@ -12,6 +12,7 @@
 pub mod kind;
 pub mod probe;
 pub mod process;
+pub mod run;
 mod task;
 
 use crate::bus::Bus;
@@ -101,6 +102,8 @@ pub struct Supervisor {
     pub bus: Arc<Bus>,
     /// The task kinds registered at startup.
     pub kinds: Kinds,
+    /// What starts a run (the task's command as a local child).
+    launcher: Arc<dyn run::Launcher>,
     tasks: Mutex<HashMap<String, Handle>>,
     /// Logs of runs that are no task's current one, opened for followers: shared while
     /// any follower holds one, so a crowd reading an old run shares one block cache and
@@ -120,11 +123,23 @@ impl Supervisor {
         bus: Arc<Bus>,
         kinds: Kinds,
     ) -> Arc<Supervisor> {
+        Supervisor::with_launcher(settings, registry, bus, kinds, Arc::new(run::ChildLauncher))
+    }
+
+    /// A supervisor whose runs are started by `launcher` instead of as local children.
+    pub fn with_launcher(
+        settings: Settings,
+        registry: Arc<Registry>,
+        bus: Arc<Bus>,
+        kinds: Kinds,
+        launcher: Arc<dyn run::Launcher>,
+    ) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             settings,
             registry,
             bus,
             kinds,
+            launcher,
             tasks: Mutex::new(HashMap::new()),
             finished_logs: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),

@@ -1,18 +1,16 @@
-//! The task actor: one tokio task per supervised task. It alone spawns, signals and
-//! reaps the task's processes; the API talks to it through [`Cmd`]s.
+//! The task actor: one tokio task per supervised task. It alone starts, stops and ends
+//! the task's runs; the API talks to it through [`Cmd`]s. What a run is (a child, an
+//! adopted server, …) is behind [`RunHandle`]; where its output comes from is its
+//! [`Source`](crate::sources::Source), feeding the run's ingest stage.
 
 use super::probe::{self, ProbeMsg};
-use super::process;
+use super::run::{Adopted, End, Launched, RunHandle, Stopping};
 use super::{Cmd, StartReply, Started, SupError, Supervisor, TaskSpec, View};
-use crate::logbook::{LogWriter, RunEnd, RunLog};
+use crate::logbook::{Ingest, RunEnd, RunLog};
 use crate::registry::{RunOutcome, RunRow};
-use crate::sources::child::{self as capture, Capture, SharedCapture};
+use crate::sources::Capture;
 use corral_core::event::{Component, EventKind, EventType, Level};
 use corral_core::policy::{Action, Exit, Lifecycle, RunStatus, TaskStatus};
-use std::collections::VecDeque;
-use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -46,18 +44,17 @@ pub(super) fn spawn_actor(
 /// One live run.
 struct LiveRun {
     run_id: String,
-    /// `None` for an adopted server.
-    child: Option<tokio::process::Child>,
-    pid: u32,
-    capture: SharedCapture,
-    exited: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// What runs; `None` until it is adopted or launched.
+    handle: Option<Box<dyn RunHandle>>,
+    ingest: Ingest,
+    /// The run's source at work (nothing until one is started).
+    capture: Capture,
     log: Arc<RunLog>,
     kill_at: Option<Instant>,
-    /// The grace between SIGTERM and SIGKILL of the stop in progress.
+    /// The grace between the polite stop and the kill of the stop in progress.
     grace_ms: u64,
     probe: Option<tokio::task::JoinHandle<()>>,
-    /// Why corral is killing this run (a failed probe), so the exit counts as a failure.
+    /// Why corral is stopping this run (a failed probe), so the end counts as a failure.
     failing: Option<String>,
     watcher: Option<tokio::task::JoinHandle<Option<String>>>,
 }
@@ -87,9 +84,9 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn wait_child(run: &mut Option<LiveRun>) -> std::io::Result<std::process::ExitStatus> {
-    match run.as_mut().and_then(|r| r.child.as_mut()) {
-        Some(child) => child.wait().await,
+async fn wait_end(run: &mut Option<LiveRun>) -> Exit {
+    match run.as_mut().and_then(|r| r.handle.as_mut()) {
+        Some(handle) => handle.wait().await,
         None => std::future::pending().await,
     }
 }
@@ -108,13 +105,6 @@ fn human_delay(d: Duration) -> String {
         format!("{tenths:.0}s")
     } else {
         format!("{tenths:.1}s")
-    }
-}
-
-fn exit_text(exit: Exit) -> String {
-    match exit {
-        Exit::Code(c) => format!("exited with code {c}"),
-        Exit::Signal(s) => format!("killed by signal {s} ({})", process::signal_name(s)),
     }
 }
 
@@ -160,20 +150,7 @@ impl Actor {
                         }
                     }
                 },
-                status = wait_child(&mut self.run) => {
-                    let exit = match status {
-                        Ok(s) => match (s.code(), s.signal()) {
-                            (Some(c), _) => Exit::Code(c),
-                            (None, Some(sig)) => Exit::Signal(sig),
-                            _ => Exit::Code(-1),
-                        },
-                        Err(e) => {
-                            tracing::error!(task = %self.spec.name, "waiting for the task's process: {e}");
-                            Exit::Code(-1)
-                        }
-                    };
-                    self.on_exit(exit).await;
-                }
+                exit = wait_end(&mut self.run) => self.on_exit(End::Exited(exit)).await,
                 _ = sleep_opt(self.retry_at) => {
                     self.retry_at = None;
                     let a = self.lc.retry_due();
@@ -182,12 +159,11 @@ impl Actor {
                 _ = sleep_opt(kill_at) => {
                     if let Some(run) = self.run.as_mut() {
                         run.kill_at = None;
-                        let (pid, grace_ms) = (run.pid, run.grace_ms);
-                        self.system(&format!(
-                            "still running {} after SIGTERM: SIGKILL to process group {pid}",
-                            human_ms(grace_ms)
-                        ));
-                        process::signal_group(pid, libc::SIGKILL);
+                        let grace = Duration::from_millis(run.grace_ms);
+                        if let Some(handle) = run.handle.as_mut() {
+                            let note = handle.kill(grace);
+                            self.system(&note);
+                        }
                     }
                 }
                 Some(msg) = probe_rx.recv() => self.on_probe(msg).await,
@@ -220,11 +196,10 @@ impl Actor {
         v.status = self.lc.status;
         v.restarts = self.lc.restarts;
         v.failures = self.lc.failures;
-        if let Some(run) = &self.run {
-            v.pid = (run.pid != 0).then_some(run.pid);
-            v.adopted = run.child.is_none();
-        } else {
-            v.pid = None;
+        let handle = self.run.as_ref().and_then(|r| r.handle.as_ref());
+        v.pid = handle.and_then(|h| h.pid());
+        if let Some(h) = handle {
+            v.adopted = h.adopted();
         }
     }
 
@@ -304,48 +279,49 @@ impl Actor {
         }
     }
 
-    /// SIGTERM to the run's process group now, SIGKILL after the stop timeout.
+    /// Stops the run: asks it to end now (SIGTERM to a child's process group) and kills
+    /// it after the stop timeout; a run with nothing of ours to stop is released at once.
     async fn terminate(&mut self, why: &str) {
         let grace_ms = self
             .stop_timeout
             .map_or(self.spec.stop_timeout_ms, |t| t.as_millis() as u64);
-        let timeout = human_ms(grace_ms);
         let Some(run) = self.run.as_mut() else { return };
-        if run.child.is_none() {
-            // An adopted server is not ours to kill: release it.
-            self.system(&format!(
-                "{why}: releasing the adopted server (left running)"
-            ));
-            Box::pin(self.on_exit_inner(Exit::Code(0), None)).await;
-            return;
-        }
         if run.kill_at.is_some() {
             return;
         }
-        run.kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
-        run.grace_ms = grace_ms;
-        let pid = run.pid;
-        let run_id = run.run_id.clone();
-        self.system(&format!(
-            "{why}: SIGTERM to process group {pid} (SIGKILL after {timeout})"
-        ));
-        process::signal_group(pid, libc::SIGTERM);
-        // Viewers of the task's state (the llama status object) see `stopping` now,
-        // not only when the exit comes.
-        self.emit(
-            Component::Task,
-            Level::Info,
-            EventType::Status,
-            format!("task {} stopping: {why}", self.spec.name),
-            &run_id,
-        );
+        let Some(handle) = run.handle.as_mut() else {
+            return;
+        };
+        match handle.terminate(Duration::from_millis(grace_ms)) {
+            Stopping::Released(note) => {
+                // A failed probe already said why in the log.
+                let failing = run.failing.take();
+                if failing.is_none() {
+                    self.system(&format!("{why}: {note}"));
+                }
+                Box::pin(self.end_run(End::Released, failing)).await;
+            }
+            Stopping::Asked(note) => {
+                run.kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
+                run.grace_ms = grace_ms;
+                let run_id = run.run_id.clone();
+                self.system(&format!("{why}: {note}"));
+                // Viewers of the task's state (the llama status object) see `stopping`
+                // now, not only when the exit comes.
+                self.emit(
+                    Component::Task,
+                    Level::Info,
+                    EventType::Status,
+                    format!("task {} stopping: {why}", self.spec.name),
+                    &run_id,
+                );
+            }
+        }
     }
 
     fn system(&self, text: &str) {
         if let Some(run) = &self.run {
-            capture::lock(&run.capture)
-                .writer
-                .system(text, capture::now_micros());
+            run.ingest.system(text);
         }
     }
 
@@ -364,20 +340,41 @@ impl Actor {
         kind
     }
 
+    /// Starts a run: its log and registry row, then adoption of a server already
+    /// answering, else the launch of the command and the capture of its output.
     async fn spawn_run(&mut self) {
+        let Some(run) = self.prepare_run() else {
+            return;
+        };
+        let run = match self.try_adopt(run).await {
+            Ok(()) => return,
+            Err(run) => run,
+        };
+        let launched = self.sup.launcher.launch(&self.spec);
+        self.run = Some(run);
+        match launched {
+            Ok(launched) => self.start_launched(launched),
+            Err(msg) => self.launch_failed(msg).await,
+        }
+    }
+
+    /// Creates the run's log and its registry row (`running`), and shows it as the
+    /// task's current run. `None` (the start failed and was answered) when either fails.
+    fn prepare_run(&mut self) -> Option<LiveRun> {
         let sup = self.sup.clone();
         let run_id = crate::util::new_run_id();
         let dir = sup.log_dir(&self.spec.name);
         let started_at = crate::util::unix_now();
         let attempt = sup.registry.next_attempt(&self.spec.name).unwrap_or(1);
-        let (writer, log) = match LogWriter::create(&dir, &run_id, &sup.settings.log) {
-            Ok(w) => w,
+        let ingest = match Ingest::create(&dir, &run_id, &sup.settings.log) {
+            Ok(i) => i,
             Err(e) => {
                 let msg = format!("cannot create the run log in {}: {e}", dir.display());
                 self.fail_start(msg);
-                return;
+                return None;
             }
         };
+        let log = ingest.log().clone();
         let row = RunRow {
             run_id: run_id.clone(),
             task: self.spec.name.clone(),
@@ -398,7 +395,7 @@ impl Actor {
         };
         if let Err(e) = sup.registry.insert_run(&row) {
             self.fail_start(format!("cannot record the run in the registry: {e}"));
-            return;
+            return None;
         }
         {
             let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
@@ -407,144 +404,111 @@ impl Actor {
             v.started_at = Some(started_at);
             v.adopted = false;
         }
-        let capture: SharedCapture = Arc::new(Mutex::new(Capture {
-            writer,
-            stderr_tail: VecDeque::new(),
-        }));
-        let mut run = LiveRun {
-            run_id: run_id.clone(),
-            child: None,
-            pid: 0,
-            capture: capture.clone(),
-            exited: Arc::new(AtomicBool::new(false)),
-            thread: None,
-            log: log.clone(),
+        let watcher = sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
+            k.watch(super::kind::RunContext {
+                spec: &self.spec,
+                run_id: &run_id,
+                log: log.clone(),
+                bus: sup.bus.clone(),
+            })
+        });
+        Some(LiveRun {
+            run_id,
+            handle: None,
+            ingest,
+            capture: Capture::nothing(),
+            log,
             kill_at: None,
             grace_ms: 0,
             probe: None,
             failing: None,
-            watcher: sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
-                k.watch(super::kind::RunContext {
-                    spec: &self.spec,
-                    run_id: &run_id,
-                    log: log.clone(),
-                    bus: sup.bus.clone(),
-                })
-            }),
-        };
+            watcher,
+        })
+    }
 
-        // Adopt a healthy server already answering on the configured address.
-        if let Some(hc) = self.spec.health.clone().filter(|h| h.adopt) {
-            let client = reqwest::Client::new();
-            if probe::check(&client, &hc.url, Duration::from_millis(hc.timeout_ms))
-                .await
-                .is_ok()
-            {
-                self.run = Some(run);
-                self.system(&format!(
-                    "adopted the server already answering GET {} with 200 (no child started)",
-                    hc.url
-                ));
-                self.lc.spawned(self.origin.elapsed(), true);
-                if let Some(r) = self.run.as_mut() {
-                    r.probe = Some(probe::spawn(
-                        hc,
-                        run_id.clone(),
-                        true,
-                        self.probe_tx.clone(),
-                    ));
-                }
-                self.view.lock().unwrap_or_else(|e| e.into_inner()).adopted = true;
-                self.emit(
-                    Component::Task,
-                    Level::Info,
-                    EventType::Start,
-                    format!("task {} adopted a running server", self.spec.name),
-                    &run_id,
-                );
-                self.reply_started(Ok(Started {
-                    run_id,
-                    spawn_error: None,
-                }));
-                return;
-            }
+    /// Adopts a healthy server already answering on the task's address, when the task
+    /// allows it; gives the run back otherwise.
+    async fn try_adopt(&mut self, run: LiveRun) -> Result<(), LiveRun> {
+        let Some(hc) = self.spec.health.clone().filter(|h| h.adopt) else {
+            return Err(run);
+        };
+        let client = reqwest::Client::new();
+        let timeout = Duration::from_millis(hc.timeout_ms);
+        if probe::check(&client, &hc.url, timeout).await.is_err() {
+            return Err(run);
         }
-
-        let env: Vec<(String, String)> = self.spec.env.clone().into_iter().collect();
-        let spawned = process::spawn(
-            &self.spec.command,
-            self.spec.cwd.as_deref().map(Path::new),
-            &env,
-        );
-        let sp = match spawned {
-            Ok(sp) => sp,
-            Err(e) => {
-                let prog = self.spec.command.first().cloned().unwrap_or_default();
-                let hint = match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        "; check that the command exists and is on PATH (or give its full path)"
-                    }
-                    std::io::ErrorKind::PermissionDenied => "; check that the file is executable",
-                    _ => "",
-                };
-                let cwd_note = self
-                    .spec
-                    .cwd
-                    .as_deref()
-                    .filter(|d| !Path::new(d).is_dir())
-                    .map(|d| format!(" (the working directory {d} does not exist)"))
-                    .unwrap_or_default();
-                let msg = format!("failed to start `{prog}`: {e}{cwd_note}{hint}");
-                self.run = Some(run);
-                self.system(&msg);
-                self.lc.spawn_failed();
-                self.emit(
-                    Component::Task,
-                    Level::Error,
-                    EventType::Error,
-                    msg.clone(),
-                    &run_id,
-                );
-                self.finish_with(None, None, RunStatus::Failed, Some(msg.clone()))
-                    .await;
-                self.reply_started(Ok(Started {
-                    run_id,
-                    spawn_error: Some(msg),
-                }));
-                return;
-            }
-        };
-        run.pid = sp.pid;
-        run.child = Some(sp.child);
-        let _ = sup.registry.set_pid(
-            &run_id,
-            sp.pid as i64,
-            process::start_time(sp.pid).map(|t| t as i64),
-        );
-        self.run = Some(run);
+        let run_id = run.run_id.clone();
+        self.run = Some(LiveRun {
+            handle: Some(Box::new(Adopted)),
+            ..run
+        });
         self.system(&format!(
-            "started pid {}: {}",
-            sp.pid,
-            super::shell_words(&self.spec.command)
+            "adopted the server already answering GET {} with 200 (no child started)",
+            hc.url
         ));
-        let thread = capture::start(
-            capture,
-            sp.stdout,
-            sp.stderr,
-            sup.settings.log.max_record,
-            self.run
-                .as_ref()
-                .map(|r| r.exited.clone())
-                .unwrap_or_default(),
-        );
-        match thread {
-            Ok(t) => {
-                if let Some(r) = self.run.as_mut() {
-                    r.thread = Some(t);
-                }
-            }
-            Err(e) => tracing::error!(task = %self.spec.name, "cannot start the capture: {e}"),
+        self.lc.spawned(self.origin.elapsed(), true);
+        if let Some(r) = self.run.as_mut() {
+            r.probe = Some(probe::spawn(
+                hc,
+                run_id.clone(),
+                true,
+                self.probe_tx.clone(),
+            ));
         }
+        self.emit(
+            Component::Task,
+            Level::Info,
+            EventType::Start,
+            format!("task {} adopted a running server", self.spec.name),
+            &run_id,
+        );
+        self.reply_started(Ok(Started {
+            run_id,
+            spawn_error: None,
+        }));
+        Ok(())
+    }
+
+    /// The command could not start: the run ends `failed` with the reason.
+    async fn launch_failed(&mut self, msg: String) {
+        let run_id = self.current_run_id();
+        self.system(&msg);
+        self.lc.spawn_failed();
+        self.emit(
+            Component::Task,
+            Level::Error,
+            EventType::Error,
+            msg.clone(),
+            &run_id,
+        );
+        self.finish_with(None, None, RunStatus::Failed, Some(msg.clone()))
+            .await;
+        self.reply_started(Ok(Started {
+            run_id,
+            spawn_error: Some(msg),
+        }));
+    }
+
+    /// The run started: it is recorded, its output captured, its probe started, and the
+    /// start announced.
+    fn start_launched(&mut self, launched: Launched) {
+        let Launched {
+            handle,
+            source,
+            what,
+            note,
+        } = launched;
+        let run_id = self.current_run_id();
+        if let Some(pid) = handle.pid() {
+            let start = super::process::start_time(pid).map(|t| t as i64);
+            let _ = self.sup.registry.set_pid(&run_id, pid as i64, start);
+        }
+        if let Some(r) = self.run.as_mut() {
+            r.handle = Some(handle);
+        }
+        // The note comes first in the log, before anything the run printed.
+        self.system(&note);
+        self.attach_capture(source);
         let ready = self.spec.health.is_none();
         self.lc.spawned(self.origin.elapsed(), ready);
         if let Some(hc) = self.spec.health.clone() {
@@ -561,13 +525,32 @@ impl Actor {
             Component::Task,
             Level::Info,
             EventType::Start,
-            format!("task {} started pid {}", self.spec.name, sp.pid),
+            format!("task {} started {what}", self.spec.name),
             &run_id,
         );
         self.reply_started(Ok(Started {
             run_id,
             spawn_error: None,
         }));
+    }
+
+    /// Starts the run's source on its ingest stage.
+    fn attach_capture(&mut self, source: Box<dyn crate::sources::Source>) {
+        let Some(run) = self.run.as_mut() else { return };
+        match source.start(run.ingest.clone()) {
+            Ok(capture) => run.capture = capture,
+            Err(e) => {
+                tracing::error!(task = %self.spec.name, "cannot start the capture: {e}");
+                self.system(&format!("the output of this run is not captured: {e}"));
+            }
+        }
+    }
+
+    fn current_run_id(&self) -> String {
+        self.run
+            .as_ref()
+            .map(|r| r.run_id.clone())
+            .unwrap_or_default()
     }
 
     fn reply_started(&mut self, r: StartReply) {
@@ -623,10 +606,9 @@ impl Actor {
                     reason.clone(),
                     &run_id,
                 );
-                let adopted = self.run.as_ref().is_some_and(|r| r.child.is_none());
-                if adopted {
-                    Box::pin(self.on_exit_inner(Exit::Code(1), Some(reason))).await;
-                } else if let Some(r) = self.run.as_mut() {
+                // The run is asked to end (and its exit then counts as a failure), or,
+                // with nothing of ours to stop (an adopted server), released at once.
+                if let Some(r) = self.run.as_mut() {
                     r.failing = Some(reason.clone());
                     self.terminate("health check failed").await;
                 }
@@ -635,42 +617,25 @@ impl Actor {
         }
     }
 
-    async fn on_exit(&mut self, exit: Exit) {
+    async fn on_exit(&mut self, end: End) {
         let failing = self.run.as_mut().and_then(|r| r.failing.take());
-        self.on_exit_inner(exit, failing).await;
+        self.end_run(end, failing).await;
     }
 
-    async fn on_exit_inner(&mut self, exit: Exit, failing: Option<String>) {
-        let Some(run) = self.run.as_mut() else { return };
-        run.exited.store(true, Ordering::Release);
-        if let Some(p) = run.probe.take() {
-            p.abort();
-        }
-        if run.child.is_some() {
-            // The group must not outlive its leader: stragglers would hold ports and pipes.
-            process::signal_group(run.pid, libc::SIGKILL);
-        }
-        if let Some(t) = run.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    /// After the run's end: its output drained, the policy's decision, the run's final
+    /// message, the registry row, the events, then what the policy decided.
+    async fn end_run(&mut self, end: End, failing: Option<String>) {
+        if !self.drain_run().await {
+            return;
         }
         let stopping = self.lc.stop_requested();
-        let adopted = run.child.is_none();
-        let jitter = (crate::util::random_u64() % 2001) as f64 / 1000.0 - 1.0;
-        // A failed probe makes even a clean exit a failure.
-        let policy_exit = if failing.is_some() && exit.success() {
-            Exit::Code(1)
-        } else {
-            exit
-        };
-        let action = self.lc.exited(policy_exit, self.origin.elapsed(), jitter);
-        let text = if adopted {
-            match &failing {
-                Some(_) => "the adopted server stopped answering".to_string(),
-                None => "released the adopted server".to_string(),
-            }
-        } else {
-            exit_text(exit)
-        };
+        let (policy_exit, action) = self.decide(end, failing.is_some());
+        let text = self
+            .run
+            .as_ref()
+            .and_then(|r| r.handle.as_ref())
+            .map(|h| h.end_text(end, failing.is_some()))
+            .unwrap_or_default();
         self.system(&text);
         let status = if stopping {
             RunStatus::Killed
@@ -679,34 +644,8 @@ impl Actor {
         } else {
             RunStatus::Failed
         };
-        let quotes_stderr = match self.sup.kinds.of(&self.spec) {
-            Ok(Some(kind)) => kind.quotes_stderr(),
-            _ => true,
-        };
-        let message = match (status, &failing) {
-            (RunStatus::Succeeded, _) => None,
-            (RunStatus::Killed, _) => Some(format!("stopped by request ({text})")),
-            (_, Some(reason)) => Some(format!("{reason} ({text})")),
-            // A server that logs everything to stderr says why through its kind's
-            // watcher instead (see `finish_with`).
-            _ if !quotes_stderr => Some(text.clone()),
-            _ => {
-                let tail = {
-                    let c = capture::lock(&self.run.as_ref().expect("live run").capture);
-                    c.stderr_tail.iter().cloned().collect::<Vec<_>>()
-                };
-                Some(if tail.is_empty() {
-                    text.clone()
-                } else {
-                    format!("{text}; last stderr: {}", tail.join(" | "))
-                })
-            }
-        };
-        let run_id = self
-            .run
-            .as_ref()
-            .map(|r| r.run_id.clone())
-            .unwrap_or_default();
+        let message = self.end_message(status, &text, failing.as_deref());
+        let run_id = self.current_run_id();
         let level = if status == RunStatus::Failed {
             Level::Warning
         } else {
@@ -717,7 +656,87 @@ impl Actor {
             EventType::Exit,
             format!("task {} {text}", self.spec.name),
         )];
-        match &action {
+        events.extend(self.note_next_step(&action));
+        let (code, signal) = match end {
+            End::Released => (None, None),
+            End::Exited(Exit::Code(c)) => (Some(c), None),
+            End::Exited(Exit::Signal(s)) => (None, Some(s)),
+        };
+        // The registry and the task's view are final before anyone hears of the end.
+        self.finish_with(code, signal, status, message).await;
+        for (level, t, msg) in events {
+            self.emit(Component::Task, level, t, msg, &run_id);
+        }
+        self.act(action).await;
+    }
+
+    /// Stops the probe, takes down what the run left behind, and waits until its source
+    /// handed in everything (for a child: its pipes closed, or the grace after the exit
+    /// ended). False when there is no live run.
+    async fn drain_run(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if let Some(p) = run.probe.take() {
+            p.abort();
+        }
+        if let Some(h) = run.handle.as_mut() {
+            h.cleanup();
+        }
+        run.capture.run_ended();
+        run.capture.drained().await;
+        true
+    }
+
+    /// The restart policy's decision on the end; a failed probe makes even a clean exit
+    /// a failure. Returns the exit the policy judged, and its action.
+    fn decide(&mut self, end: End, failing: bool) -> (Exit, Action) {
+        let exit = match end {
+            End::Exited(exit) => exit,
+            End::Released => Exit::Code(0),
+        };
+        let policy_exit = if failing && exit.success() {
+            Exit::Code(1)
+        } else {
+            exit
+        };
+        let jitter = (crate::util::random_u64() % 2001) as f64 / 1000.0 - 1.0;
+        let action = self.lc.exited(policy_exit, self.origin.elapsed(), jitter);
+        (policy_exit, action)
+    }
+
+    /// The run's error message: why it was stopped or failed, with its last stderr lines
+    /// where the task's kind wants them quoted.
+    fn end_message(&self, status: RunStatus, text: &str, failing: Option<&str>) -> Option<String> {
+        let quotes_stderr = match self.sup.kinds.of(&self.spec) {
+            Ok(Some(kind)) => kind.quotes_stderr(),
+            _ => true,
+        };
+        match (status, failing) {
+            (RunStatus::Succeeded, _) => None,
+            (RunStatus::Killed, _) => Some(format!("stopped by request ({text})")),
+            (_, Some(reason)) => Some(format!("{reason} ({text})")),
+            // A server that logs everything to stderr says why through its kind's
+            // watcher instead (see `finish_with`).
+            _ if !quotes_stderr => Some(text.to_string()),
+            _ => {
+                let tail = self
+                    .run
+                    .as_ref()
+                    .map(|r| r.ingest.stderr_tail())
+                    .unwrap_or_default();
+                Some(if tail.is_empty() {
+                    text.to_string()
+                } else {
+                    format!("{text}; last stderr: {}", tail.join(" | "))
+                })
+            }
+        }
+    }
+
+    /// Notes in the log what comes next (a restart, or giving up), and returns its event.
+    fn note_next_step(&self, action: &Action) -> Option<(Level, EventType, String)> {
+        match action {
             Action::RestartAfter { delay, retry, of } => {
                 let note = if *retry == 0 {
                     format!(
@@ -728,11 +747,11 @@ impl Actor {
                     format!("restarting in {} (retry {retry}/{of})", human_delay(*delay))
                 };
                 self.system(&note);
-                events.push((
+                Some((
                     Level::Warning,
                     EventType::Restart,
                     format!("task {} {note}", self.spec.name),
-                ));
+                ))
             }
             _ if self.lc.status == TaskStatus::Error => {
                 let note = format!(
@@ -740,25 +759,14 @@ impl Actor {
                     self.lc.failures, self.spec.name
                 );
                 self.system(&note);
-                events.push((
+                Some((
                     Level::Error,
                     EventType::Error,
                     format!("task {} {note}", self.spec.name),
-                ));
+                ))
             }
-            _ => {}
+            _ => None,
         }
-        let (code, signal) = match exit {
-            _ if adopted => (None, None),
-            Exit::Code(c) => (Some(c), None),
-            Exit::Signal(s) => (None, Some(s)),
-        };
-        // The registry and the task's view are final before anyone hears of the exit.
-        self.finish_with(code, signal, status, message).await;
-        for (level, t, msg) in events {
-            self.emit(Component::Task, level, t, msg, &run_id);
-        }
-        self.act(action).await;
     }
 
     /// Ends the run: the log gets its end mark, the registry its final row.
@@ -777,11 +785,8 @@ impl Actor {
             exit_code: code,
             signal,
         };
-        let (gap, io_error) = {
-            let mut c = capture::lock(&run.capture);
-            let io = c.writer.io_error.take().map(|e| e.to_string());
-            (c.writer.gap(), io)
-        };
+        let io_error = run.ingest.take_io_error().map(|e| e.to_string());
+        let gap = run.ingest.gap();
         run.log.finish(end);
         // The watcher (a log parser) ends once it has read the end mark; a parser may
         // know better why a server died (e.g. the model failed to load).
