@@ -13,7 +13,7 @@ use crate::logbook::LogConfig;
 use crate::registry::Registry;
 use crate::supervisor::{Settings, Supervisor};
 use anyhow::{bail, Context};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,12 +145,7 @@ pub async fn serve_until(
         llama,
     });
     on_ready(bound);
-    let app = api::router(state);
-    let mut streams_down = shutdown;
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { streams_down.wait().await })
-        .into_future();
-    let mut server = tokio::spawn(server);
+    let mut server = tokio::spawn(api::serve(listener, state, shutdown));
     tokio::select! {
         r = &mut server => return served(r),
         _ = stop => {}

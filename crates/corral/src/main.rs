@@ -28,7 +28,12 @@ fn main() {
         },
         None => None,
     };
+    // A handful of workers serve any number of tasks and viewers (capture has its own
+    // thread); on a 64-core box the daemon still stays a few threads.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
     {

@@ -256,3 +256,96 @@ async fn a_login_link_works_once_and_sets_a_strict_http_only_cookie() {
     let resp = http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 403);
 }
+
+/// A task never inherits corral's secrets from the daemon: not the token, not any other
+/// `CORRAL_*` setting, not the Redis password; what its spec sets is still passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_never_inherit_corrals_secrets() {
+    let mut opts = DaemonOpts {
+        token: Some("top-secret-token-value".into()),
+        ..Default::default()
+    };
+    opts.env = vec![
+        ("REDIS_PASSWORD".into(), "redis-secret".into()),
+        ("CORRAL_RING_RECORDS".into(), "1000".into()),
+        ("UNRELATED_SETTING".into(), "kept".into()),
+    ];
+    let d = Daemon::start_with(opts).await;
+    let run = d
+        .run_task("env", &["--env", "MINE=set-by-spec"], &["env"])
+        .await;
+    d.wait_run_end(&run).await;
+    let log = String::from_utf8(d.raw_log(&run).await).unwrap();
+    for secret in ["top-secret-token-value", "redis-secret", "CORRAL_"] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the task: {log}"
+        );
+    }
+    assert!(log.contains("UNRELATED_SETTING=kept"), "{log}");
+    assert!(log.contains("MINE=set-by-spec"), "{log}");
+    let runs = d.cli(&["runs", "--json"]).await.ok().stdout();
+    assert!(!runs.contains("top-secret-token-value"), "{runs}");
+}
+
+/// Runs the CLI under a real pseudo-terminal (through python's pty module); its output.
+async fn on_a_terminal(d: &Daemon, args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.args(["-c", "import pty, sys; pty.spawn(sys.argv[1:])", BIN])
+        .args(args)
+        .env("CORRAL_ADDR", &d.addr)
+        .env("CORRAL_TOKEN", d.token.as_deref().unwrap_or(""))
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("the CLI on a pty ended")
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hostile bytes in a task's output, its command line and its error message reach no
+/// terminal as control: every CLI writer shows them escaped; a pipe and `--raw` keep the
+/// bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_never_reach_a_terminal_as_control() {
+    let d = Daemon::start().await;
+    // Clipboard write (OSC 52), clear screen, carriage return, 8-bit CSI, a bidi override
+    // and a zero-width space.
+    let hostile = "\u{1b}]52;c;aGk=\u{7}\u{1b}[2J\rX\u{9b}31mY\u{202e}evil\u{200b}";
+    let (status, body) = d
+        .post(
+            "/tasks",
+            &json!({"name": "hostile", "command": ["sh", "-c", "printf '%s\\n' \"$0\"; printf '%s\\n' \"$0\" >&2; exit 3", hostile]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    d.wait_run_end(&run).await;
+    for args in [
+        &["logs", "hostile"][..],
+        &["logs", "hostile", "--tail", "5"],
+        &["monitor", "hostile", "--since", "0"],
+        &["ps"],
+        &["runs", "hostile"],
+        &["events", "--task", "hostile"],
+    ] {
+        let text = on_a_terminal(&d, args).await;
+        for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{200b}'] {
+            assert!(
+                !text.contains(bad),
+                "{args:?} let {bad:?} through to the terminal: {text:?}"
+            );
+        }
+        if args[0] != "events" {
+            assert!(
+                text.contains("\\e]52"),
+                "{args:?} shows it escaped: {text:?}"
+            );
+        }
+    }
+    // A pipe, and --raw, keep the bytes exact.
+    let piped = d.cli(&["logs", "hostile"]).await.ok().stdout();
+    assert!(piped.contains(hostile), "{piped:?}");
+    let raw = on_a_terminal(&d, &["logs", "hostile", "--raw"]).await;
+    assert!(raw.contains('\u{1b}'), "--raw keeps the bytes: {raw:?}");
+}

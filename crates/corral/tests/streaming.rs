@@ -726,7 +726,7 @@ for i in range(1, 300001):
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn monitor_strips_escape_sequences_only_on_a_terminal() {
+async fn monitor_escapes_sequences_only_on_a_terminal() {
     let d = Daemon::start().await;
     let run_id = d
         .run_task(
@@ -762,7 +762,8 @@ async fn monitor_strips_escape_sequences_only_on_a_terminal() {
         .unwrap()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("red plain"), "{text:?}");
+    // Shown, escaped, not executed.
+    assert!(text.contains("\\e[31mred\\e[0m plain"), "{text:?}");
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
 }
 

@@ -49,6 +49,17 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
+/// Serves the API on `listener` until `shutdown` is set and the open connections end.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    mut shutdown: stream::Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/health", get(health))

@@ -33,6 +33,11 @@ pub fn spawn(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    for k in std::env::vars_os().map(|(k, _)| k) {
+        if is_corral_secret(&k.to_string_lossy()) {
+            cmd.env_remove(k);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -54,6 +59,15 @@ pub fn spawn(
         stdout,
         stderr,
     })
+}
+
+/// corral's own variables, never passed on to a task from the daemon's environment: its
+/// API token and token file, everything else `CORRAL_*` (the daemon's settings), and the
+/// Redis credentials it reads. A task's spec may still set any of them on purpose.
+pub fn is_corral_secret(name: &str) -> bool {
+    name.starts_with("CORRAL_")
+        || name.starts_with("SOLLOL_")
+        || matches!(name, "REDIS_PASSWORD" | "REDIS_URL")
 }
 
 /// Sends `sig` to every process of group `pgid`. Returns false when the group is empty.

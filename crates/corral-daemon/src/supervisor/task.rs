@@ -823,5 +823,8 @@ impl Actor {
             v.last_error = message;
         }
         v.pid = None;
+        // A finished run holds no open files: a follower of it opens them (shared with
+        // every other follower of that run) and lets go when it leaves.
+        v.log = None;
     }
 }

@@ -64,7 +64,7 @@ fn raw(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
 fn print(out: &mut impl Write, rec: &EventRecord, strip: bool) -> std::io::Result<()> {
     let e = &rec.event;
     let msg = if strip {
-        corral_core::term::strip_escapes(&e.message)
+        corral_core::term::sanitize(&e.message)
     } else {
         e.message.as_str().into()
     };
@@ -75,6 +75,6 @@ fn print(out: &mut impl Write, rec: &EventRecord, strip: bool) -> std::io::Resul
         e.level.as_str(),
         e.component,
         e.event_type,
-        corral_core::term::strip_escapes(&e.task),
+        corral_core::term::sanitize(&e.task),
     )
 }

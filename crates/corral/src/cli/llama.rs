@@ -213,7 +213,7 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                 .iter()
                 .map(|b| {
                     vec![
-                        corral_core::term::strip_escapes(&b.addr).into_owned(),
+                        corral_core::term::sanitize(&b.addr).into_owned(),
                         match b.healthy {
                             Some(true) => "up".into(),
                             Some(false) => "down".into(),
@@ -221,7 +221,7 @@ pub async fn dispatch(c: &Client, cmd: LlamaCommand) -> anyhow::Result<i32> {
                         },
                         table::opt(b.latency_ms),
                         b.tasks.join(","),
-                        corral_core::term::strip_escapes(b.last_error.as_deref().unwrap_or(""))
+                        corral_core::term::sanitize(b.last_error.as_deref().unwrap_or(""))
                             .into_owned(),
                     ]
                 })
@@ -337,7 +337,7 @@ async fn status(c: &Client, name: &str, json_out: bool) -> anyhow::Result<i32> {
         writeln!(out, "{}", serde_json::to_string(&v)?)?;
         return Ok(0);
     }
-    let clean = |s: &str| corral_core::term::strip_escapes(s).into_owned();
+    let clean = |s: &str| corral_core::term::sanitize(s).into_owned();
     writeln!(out, "{}: {}", clean(name), v.status)?;
     writeln!(out, "  port        {}", v.port)?;
     if let Some(t) = &v.started_at {

@@ -17,12 +17,18 @@ pub async fn logs(c: &Client, a: LogsArgs) -> anyhow::Result<i32> {
     let run_id = run_id(c, &a).await?;
     let mut out = std::io::stdout().lock();
     if filter.is_none() && a.tail.is_none() && !a.json {
-        raw(c, &run_id, &mut out).await?;
+        let sanitize = !a.raw && stream::stdout_is_terminal();
+        raw(c, &run_id, sanitize, &mut out).await?;
         return Ok(0);
     }
     let body = fetch(c, &a.name, &run_id, a.tail, &filter).await?;
     let picked = select(&body, &filter, a.json, a.tail);
-    print(&picked, a.json, stream::stdout_is_terminal(), &mut out)?;
+    print(
+        &picked,
+        a.json,
+        !a.raw && stream::stdout_is_terminal(),
+        &mut out,
+    )?;
     out.flush()?;
     Ok(0)
 }
@@ -79,8 +85,8 @@ impl Filter {
 }
 
 /// Byte-for-byte what the process wrote (a range the size cap dropped is announced on
-/// stderr first).
-async fn raw(c: &Client, run_id: &str, out: &mut impl Write) -> anyhow::Result<()> {
+/// stderr first); on a terminal, line by line through the sanitiser instead.
+async fn raw(c: &Client, run_id: &str, sanitize: bool, out: &mut impl Write) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     let resp = c
         .send(c.request(reqwest::Method::GET, &format!("/runs/{}/log", enc(run_id))))
@@ -92,12 +98,31 @@ async fn raw(c: &Client, run_id: &str, out: &mut impl Write) -> anyhow::Result<(
     {
         say_error(&format!(
             "records {} were dropped by the log size cap; the rest follows",
-            corral_core::term::strip_escapes(g)
+            corral_core::term::sanitize(g)
         ));
     }
     let mut body = resp.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
     while let Some(chunk) = body.next().await {
-        out.write_all(&chunk.context("reading the log")?)?;
+        let chunk = chunk.context("reading the log")?;
+        if !sanitize {
+            out.write_all(&chunk)?;
+            continue;
+        }
+        pending.extend_from_slice(&chunk);
+        let complete = pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in pending[..complete].split_inclusive(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
+            writeln!(out, "{}", corral_core::term::sanitize(&text))?;
+        }
+        pending.drain(..complete);
+    }
+    if !pending.is_empty() {
+        let text = String::from_utf8_lossy(&pending);
+        write!(out, "{}", corral_core::term::sanitize(&text))?;
     }
     out.flush()?;
     Ok(())

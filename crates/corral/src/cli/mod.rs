@@ -208,6 +208,10 @@ pub struct RunsArgs {
 #[derive(Args, Debug)]
 pub struct MonitorArgs {
     pub name: String,
+    /// Print the process's bytes exactly, even on a terminal (by default a terminal gets
+    /// control characters and escape sequences shown escaped, never executed).
+    #[arg(long)]
+    pub raw: bool,
     /// Records of history to show first.
     #[arg(long, default_value_t = 1000)]
     pub tail: u64,
@@ -228,6 +232,10 @@ pub struct MonitorArgs {
 #[derive(Args, Debug)]
 pub struct LogsArgs {
     pub name: String,
+    /// Print the process's bytes exactly, even on a terminal (by default a terminal gets
+    /// control characters and escape sequences shown escaped, never executed).
+    #[arg(long)]
+    pub raw: bool,
     /// A run id (default: the task's latest run).
     #[arg(long)]
     pub run: Option<String>,
@@ -335,9 +343,16 @@ pub fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// An error line on stderr that never fails.
+/// An error line on stderr that never fails. Messages can quote hostile text (a task's
+/// output, a command line): on a terminal they go through the sanitiser.
 pub fn say_error(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "corral: {line}");
+    let err = std::io::stderr();
+    let line = if std::io::IsTerminal::is_terminal(&err) {
+        corral_core::term::sanitize(line)
+    } else {
+        line.into()
+    };
+    let _ = writeln!(err.lock(), "corral: {line}");
 }
 
 /// The exit code of a command that started a run (`run`, `restart`, `llama`, …): a
@@ -349,7 +364,7 @@ pub fn start_exit_code(started: &Started) -> i32 {
             let _ = writeln!(
                 std::io::stderr(),
                 "error: {}",
-                corral_core::term::strip_escapes(e)
+                corral_core::term::sanitize(e)
             );
             1
         }

@@ -9,7 +9,7 @@ use super::stream::{self, NdjsonLines};
 use super::{say_error, MonitorArgs};
 use corral_client::wire::{LogEnd, LogGap, LogItem, LogRecord};
 use corral_client::{enc, Client, ClientError};
-use corral_core::term::strip_escapes;
+use corral_core::term::sanitize;
 use std::io::Write;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub struct MonitorOpts {
     pub tail: u64,
     pub since: Option<u64>,
     pub json: bool,
+    /// Exact bytes even on a terminal.
+    pub raw: bool,
 }
 
 impl From<MonitorArgs> for MonitorOpts {
@@ -29,6 +31,7 @@ impl From<MonitorArgs> for MonitorOpts {
             task: a.name,
             run: a.run,
             json: a.json,
+            raw: a.raw,
         }
     }
 }
@@ -41,7 +44,7 @@ pub async fn monitor(client: &Client, opts: MonitorOpts) -> anyhow::Result<i32> 
         since: opts.since,
         tail: opts.tail,
     };
-    let mut printer = Printer::new(opts.json);
+    let mut printer = Printer::new(opts.json, opts.raw);
     let mut link = Link::default();
     loop {
         let Some(resp) = connect(client, &cursor, &mut link).await? else {
@@ -225,10 +228,10 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(json: bool) -> Printer {
+    fn new(json: bool, raw: bool) -> Printer {
         Printer {
             json,
-            strip: stream::stdout_is_terminal(),
+            strip: !raw && stream::stdout_is_terminal(),
             out: std::io::stdout().lock(),
         }
     }
@@ -261,7 +264,7 @@ impl Printer {
             "records {}-{} no longer exist ({})",
             gap.from,
             gap.to,
-            strip_escapes(&gap.reason)
+            sanitize(&gap.reason)
         ));
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! record's text on a terminal.
 
 use corral_client::wire::LogRecord;
-use corral_core::term::strip_escapes;
+use corral_core::term::sanitize;
 use futures_util::StreamExt;
 use std::borrow::Cow;
 
@@ -54,17 +54,18 @@ impl NdjsonLines {
     }
 }
 
-/// A record's text as it goes to stdout: escape sequences stripped when stdout is a
-/// terminal (log content is hostile), the bytes as printed otherwise.
+/// A record's text as it goes to stdout: on a terminal every control character, escape
+/// sequence and invisible formatting character shown escaped (log content is hostile);
+/// the bytes as printed otherwise (a pipe, `--raw`).
 pub fn text(rec: &LogRecord, strip: bool) -> Cow<'_, str> {
     if strip {
-        strip_escapes(&rec.line)
+        sanitize(&rec.line)
     } else {
         Cow::Borrowed(&rec.line)
     }
 }
 
-/// Whether stdout is a terminal (then log text is stripped of escape sequences).
+/// Whether stdout is a terminal (then log text goes through the sanitiser).
 pub fn stdout_is_terminal() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stdout())
 }

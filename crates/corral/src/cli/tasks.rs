@@ -5,7 +5,7 @@ use super::{NameArg, RunArgs, RunsArgs, StopArgs};
 use anyhow::{bail, Context};
 use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
 use corral_client::{enc, Client};
-use corral_core::term::strip_escapes;
+use corral_core::term::sanitize;
 use serde_json::json;
 use std::io::Write;
 
@@ -74,6 +74,7 @@ pub async fn run(c: &Client, a: RunArgs) -> anyhow::Result<i32> {
                 tail: 0,
                 since: Some(0),
                 json: a.json,
+                raw: false,
             },
         )
         .await;
@@ -148,7 +149,7 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
                 table::opt(t.run_id.as_deref()),
                 t.restarts.to_string(),
                 t.uptime_s.map_or("-".into(), table::age),
-                strip_escapes(&t.command).into_owned(),
+                sanitize(&t.command).into_owned(),
             ]
         })
         .collect();
@@ -180,7 +181,7 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let err = strip_escapes(r.error_message.as_deref().unwrap_or(""));
+            let err = sanitize(r.error_message.as_deref().unwrap_or(""));
             let short: String = err.chars().take(60).collect();
             vec![
                 r.run_id.clone(),
@@ -194,7 +195,7 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
                 table::opt(r.signal),
                 r.lines.to_string(),
                 r.bytes.to_string(),
-                strip_escapes(&r.log_path).into_owned(),
+                sanitize(&r.log_path).into_owned(),
                 short,
             ]
         })
