@@ -209,18 +209,6 @@ async fn service_install_writes_a_boot_unit_and_uninstall_removes_it() {
     assert!(!units.join("corral.service").exists());
 }
 
-/// Files of `run_id` the daemon holds open.
-fn open_files_of(pid: u32, run_id: &str) -> usize {
-    let needle = format!("run_{run_id}.");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|p| p.to_string_lossy().contains(&needle))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 /// A finished run holds no open files: hundreds of tasks that ran once cost no
 /// descriptors; a follower of an old run opens its files and lets them go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -767,18 +767,6 @@ async fn monitor_escapes_sequences_only_on_a_terminal() {
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
 }
 
-/// Files of `run_id` the daemon holds open.
-fn open_files_of(pid: u32, run_id: &str) -> usize {
-    let needle = format!("run_{run_id}.");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|p| p.to_string_lossy().contains(&needle))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_of_an_old_run_share_one_open_log() {
     let d = Daemon::start().await;

@@ -52,6 +52,15 @@ pub struct Follower {
     /// Stop at the current end instead of waiting for new records.
     follow: bool,
     done: bool,
+    /// Whether this follower is behind the ring, reading the files (see
+    /// [`RunLog::enter_files`]).
+    in_files: bool,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.set_in_files(false);
+    }
 }
 
 enum Step {
@@ -75,6 +84,18 @@ impl Follower {
             fmt,
             follow,
             done: false,
+            in_files: false,
+        }
+    }
+
+    fn set_in_files(&mut self, yes: bool) {
+        if self.in_files != yes {
+            self.in_files = yes;
+            if yes {
+                self.log.enter_files();
+            } else {
+                self.log.leave_files();
+            }
         }
     }
 
@@ -98,7 +119,9 @@ impl Follower {
                 return None;
             }
             self.rx.borrow_and_update();
-            match self.step() {
+            let step = self.step();
+            self.set_in_files(matches!(step, Step::File(..)));
+            match step {
                 Step::Batch(batch) => {
                     let to = batch.last_seq();
                     let from = self.next;

@@ -250,10 +250,7 @@ impl Drop for Channel {
 
 #[cfg(test)]
 mod tests {
-    use super::super::follow::{Follower, Item};
-    use super::super::{Format, RunEnd};
     use super::*;
-    use corral_core::policy::RunStatus;
     use corral_core::record::WireRecord;
 
     fn ingest(max_record: usize) -> (tempfile::TempDir, Ingest) {
@@ -268,25 +265,7 @@ mod tests {
 
     /// Ends the run and reads every record back through a follower.
     async fn records(ing: &Ingest) -> Vec<WireRecord> {
-        ing.log().finish(RunEnd {
-            status: RunStatus::Succeeded,
-            exit_code: Some(0),
-            signal: None,
-        });
-        let mut f = Follower::new(ing.log().clone(), 1, Format::Ndjson, true);
-        let mut out = Vec::new();
-        while let Some(item) = f.next().await {
-            match item {
-                Item::Records { data } => {
-                    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                        out.push(serde_json::from_slice(line).unwrap());
-                    }
-                }
-                Item::Gap { .. } => panic!("no gap expected"),
-                Item::End(_) => break,
-            }
-        }
-        out
+        crate::logbook::testing::finish_and_read(ing).await
     }
 
     fn lines(recs: &[WireRecord]) -> Vec<(&str, Stream, bool)> {

@@ -19,6 +19,8 @@
 pub mod follow;
 pub mod index;
 pub mod ingest;
+#[cfg(test)]
+pub(crate) mod testing;
 mod writer;
 
 pub use ingest::{Channel, Ingest};
@@ -219,6 +221,7 @@ pub struct RunEnd {
 struct Shared {
     ring: VecDeque<Arc<Batch>>,
     ring_len: usize,
+
     last_seq: u64,
     gap: Option<Gap>,
     end: Option<RunEnd>,
@@ -237,6 +240,10 @@ pub struct RunLog {
     shared: Mutex<Shared>,
     seq_tx: watch::Sender<u64>,
     cache: Mutex<BlockCache>,
+    /// Followers reading the files now. When the last one leaves them (it caught up with
+    /// the ring, or went away), the block cache is emptied: nobody is behind to share it,
+    /// and a thousand quiet runs must not each keep what their followers once read.
+    file_readers: std::sync::atomic::AtomicUsize,
 }
 
 /// File names of a run's log: `<dir>/run_<id>.log`, `.idx`, `.sys`.
@@ -285,6 +292,7 @@ impl RunLog {
             }),
             seq_tx: watch::channel(0).0,
             cache: Mutex::new(BlockCache::default()),
+            file_readers: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -344,6 +352,34 @@ impl RunLog {
     pub fn finish(&self, end: RunEnd) {
         self.lock().end = Some(end);
         self.seq_tx.send_modify(|_| {});
+    }
+
+    /// Blocks in the catch-up cache.
+    #[cfg(test)]
+    pub(crate) fn cached_blocks(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocks
+            .len()
+    }
+
+    /// A follower starts reading the files.
+    pub(crate) fn enter_files(&self) {
+        self.file_readers
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A follower stops reading the files; the last one to stop empties the cache.
+    pub(crate) fn leave_files(&self) {
+        let before = self
+            .file_readers
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if before == 1 {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.blocks.clear();
+            c.bytes = 0;
+        }
     }
 
     fn publish(&self, batch: Batch, bytes: u64) {

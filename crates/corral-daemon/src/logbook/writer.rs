@@ -353,6 +353,42 @@ mod tests {
         assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 700);
     }
 
+    /// The block cache serves followers behind the ring; once the last of them has left
+    /// the files it is emptied, so a quiet run keeps nothing its followers once read.
+    #[tokio::test]
+    async fn the_block_cache_empties_when_no_follower_reads_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            ring_records: 10,
+            ..LogConfig::default()
+        };
+        let (mut w, log) = LogWriter::create(dir.path(), "r3", &cfg).unwrap();
+        for i in 0..100 {
+            let lines: Vec<String> = (0..7).map(|j| format!("line {i}-{j}")).collect();
+            append_lines(&mut w, &lines);
+        }
+        // Two followers from the start: both read blocks from the files, then the ring.
+        let mut a = Follower::new(log.clone(), 1, Format::Ndjson, false);
+        let mut b = Follower::new(log.clone(), 1, Format::Ndjson, false);
+        let first = a.next().await.expect("a block from the files");
+        assert!(matches!(
+            first,
+            crate::logbook::follow::Item::Records { .. }
+        ));
+        assert!(
+            log.cached_blocks() > 0,
+            "a follower behind the ring uses the cache"
+        );
+        let (seqs, _) = collect(&mut b).await;
+        assert_eq!(seqs.len(), 700);
+        assert!(
+            log.cached_blocks() > 0,
+            "still in use by the first follower"
+        );
+        drop(a);
+        assert_eq!(log.cached_blocks(), 0, "nobody reads the files any more");
+    }
+
     #[tokio::test]
     async fn size_cap_keeps_head_and_tail_and_reports_the_gap() {
         let dir = tempfile::tempdir().unwrap();

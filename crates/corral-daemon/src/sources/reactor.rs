@@ -463,9 +463,7 @@ fn raise_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logbook::follow::{Follower, Item};
-    use crate::logbook::{Format, LogConfig, RunEnd};
-    use corral_core::policy::RunStatus;
+    use crate::logbook::LogConfig;
     use corral_core::record::WireRecord;
     use std::io::Write;
     use std::sync::Arc;
@@ -476,25 +474,7 @@ mod tests {
 
     /// Every record of a run, once it has ended.
     async fn records(ingest: &Ingest) -> Vec<WireRecord> {
-        ingest.log().finish(RunEnd {
-            status: RunStatus::Succeeded,
-            exit_code: Some(0),
-            signal: None,
-        });
-        let mut f = Follower::new(ingest.log().clone(), 1, Format::Ndjson, true);
-        let mut out = Vec::new();
-        while let Some(item) = f.next().await {
-            match item {
-                Item::Records { data } => {
-                    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                        out.push(serde_json::from_slice(line).unwrap());
-                    }
-                }
-                Item::Gap { .. } => panic!("no gap expected"),
-                Item::End(_) => break,
-            }
-        }
-        out
+        crate::logbook::testing::finish_and_read(ingest).await
     }
 
     fn pipe() -> (OwnedFd, std::io::PipeWriter) {

@@ -241,8 +241,7 @@ fn human_ms(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::bus::{Bus, ObserverConfig};
-    use crate::logbook::follow::{Follower, Item};
-    use crate::logbook::{Format, Ingest, LogConfig, RunEnd};
+    use crate::logbook::{Ingest, LogConfig, RunEnd};
     use crate::registry::Registry;
     use crate::sources::Capture;
     use crate::supervisor::kind::Kinds;
@@ -381,20 +380,7 @@ mod tests {
 
     /// Follows a run from seq 1 to its end mark.
     async fn follow(log: Arc<crate::logbook::RunLog>) -> (Vec<WireRecord>, RunEnd) {
-        let mut f = Follower::new(log, 1, Format::Ndjson, true);
-        let mut recs = Vec::new();
-        while let Some(item) = f.next().await {
-            match item {
-                Item::Records { data } => {
-                    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                        recs.push(serde_json::from_slice(line).unwrap());
-                    }
-                }
-                Item::Gap { .. } => panic!("no gap expected"),
-                Item::End(end) => return (recs, end),
-            }
-        }
-        panic!("the follower ended without an end mark");
+        crate::logbook::testing::read_to_end(log).await
     }
 
     /// Forwards the run ids of exit events: a sink written for these tests.

@@ -798,3 +798,15 @@ pub fn home_client(home: &Path) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Files of `run_id` the daemon holds open.
+pub fn open_files_of(pid: u32, run_id: &str) -> usize {
+    let needle = format!("run_{run_id}.");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|p| p.to_string_lossy().contains(&needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
