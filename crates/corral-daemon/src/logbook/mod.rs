@@ -241,8 +241,9 @@ pub struct RunLog {
     seq_tx: watch::Sender<u64>,
     cache: Mutex<BlockCache>,
     /// Followers reading the files now. When the last one leaves them (it caught up with
-    /// the ring, or went away), the block cache is emptied: nobody is behind to share it,
-    /// and a thousand quiet runs must not each keep what their followers once read.
+    /// the ring, or went away) while the run goes on, the block cache is emptied: nobody is
+    /// behind to share it, and a thousand quiet runs must not each keep what their
+    /// followers once read.
     file_readers: std::sync::atomic::AtomicUsize,
 }
 
@@ -375,7 +376,9 @@ impl RunLog {
         let before = self
             .file_readers
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        if before == 1 {
+        // An ended run's log lives only as long as its followers hold it, and its cache
+        // with it; a live run's log lives as long as the run, so its cache is let go now.
+        if before == 1 && self.lock().end.is_none() {
             let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             c.blocks.clear();
             c.bytes = 0;
