@@ -246,6 +246,14 @@ pub struct Health {
     pub uptime_s: f64,
 }
 
+/// `POST /shutdown`: stop the daemon; with `leave_running`, its tasks stay up under their
+/// holders and the next daemon takes them back (an upgrade), else they stop first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Shutdown {
+    #[serde(default)]
+    pub leave_running: bool,
+}
+
 /// Every error the API answers: `{"error":{"code":…,"message":…}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

@@ -1,7 +1,9 @@
 //! `corral serve`: wires the registry, the event bus and its sinks, the supervisor and
 //! the API together, binds the listener, and shuts down on SIGINT/SIGTERM.
 //!
-//! Shutdown, in order: stop every task (their last events are published); close the
+//! Shutdown, in order: stop every task (their last events are published), or on
+//! `POST /shutdown` with `leave_running` let go of them (they run on under their holders,
+//! and the next daemon takes them back); close the
 //! bus, so that every sink takes what was queued and flushes (bounded by
 //! [`SINK_FLUSH`]), which also ends the live event streams after their last event; signal
 //! the API's streams, which end once they have nothing ready; and return as soon as the
@@ -40,6 +42,9 @@ pub struct ServeOpts {
     pub observer: ObserverConfig,
     pub node: String,
     pub llama: crate::kinds::llama::LlamaConfig,
+    /// The program that holds each run (`corral hold`), so tasks outlive the daemon;
+    /// `None` makes runs the daemon's own children, ended with it.
+    pub holder: Option<PathBuf>,
 }
 
 pub use crate::home::default_home;
@@ -112,12 +117,14 @@ pub async fn serve_until(
         Settings {
             home: opts.home.clone(),
             log: opts.log.clone(),
+            holder: opts.holder.clone(),
         },
         registry,
         bus.clone(),
         kinds,
     );
     let lost = sup.recover()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     if !lost.is_empty() {
         tracing::warn!(
             "marked {} run(s) left by an earlier daemon as lost",
@@ -143,16 +150,23 @@ pub async fn serve_until(
         auth,
         started_at: crate::util::unix_now(),
         llama,
+        stop: stop_tx,
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));
-    tokio::select! {
+    let leave_running = tokio::select! {
         r = &mut server => return served(r),
-        _ = stop => {}
+        _ = stop => false,
+        Some(req) = stop_rx.recv() => req.leave_running,
+    };
+    if leave_running {
+        tracing::info!("shutting down, leaving every task running for the next daemon");
+        sup.detach_all().await;
+    } else {
+        tracing::info!("shutting down: stopping every task");
+        // Stopping the tasks ends their runs, which ends the log streams following them.
+        sup.stop_all().await;
     }
-    tracing::info!("shutting down: stopping every task");
-    // Stopping the tasks ends their runs, which ends the log streams following them.
-    sup.stop_all().await;
     let late = bus.close(SINK_FLUSH).await;
     if !late.is_empty() {
         tracing::warn!(

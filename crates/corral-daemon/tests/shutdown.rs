@@ -45,6 +45,7 @@ async fn shutdown_ends_open_streams_and_returns_promptly_after_the_tasks_stop() 
         observer: ObserverConfig::default(),
         node: "test".into(),
         llama: LlamaConfig::default(),
+        holder: None,
     };
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

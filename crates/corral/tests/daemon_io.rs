@@ -196,6 +196,8 @@ async fn corral_log_and_corral_log_format_choose_what_is_logged_and_how() {
     let pid = first.task("left").await["pid"].as_u64().unwrap() as i32;
     let _cleanup = KillOnDrop(vec![-pid]);
     first.kill9();
+    // Its holder too: the run cannot be taken back, and its process is left behind.
+    kill_holder(pid as u32);
 
     let mut second = first
         .start_again(DaemonOpts {

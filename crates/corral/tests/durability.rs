@@ -42,10 +42,190 @@ async fn desired_state_survives_a_graceful_daemon_restart() {
     );
 }
 
-/// After `kill -9` of the daemon, a task that should run is started again by the next
-/// daemon, and the copy the dead daemon left behind is stopped first: never two.
+/// Numbered lines, `n` of them, a few at a time: a task that is always mid-write.
+fn chatty(n: u32) -> String {
+    format!(
+        "import sys, time\nfor i in range({n}):\n    sys.stdout.write('line %d\\n' % i)\n    sys.stdout.flush()\n    if i % 50 == 0: time.sleep(0.005)\n"
+    )
+}
+
+/// The simulated llama-server on `port`, supervised with its health check: a quiet server
+/// between requests.
+async fn start_quiet_server(d: &Daemon, port: u16) {
+    let spec = serde_json::json!({
+        "name": "coord",
+        "kind": "llama",
+        "restart": "always",
+        "command": [BIN, "sim-llama-server", "--port", port.to_string(), "--load-secs", "0.2",
+                    "--crash-after", "0", "--request-interval", "100000"],
+        "extra": {"host": "127.0.0.1", "port": port, "model_path": "m.gguf",
+                  "check_files": false,
+                  "probe": {"interval_ms": 100, "timeout_ms": 2000, "attempts": 600,
+                            "liveness_interval_ms": 60000, "liveness_failures": 3}},
+    });
+    let (status, v) = d.post("/tasks", &spec).await;
+    assert_eq!(status, 201, "{v}");
+    d.wait_task_status("coord", "ready").await;
+}
+
+/// The stdout lines of a run, read back through the API, after checking that its seqs
+/// are dense from 1.
+async fn stdout_lines(d: &Daemon, task: &str, run: &str) -> (Vec<String>, serde_json::Value) {
+    let items = d.read_to_end(task, &format!("run={run}&since=0")).await;
+    let (records, end) = check_dense(&items, 1);
+    let lines = of_stream(&records, "stdout")
+        .iter()
+        .map(|r| r["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (lines, end)
+}
+
+/// `kill -9` of the daemon leaves its servers up: the next daemon takes back the same
+/// processes (the quiet server `ready` again, the chatty task's log complete and dense
+/// across the gap), learns their exits, and never starts a second copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_left_running_by_a_killed_daemon_never_runs_twice() {
+async fn a_killed_daemon_leaves_its_tasks_up_and_the_next_one_takes_them_back() {
+    let mut d1 = Daemon::start().await;
+    let port = free_port();
+    start_quiet_server(&d1, port).await;
+    let server = d1.task("coord").await["pid"].as_i64().unwrap() as i32;
+    let n = 20_000;
+    let run = d1.run_task("chatty", &[], &[python(), "-c", &chatty(n)]).await;
+    let chatty_pid = d1.task("chatty").await["pid"].as_i64().unwrap() as i32;
+    let _guard = KillOnDrop(vec![-server, -chatty_pid]);
+    wait_for("the chatty task to be mid-write", DEADLINE, || async {
+        (d1.run_row(&run).await["lines"].as_i64() > Some(1000)).then_some(())
+    })
+    .await;
+    d1.kill9();
+    assert!(!is_esrch(server) && !is_esrch(chatty_pid), "the tasks outlive the daemon");
+
+    let d2 = d1.start_again(DaemonOpts::default()).await;
+    let t = d2.wait_task_status("coord", "ready").await;
+    assert_eq!(t["pid"], server, "the same server, taken back: {t}");
+    d2.wait_run_end(&run).await;
+    let (lines, end) = stdout_lines(&d2, "chatty", &run).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let want: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
+    assert!(lines == want, "{} lines, not the {n} printed, in order, once each", lines.len());
+    let row = d2.run_row(&run).await;
+    assert_eq!((row["status"].as_str(), row["exit_code"].as_i64()), (Some("succeeded"), Some(0)), "{row}");
+    assert_eq!(row["lines"], n as i64, "{row}");
+
+    // A restart acts on the one live server; a kill of it is recorded with its signal.
+    let server_run = d2.task("coord").await["run_id"].as_str().unwrap().to_string();
+    signal(server, libc::SIGKILL);
+    let row = d2.wait_run_end(&server_run).await;
+    assert_eq!((row["status"].as_str(), row["signal"].as_i64()), (Some("failed"), Some(9)), "{row}");
+    let t = wait_for("the server to run again", DEADLINE, || async {
+        let t = d2.task("coord").await;
+        (t["status"] == "ready" && t["pid"] != server).then_some(t)
+    })
+    .await;
+    let again = t["pid"].as_i64().unwrap() as i32;
+    let mut guard = KillOnDrop(vec![-again]);
+    let restarted = d2.cli(&["restart", "coord"]).await.ok();
+    assert!(!restarted.stdout().trim().is_empty());
+    let t = d2.wait_task_status("coord", "ready").await;
+    guard.0.push(-(t["pid"].as_i64().unwrap() as i32));
+    wait_until("the server before the restart to be gone", DEADLINE, || {
+        proc_state(again as u32).is_none_or(|s| s == 'Z')
+    })
+    .await;
+    assert_eq!(servers_on(port).len(), 1, "one live copy");
+}
+
+/// The live processes of the simulated server on `port` (not their holders, whose
+/// command lines hold the server's).
+fn servers_on(port: u16) -> Vec<u32> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            words.get(1..4) == Some(&[&b"sim-llama-server"[..], b"--port", port.as_bytes()][..])
+                && proc_state(*pid).is_some_and(|s| s != 'Z')
+        })
+        .collect()
+}
+
+/// Fifty `kill -9`s of the daemon in the middle of a task's writing: each time the next
+/// daemon takes the run back, the registry passes `integrity_check`, and the index and the
+/// log agree; at the end the log holds every line once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_daemon_kills_mid_write_lose_and_repeat_nothing() {
+    let mut d = Daemon::start().await;
+    let n = 200_000;
+    let run = d.run_task("chatty", &[], &[python(), "-c", &chatty(n)]).await;
+    let pid = d.task("chatty").await["pid"].as_i64().unwrap() as i32;
+    let _guard = KillOnDrop(vec![-pid]);
+    let home = d.home.clone();
+    let mut last = 0;
+    for round in 0..50 {
+        // Some more output since the last kill, then the kill, mid-write.
+        let seen = wait_for("more lines", DEADLINE, || async {
+            let lines = d.run_row(&run).await["lines"].as_i64().unwrap_or(0);
+            (lines > last || d.run_row(&run).await["status"] != "running").then_some(lines)
+        })
+        .await;
+        last = seen;
+        d.kill9();
+        check_registry(&home.join("registry.db"));
+        check_index(&home, "chatty", &run, round);
+        d = d.start_again(DaemonOpts::default()).await;
+    }
+    d.wait_run_end(&run).await;
+    let (lines, end) = stdout_lines(&d, "chatty", &run).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(lines.len(), n as usize, "every line once");
+    assert!(
+        lines.iter().enumerate().all(|(i, l)| *l == format!("line {i}")),
+        "in order"
+    );
+    check_index(&home, "chatty", &run, 50);
+}
+
+fn check_registry(db: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let ok: String = conn
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+/// Every index entry points inside the log (or the notes) at a record that ends with a
+/// newline, each one right after the last of its file: the index and the log agree.
+fn check_index(home: &std::path::Path, task: &str, run: &str, round: usize) {
+    let dir = home.join("runs").join(task).join("logs");
+    let idx = std::fs::read(dir.join(format!("run_{run}.idx"))).unwrap();
+    let log = std::fs::read(dir.join(format!("run_{run}.log"))).unwrap();
+    let sys = std::fs::read(dir.join(format!("run_{run}.sys"))).unwrap_or_default();
+    assert_eq!(idx.len() % 24, 0, "round {round}: a torn index entry");
+    let (mut log_at, mut sys_at) = (0u64, 0u64);
+    for (i, e) in idx.chunks(24).enumerate() {
+        let off = u64::from_le_bytes(e[0..8].try_into().unwrap());
+        let len = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64;
+        let (file, at) = if e[12] == 2 { (&sys, &mut sys_at) } else { (&log, &mut log_at) };
+        assert_eq!(off, *at, "round {round}: entry {} is not where the last one ended", i + 1);
+        assert!(off + len <= file.len() as u64, "round {round}: entry {} past the end", i + 1);
+        let partial = e[13] & 1 != 0;
+        assert!(
+            partial || file[(off + len - 1) as usize] == b'\n',
+            "round {round}: entry {} does not end a line",
+            i + 1
+        );
+        *at += len;
+    }
+    // The log may run ahead of the index only by records being written when the daemon
+    // died (the next daemon cuts them back to its checkpoint and writes them again).
+    assert!(log.len() as u64 >= log_at, "round {round}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_holder_died_with_the_daemon_never_runs_twice() {
     let mut d1 = Daemon::start().await;
     d1.run_task("svc", &["--restart", "always"], &["sleep", "1000"])
         .await;
@@ -54,6 +234,8 @@ async fn a_task_left_running_by_a_killed_daemon_never_runs_twice() {
         .unwrap() as i32;
     let mut guard = KillOnDrop(vec![old]);
     d1.kill9();
+    // Nothing keeps its output or exit now: the run cannot be taken back.
+    kill_holder(old as u32);
     assert!(!is_esrch(old), "the orphan runs on after the daemon died");
 
     let d2 = d1.start_again(DaemonOpts::default()).await;
@@ -83,6 +265,50 @@ async fn a_task_left_running_by_a_killed_daemon_never_runs_twice() {
         })
         .collect();
     assert_eq!(sleeping.len(), 1, "one live copy: {sleeping:?}");
+}
+
+/// `corral shutdown --leave-running` stops the daemon and not its tasks; the next daemon
+/// takes them back with their logs going on, and a plain shutdown stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leave_running_hands_the_tasks_to_the_next_daemon() {
+    let mut d1 = Daemon::start().await;
+    let go = d1.home.join("go");
+    let script = format!(
+        "echo before; while [ ! -e {} ]; do sleep 0.05; done; echo after; exec sleep 1000",
+        go.display()
+    );
+    let run = d1.run_task("svc", &["--restart", "always"], &["sh", "-c", &script]).await;
+    let pid = d1.wait_task_status("svc", "ready").await["pid"].as_i64().unwrap() as i32;
+    let _guard = KillOnDrop(vec![-pid]);
+    wait_for("the first line", DEADLINE, || async {
+        (d1.run_row(&run).await["lines"] == 1).then_some(())
+    })
+    .await;
+    let out = d1.cli(&["shutdown", "--leave-running"]).await.ok();
+    assert_eq!(out.stdout().trim(), "stopped");
+    assert_eq!(d1.terminate(), Some(0), "the daemon ended by itself");
+    assert!(!is_esrch(pid), "the task runs on");
+    std::fs::write(&go, "").unwrap();
+
+    let mut d2 = d1.start_again(DaemonOpts::default()).await;
+    let t = d2.wait_task_status("svc", "ready").await;
+    assert_eq!(t["pid"], pid);
+    assert_eq!(t["run_id"], run.as_str());
+    wait_for("the line printed while no daemon ran", DEADLINE, || async {
+        (d2.run_row(&run).await["lines"] == 2).then_some(())
+    })
+    .await;
+    let out = d2.cli(&["shutdown"]).await.ok();
+    assert_eq!(out.stdout().trim(), "stopped");
+    assert_eq!(d2.terminate(), Some(0));
+    wait_until("the task to be stopped", DEADLINE, || {
+        proc_state(pid as u32).is_none_or(|s| s == 'Z')
+    })
+    .await;
+    let d3 = d2.start_again(DaemonOpts::default()).await;
+    let (lines, end) = stdout_lines(&d3, "svc", &run).await;
+    assert_eq!(lines, ["before", "after"]);
+    assert_eq!(end["status"], "killed", "{end}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -536,9 +536,9 @@ async fn monitor_resumes_after_the_daemon_comes_back() {
         items.push(out.next().await.expect("monitor ended early"));
     }
 
-    // The daemon dies under the monitor, and comes back on the same address and home.
+    // The daemon dies under the monitor, and comes back on the same address and home;
+    // the task ran on under its holder, and the new daemon takes its run back.
     d1.kill9();
-    signal(pid, libc::SIGKILL);
     let d2 = d1
         .start_again(DaemonOpts {
             listen: Some(format!("127.0.0.1:{}", d1.port)),
@@ -546,17 +546,31 @@ async fn monitor_resumes_after_the_daemon_comes_back() {
         })
         .await;
     assert_eq!(d2.port, d1.port);
+    while items.last().is_none_or(|v: &Value| v["seq"] != 102) {
+        items.push(out.next().await.expect("monitor ended early"));
+    }
+    assert!(
+        items[101]["line"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("taken back by a new daemon")),
+        "{}",
+        items[101]
+    );
+    assert_eq!(d2.task("mon").await["pid"], pid, "the same process");
+    signal(pid, libc::SIGKILL);
 
     items.extend(out.rest().await);
-    // The run was lost with the first daemon: no exit code, so the monitor exits 1.
-    assert_eq!(exit_code(&mut child).await, Some(1));
+    // Killed by signal 9: the monitor exits as a shell would report it, 128 + 9.
+    assert_eq!(exit_code(&mut child).await, Some(137));
     let (records, end) = check_dense(&items, 1);
     assert_eq!(
         records.len(),
-        101,
+        103,
         "no duplicate and no gap across the reconnect"
     );
-    assert_eq!(end["status"], "lost");
+    assert_eq!(records[102]["line"], "killed by signal 9 (SIGKILL)");
+    assert_eq!(end["status"], "failed");
+    assert_eq!(end["signal"], 9);
     assert!(records.iter().all(|r| r["run_id"] == run_id.as_str()));
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)

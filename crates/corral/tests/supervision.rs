@@ -362,8 +362,12 @@ async fn daemon_restart_marks_orphaned_runs_lost() {
     let _guard = KillOnDrop(pids.iter().map(|&p| p as i32).collect());
 
     d1.kill9();
-    // The first process dies too. Nobody may reap it (its parent, the daemon, is gone):
-    // a zombie is a dead process all the same.
+    // Their holders die too, so that nothing kept their output or exit: the runs cannot
+    // be taken back. The first process dies as well. Nobody may reap it (its parent, the
+    // holder, is gone): a zombie is a dead process all the same.
+    for &pid in &pids {
+        kill_holder(pid);
+    }
     signal(pids[0] as i32, libc::SIGKILL);
     wait_until("the process to die", DEADLINE, || {
         proc_state(pids[0]).is_none_or(|s| s == 'Z')
@@ -431,6 +435,8 @@ async fn regression_lost_run_counts_only_process_lines() {
     let pid = d1.task("counted").await["pid"].as_u64().unwrap() as i32;
     let _guard = KillOnDrop(vec![pid]);
     d1.kill9();
+    // Holder first, so that nothing records the process's end: the run is lost.
+    kill_holder(pid as u32);
     signal(pid, libc::SIGKILL);
     let d2 = d1.start_again(DaemonOpts::default()).await;
     let row = d2.run_row(&run_id).await;
@@ -630,6 +636,8 @@ async fn regression_a_lost_capped_run_keeps_its_gap() {
     let pid = d1.task("big").await["pid"].as_u64().unwrap() as i32;
     let _guard = KillOnDrop(vec![pid]);
     d1.kill9();
+    // Holder first, so that nothing records the process's end: the run is lost.
+    kill_holder(pid as u32);
     signal(pid, libc::SIGKILL);
 
     let d2 = d1.start_again(DaemonOpts::default()).await;

@@ -141,6 +141,7 @@ mod tests {
             Settings {
                 home: tmp.path().to_path_buf(),
                 log: Default::default(),
+                holder: None,
             },
             Arc::new(crate::registry::Registry::open(&tmp.path().join("r.db")).unwrap()),
             bus.clone(),

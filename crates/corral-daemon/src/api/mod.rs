@@ -45,6 +45,8 @@ pub struct AppState {
     pub started_at: f64,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
+    /// Asks the daemon to stop (`POST /shutdown`).
+    pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -75,7 +77,8 @@ pub fn router(state: Shared) -> Router {
         .route("/llama/{name}/status", get(llama::status))
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
-        .route("/login-links", post(login_link));
+        .route("/login-links", post(login_link))
+        .route("/shutdown", post(shutdown));
     Router::new()
         .nest("/api/v1", api)
         .route("/login/{code}", get(login))
@@ -93,6 +96,22 @@ async fn health(State(st): State<Shared>) -> Json<corral_client::wire::Health> {
         node: st.bus.node.clone(),
         uptime_s: (crate::util::unix_now() - st.started_at).round(),
     })
+}
+
+/// Stops the daemon once the answer is sent: its tasks first, or, with
+/// `leave_running`, not at all (they stay up under their holders for the next daemon).
+async fn shutdown(
+    State(st): State<Shared>,
+    Json(req): Json<corral_client::wire::Shutdown>,
+) -> Result<(StatusCode, Json<corral_client::wire::Shutdown>), ApiError> {
+    st.stop.send(req.clone()).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the daemon is already stopping",
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(req)))
 }
 
 async fn not_found() -> ApiError {

@@ -127,6 +127,21 @@ struct Plumbing<S> {
     unyielded: usize,
 }
 
+/// Heartbeat deadlines fall on a grid of this step, so the idle streams of a daemon fire
+/// together, in one wake-up of the runtime, rather than a thousand times apart.
+const HEARTBEAT_GRID: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When an idle stream's next heartbeat is due: within [`HEARTBEAT`] of `now`, at most
+/// [`HEARTBEAT_GRID`] sooner, on the daemon-wide grid.
+fn heartbeat_due(now: tokio::time::Instant) -> tokio::time::Instant {
+    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| now);
+    let due = (now + HEARTBEAT).saturating_duration_since(base);
+    let grid = HEARTBEAT_GRID.as_millis();
+    let on_grid = std::time::Duration::from_millis((due.as_millis() / grid * grid) as u64);
+    (base + on_grid).max(now + HEARTBEAT - HEARTBEAT_GRID)
+}
+
 /// A streaming body: the source's chunks, heartbeats while it is idle, and the end
 /// when it ends or the daemon shuts down.
 pub fn body<S: Source>(src: S, framing: Framing, shutdown: Shutdown) -> Body {
@@ -134,7 +149,9 @@ pub fn body<S: Source>(src: S, framing: Framing, shutdown: Shutdown) -> Body {
         src,
         framing,
         shutdown: shutdown.pinned(),
-        heartbeat: Box::pin(tokio::time::sleep(HEARTBEAT)),
+        heartbeat: Box::pin(tokio::time::sleep_until(heartbeat_due(
+            tokio::time::Instant::now(),
+        ))),
         unyielded: 0,
     };
     Body::from_stream(futures_util::stream::unfold(state, |mut p| async move {
@@ -151,14 +168,14 @@ pub fn body<S: Source>(src: S, framing: Framing, shutdown: Shutdown) -> Body {
             chunk = p.src.next() => chunk?,
             _ = p.shutdown.as_mut() => return None,
             _ = p.heartbeat.as_mut() => {
-                p.heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT);
+                p.heartbeat.as_mut().reset(heartbeat_due(tokio::time::Instant::now()));
                 let hb = p.framing.heartbeat();
                 return Some((Ok::<_, std::io::Error>(hb), p));
             }
         };
         p.heartbeat
             .as_mut()
-            .reset(tokio::time::Instant::now() + HEARTBEAT);
+            .reset(heartbeat_due(tokio::time::Instant::now()));
         p.unyielded += chunk.len();
         Some((Ok(chunk), p))
     }))
@@ -182,6 +199,23 @@ pub fn response(framing: Framing, body: Body) -> Response {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+
+    /// Idle streams' heartbeats fall due together (on the grid), never later than
+    /// [`HEARTBEAT`] after the stream went idle, and at most one grid step sooner.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_of_idle_streams_fall_due_together() {
+        let t0 = tokio::time::Instant::now();
+        let mut dues = std::collections::BTreeSet::new();
+        // A hundred streams going idle over one grid step.
+        for i in 0..100u64 {
+            let now = t0 + HEARTBEAT_GRID * (i as u32) / 100;
+            let due = heartbeat_due(now);
+            assert!(due <= now + HEARTBEAT, "{i}: later than the promise");
+            assert!(due + HEARTBEAT_GRID >= now + HEARTBEAT, "{i}: too soon");
+            dues.insert(due);
+        }
+        assert!(dues.len() <= 2, "{} different deadlines", dues.len());
+    }
 
     /// Chunks from a channel.
     struct Chan(tokio::sync::mpsc::UnboundedReceiver<&'static str>);

@@ -66,12 +66,15 @@ pub fn hold(a: HoldArgs) -> i32 {
     let listener = match UnixListener::bind(&a.socket) {
         Ok(l) => l,
         Err(e) => {
-            return report_start_error(&format!("cannot listen on {}: {e}", a.socket.display()))
+            return report_start_error(
+                &format!("cannot listen on {}: {e}", a.socket.display()),
+                None,
+            )
         }
     };
     let _ = listener.set_nonblocking(true);
     let Some((prog, args)) = a.argv.split_first() else {
-        return report_start_error("empty command line");
+        return report_start_error("empty command line", None);
     };
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args)
@@ -94,7 +97,7 @@ pub fn hold(a: HoldArgs) -> i32 {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return report_start_error(&format!("{e}")),
+        Err(e) => return report_start_error(&format!("{e}"), e.raw_os_error()),
     };
     let pid = child.id();
     let hello = Hello {
@@ -353,8 +356,8 @@ fn fill(
     }
 }
 
-fn report_start_error(msg: &str) -> i32 {
-    println!("{}", serde_json::json!({ "error": msg }));
+fn report_start_error(msg: &str, errno: Option<i32>) -> i32 {
+    println!("{}", serde_json::json!({ "error": msg, "errno": errno }));
     let _ = std::io::stdout().flush();
     1
 }

@@ -17,7 +17,7 @@
 //! - nothing here waits for a follower: the only lock shared with them is the ring's,
 //!   taken by the writer to push one batch.
 
-use super::{Gap, LogConfig, LogWriter, RunLog};
+use super::{Checkpoint, Gap, LogConfig, LogWriter, RunLog};
 use corral_core::framer::{frame, Frame};
 use corral_core::record::Stream;
 use std::cell::RefCell;
@@ -39,6 +39,35 @@ thread_local! {
 struct Inner {
     writer: LogWriter,
     stderr_tail: VecDeque<String>,
+    /// Bytes of the source's stdout and stderr that are in records (the rest of what it
+    /// handed in is an incomplete line, still in its channel).
+    consumed: [u64; 2],
+    /// The checkpoint file, for a run whose source can hand its bytes again (a holder).
+    pos: Option<std::fs::File>,
+}
+
+impl Inner {
+    fn checkpoint(&mut self) -> std::io::Result<Checkpoint> {
+        let (last_seq, log_len, sys_len) = self.writer.position();
+        let at = Checkpoint {
+            last_seq,
+            log_len,
+            sys_len,
+            streams: self.consumed,
+        };
+        if let Some(f) = &self.pos {
+            at.write(f)?;
+        }
+        Ok(at)
+    }
+}
+
+fn stream_slot(stream: Stream) -> Option<usize> {
+    match stream {
+        Stream::Stdout | Stream::File => Some(0),
+        Stream::Stderr => Some(1),
+        Stream::System => None,
+    }
 }
 
 /// A run's ingest stage. Cheap to clone: every clone feeds the same log.
@@ -53,14 +82,67 @@ impl Ingest {
     /// Creates the files of a new run in `dir` and its ingest stage.
     pub fn create(dir: &Path, run_id: &str, cfg: &LogConfig) -> std::io::Result<Ingest> {
         let (writer, log) = LogWriter::create(dir, run_id, cfg)?;
-        Ok(Ingest {
+        Ok(Ingest::with_writer(writer, log, cfg, [0, 0]))
+    }
+
+    /// Reopens the log of a run an earlier daemon was writing, cut back to its last
+    /// checkpoint (see [`super::checkpoint`]). Returns the ingest stage, which goes on
+    /// keeping checkpoints, and the checkpoint: from where the source must hand its
+    /// streams again.
+    pub fn reopen(
+        dir: &Path,
+        run_id: &str,
+        cfg: &LogConfig,
+    ) -> std::io::Result<(Ingest, Checkpoint)> {
+        let (log_path, _, _) = super::run_paths(dir, run_id);
+        let at = Checkpoint::read(&log_path)?;
+        let (writer, log) = LogWriter::reopen(dir, run_id, cfg, &at)?;
+        let ingest = Ingest::with_writer(writer, log, cfg, at.streams);
+        ingest.keep_checkpoints()?;
+        Ok((ingest, at))
+    }
+
+    fn with_writer(
+        writer: LogWriter,
+        log: Arc<RunLog>,
+        cfg: &LogConfig,
+        consumed: [u64; 2],
+    ) -> Ingest {
+        Ingest {
             inner: Arc::new(Mutex::new(Inner {
                 writer,
                 stderr_tail: VecDeque::new(),
+                consumed,
+                pos: None,
             })),
             log,
             max_record: cfg.max_record.max(4),
-        })
+        }
+    }
+
+    /// From now on, keeps the run's checkpoint file current (after every `system` note
+    /// and every [`Ingest::checkpoint`]): for a source that can hand its bytes again from
+    /// an offset, so that a daemon that dies loses nothing and repeats nothing.
+    pub fn keep_checkpoints(&self) -> std::io::Result<()> {
+        if self.lock().pos.is_some() {
+            return Ok(());
+        }
+        let path = Checkpoint::path(&self.log.log_path);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let mut inner = self.lock();
+        inner.pos = Some(f);
+        inner.checkpoint().map(|_| ())
+    }
+
+    /// Writes the checkpoint (where one is kept) and returns it: the source's bytes of
+    /// each stream now in records, which it may forget.
+    pub fn checkpoint(&self) -> std::io::Result<Checkpoint> {
+        self.lock().checkpoint()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -96,7 +178,14 @@ impl Ingest {
 
     /// Appends one of corral's own notes as a `system` record, stamped now; its seq.
     pub fn system(&self, text: &str) -> u64 {
-        self.lock().writer.system(text, crate::clock::now_micros())
+        let mut inner = self.lock();
+        let seq = inner.writer.system(text, crate::clock::now_micros());
+        if inner.pos.is_some() {
+            if let Err(e) = inner.checkpoint() {
+                inner.writer.note_io_error(e);
+            }
+        }
+        seq
     }
 
     /// The last lines the run printed on stderr, oldest first.
@@ -126,6 +215,9 @@ impl Ingest {
             let ts = ts.unwrap_or_else(crate::clock::now_micros);
             let mut inner = self.lock();
             inner.writer.append(stream, buf, frames, ts);
+            if let Some(slot) = stream_slot(stream) {
+                inner.consumed[slot] += used as u64;
+            }
             if stream == Stream::Stderr {
                 let tail = &mut inner.stderr_tail;
                 for f in &frames[frames.len().saturating_sub(STDERR_TAIL)..] {
@@ -228,6 +320,13 @@ impl Channel {
         if !self.pending.is_empty() {
             self.ingest.append(self.stream, &self.pending, true, ts);
         }
+        self.pending = Vec::new();
+    }
+
+    /// Lets go of the channel without making its incomplete line a record: its source
+    /// will hand those bytes again (to a later daemon, from the last checkpoint).
+    pub fn abandon(mut self) {
+        self.ended = true;
         self.pending = Vec::new();
     }
 

@@ -16,6 +16,7 @@
 //!   follower holds at most one batch;
 //! - a range dropped by the size cap is reported to followers as an explicit gap.
 
+pub mod checkpoint;
 pub mod follow;
 pub mod index;
 pub mod ingest;
@@ -23,6 +24,7 @@ pub mod ingest;
 pub(crate) mod testing;
 mod writer;
 
+pub use checkpoint::Checkpoint;
 pub use ingest::{Channel, Ingest};
 pub use writer::LogWriter;
 
@@ -327,6 +329,18 @@ impl RunLog {
             s.end = Some(end);
         }
         Ok(Arc::new(rl))
+    }
+
+    /// A reopened run's counters: what its files already hold.
+    fn resume_at(&self, last_seq: u64, lines: u64, bytes: u64, gap: Option<Gap>) {
+        {
+            let mut s = self.lock();
+            s.last_seq = last_seq;
+            s.lines = lines;
+            s.bytes = bytes;
+            s.gap = gap;
+        }
+        self.seq_tx.send_replace(last_seq);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {

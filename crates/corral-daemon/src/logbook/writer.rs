@@ -6,6 +6,7 @@
 //! of the `.log` and `.idx` (`fallocate(PUNCH_HOLE)`: offsets stay valid, disk space is
 //! freed) and recorded as one growing gap of seqs.
 
+use super::checkpoint::Checkpoint;
 use super::index::{Entry, ENTRY};
 #[cfg(test)]
 use super::RunEnd;
@@ -59,6 +60,43 @@ impl LogWriter {
         let file = open(&log_path)?;
         let idx = open(&idx_path)?;
         let sys = open(&sys_path)?;
+        LogWriter::with_files(run_id, log_path, [file, idx, sys], cfg, None)
+    }
+
+    /// Opens the files of a run an earlier daemon was writing, cut back to `at` (what
+    /// lay beyond it is written again by the source), to go on appending after it.
+    pub fn reopen(
+        dir: &Path,
+        run_id: &str,
+        cfg: &super::LogConfig,
+        at: &Checkpoint,
+    ) -> std::io::Result<(LogWriter, Arc<RunLog>)> {
+        let (log_path, idx_path, sys_path) = run_paths(dir, run_id);
+        let open = |p: &Path, create: bool| {
+            OpenOptions::new()
+                .create(create)
+                .read(true)
+                .write(true)
+                .open(p)
+        };
+        let file = open(&log_path, false)?;
+        let idx = open(&idx_path, false)?;
+        let sys = open(&sys_path, true)?;
+        file.set_len(at.log_len)?;
+        idx.set_len(at.last_seq * ENTRY as u64)?;
+        sys.set_len(at.sys_len)?;
+        LogWriter::with_files(run_id, log_path, [file, idx, sys], cfg, Some(at))
+    }
+
+    fn with_files(
+        run_id: &str,
+        log_path: std::path::PathBuf,
+        [file, idx, sys]: [File; 3],
+        cfg: &super::LogConfig,
+        at: Option<&Checkpoint>,
+    ) -> std::io::Result<(LogWriter, Arc<RunLog>)> {
+        let at = at.copied().unwrap_or_default();
+        let gap = Gap::load(&log_path).filter(|g| g.to < at.last_seq && at.last_seq > 0);
         let log = Arc::new(RunLog::with_files(
             run_id,
             log_path,
@@ -67,24 +105,38 @@ impl LogWriter {
             sys.try_clone()?,
             cfg.ring_records,
         ));
+        let mut checkpoints = VecDeque::new();
+        if at.last_seq > 0 {
+            let notes = super::count_newlines(&sys)?;
+            log.resume_at(at.last_seq, at.last_seq.saturating_sub(notes), at.log_len, gap);
+            if gap.is_none() {
+                // Where the reopened run goes on: the head may end here.
+                checkpoints.push_back((at.last_seq + 1, at.log_len));
+            }
+        }
         Ok((
             LogWriter {
                 log: log.clone(),
                 file,
                 idx,
                 sys,
-                log_len: 0,
-                sys_len: 0,
-                next_seq: 1,
+                log_len: at.log_len,
+                sys_len: at.sys_len,
+                next_seq: at.last_seq + 1,
                 max_bytes: cfg.max_bytes.max(64 * 1024),
                 idx_buf: Vec::new(),
-                checkpoints: VecDeque::new(),
-                head_end: None,
-                gap: None,
+                checkpoints,
+                head_end: gap.map(|g| (g.from, g.off_from)),
+                gap,
                 io_error: None,
             },
             log,
         ))
+    }
+
+    /// Where the files stand, for a checkpoint: last seq, `.log` and `.sys` lengths.
+    pub fn position(&self) -> (u64, u64, u64) {
+        (self.next_seq - 1, self.log_len, self.sys_len)
     }
 
     pub fn log(&self) -> &Arc<RunLog> {
@@ -172,13 +224,18 @@ impl LogWriter {
                 .write_all_at(&self.idx_buf, (first_seq - 1) * ENTRY as u64)
         });
         if let Err(e) = r {
-            if self.io_error.is_none() {
-                tracing::error!(
-                    run_id = %self.log.run_id,
-                    "writing the run's log failed: {e}; records still reach followers"
-                );
-                self.io_error = Some(e);
-            }
+            self.note_io_error(e);
+        }
+    }
+
+    /// Keeps the first write error for the run's message (and says it once).
+    pub fn note_io_error(&mut self, e: std::io::Error) {
+        if self.io_error.is_none() {
+            tracing::error!(
+                run_id = %self.log.run_id,
+                "writing the run's log failed: {e}; records still reach followers"
+            );
+            self.io_error = Some(e);
         }
     }
 

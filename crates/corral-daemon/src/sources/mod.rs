@@ -9,7 +9,8 @@
 //! that a run is finished only after its output is drained.
 //!
 //! Sources: [`child`], a child process's stdout and stderr pipes, read by the shared
-//! [`reactor`] thread. Coming: local files (`tail -F`), remote files and commands over SSH,
+//! [`reactor`] thread; [`held`], the same pipes kept by the run's holder process (see
+//! [`crate::holder`]), read from its socket, which a later daemon can take over. Coming: local files (`tail -F`), remote files and commands over SSH,
 //! containers through the Docker API; each is one module here that implements [`Source`].
 //!
 //! **What a record's `stream` carries** (decided once, so that new sources need no format
@@ -20,6 +21,7 @@
 //! container's two log streams are too; a followed file, local or remote, is `file`.
 
 pub mod child;
+pub mod held;
 pub mod reactor;
 
 use crate::logbook::Ingest;
@@ -37,6 +39,7 @@ pub trait Source: Send {
 pub struct Capture {
     drained: Option<oneshot::Receiver<()>>,
     on_end: Option<Box<dyn FnOnce() + Send>>,
+    on_detach: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Capture {
@@ -47,7 +50,36 @@ impl Capture {
         Capture {
             drained: Some(drained),
             on_end: Some(Box::new(on_end)),
+            on_detach: None,
         }
+    }
+
+    /// A capture that can also be detached: told by `on_detach` to stop reading and
+    /// leave what it has not read where it is (a holder keeps it for the next daemon).
+    pub fn detachable(
+        drained: oneshot::Receiver<()>,
+        on_end: impl FnOnce() + Send + 'static,
+        on_detach: impl FnOnce() + Send + 'static,
+    ) -> Capture {
+        Capture {
+            on_detach: Some(Box::new(on_detach)),
+            ..Capture::new(drained, on_end)
+        }
+    }
+
+    /// Whether [`Capture::detach`] leaves the run's output to a later daemon.
+    pub fn can_detach(&self) -> bool {
+        self.on_detach.is_some()
+    }
+
+    /// Stops reading without ending the run's streams: what is not read yet stays with
+    /// the source for a later daemon. Resolves once the reading stopped.
+    pub async fn detach(&mut self) {
+        if let Some(f) = self.on_detach.take() {
+            self.on_end = None;
+            f();
+        }
+        self.drained().await;
     }
 
     /// A run with nothing to capture (an adopted server): drained from the start.
@@ -55,6 +87,7 @@ impl Capture {
         Capture {
             drained: None,
             on_end: None,
+            on_detach: None,
         }
     }
 

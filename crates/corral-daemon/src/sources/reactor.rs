@@ -401,15 +401,20 @@ impl Loop {
                 continue;
             };
             if !held.is_empty() {
-                r.ingest.system(&format!(
-                    "stopped reading {} {}s after the task exited: a process outside its process group still holds the pipe open; later output from it is not captured",
-                    held.join(" and "),
-                    EXIT_GRACE.as_secs_f64()
-                ));
+                r.ingest.system(&cut_note(&held));
             }
             finish(r);
         }
     }
+}
+
+/// The note for pipes whose reading stopped at the end of the grace after the exit.
+pub fn cut_note(streams: &[&str]) -> String {
+    format!(
+        "stopped reading {} {}s after the task exited: a process outside its process group still holds the pipe open; later output from it is not captured",
+        streams.join(" and "),
+        EXIT_GRACE.as_secs_f64()
+    )
 }
 
 /// Tells the supervisor that the run's capture is complete.

@@ -56,6 +56,9 @@ pub(crate) enum Cmd {
     Stop(Option<Duration>, oneshot::Sender<()>),
     Restart(oneshot::Sender<StartReply>),
     Remove(oneshot::Sender<()>),
+    /// Let go of the task's run without stopping it (the daemon leaves it running for the
+    /// next one); a run that cannot outlive the daemon is stopped. The actor then ends.
+    Detach(oneshot::Sender<()>),
 }
 
 struct Handle {
@@ -94,6 +97,16 @@ pub enum SupError {
 pub struct Settings {
     pub home: PathBuf,
     pub log: LogConfig,
+    /// The program that holds runs (`corral hold`, see [`crate::holder`]): tasks then
+    /// outlive the daemon. Without one, runs are the daemon's own children and end with it.
+    pub holder: Option<PathBuf>,
+}
+
+/// A run an earlier daemon left live with its holder, to be taken back by its task.
+pub(crate) struct Attach {
+    pub row: RunRow,
+    pub ingest: crate::logbook::Ingest,
+    pub at: crate::logbook::Checkpoint,
 }
 
 pub struct Supervisor {
@@ -123,7 +136,13 @@ impl Supervisor {
         bus: Arc<Bus>,
         kinds: Kinds,
     ) -> Arc<Supervisor> {
-        Supervisor::with_launcher(settings, registry, bus, kinds, Arc::new(run::ChildLauncher))
+        let launcher: Arc<dyn run::Launcher> = match &settings.holder {
+            Some(program) => Arc::new(run::HeldLauncher {
+                program: program.clone(),
+            }),
+            None => Arc::new(run::ChildLauncher),
+        };
+        Supervisor::with_launcher(settings, registry, bus, kinds, launcher)
     }
 
     /// A supervisor whose runs are started by `launcher` instead of as local children.
@@ -156,12 +175,100 @@ impl Supervisor {
         self.settings.home.join("runs").join(task).join("logs")
     }
 
+    /// Where the holders of runs keep their sockets and exit files.
+    pub fn holders_dir(&self) -> PathBuf {
+        self.settings.home.join("holders")
+    }
+
+    /// Takes back a run an earlier daemon left live: its holder answers on its socket,
+    /// and its log reopens at its checkpoint. `None` when either is not so.
+    fn attachable(&self, run: &RunRow) -> Option<Attach> {
+        let (socket, _) = run::holder_paths(&self.holders_dir(), &run.run_id);
+        std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        match crate::logbook::Ingest::reopen(
+            &self.log_dir(&run.task),
+            &run.run_id,
+            &self.settings.log,
+        ) {
+            Ok((ingest, at)) => Some(Attach {
+                row: run.clone(),
+                ingest,
+                at,
+            }),
+            Err(e) => {
+                tracing::error!(run_id = %run.run_id, "cannot reopen the log of a live held run: {e}");
+                None
+            }
+        }
+    }
+
+    /// A run whose holder ended while no daemon ran, with the exit it recorded: the run
+    /// is finished from its own files.
+    fn finish_ended(&self, run: &RunRow, exit: corral_core::policy::Exit) -> Result<(), SupError> {
+        use corral_core::policy::Exit;
+        let (code, signal, text) = match exit {
+            Exit::Code(c) => (Some(c), None, format!("exited with code {c}")),
+            Exit::Signal(s) => (
+                None,
+                Some(s),
+                format!("killed by signal {s} ({})", process::signal_name(s)),
+            ),
+        };
+        let status = if exit.success() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        let note = format!("{text} while no daemon ran");
+        let stats = match crate::logbook::Ingest::reopen(
+            &self.log_dir(&run.task),
+            &run.run_id,
+            &self.settings.log,
+        ) {
+            Ok((ingest, _)) => {
+                ingest.system(&note);
+                Some(ingest.log().stats())
+            }
+            Err(_) => None,
+        };
+        self.registry.finish_run(
+            &run.run_id,
+            &crate::registry::RunOutcome {
+                status,
+                ended_at: crate::util::unix_now(),
+                exit_code: code,
+                signal,
+                error_message: (status == RunStatus::Failed).then(|| note.clone()),
+                lines: stats.as_ref().map_or(run.lines as u64, |s| s.lines),
+                bytes: stats.as_ref().map_or(run.bytes as u64, |s| s.bytes),
+                gap: stats
+                    .as_ref()
+                    .and_then(|s| s.gap)
+                    .map(|g| [g.from, g.to, g.off_from, g.off_to]),
+            },
+        )?;
+        let (_, exit_file) = run::holder_paths(&self.holders_dir(), &run.run_id);
+        let _ = std::fs::remove_file(exit_file);
+        Ok(())
+    }
+
     /// Marks runs left `running` by an earlier daemon as `lost` (remembering the ones
     /// whose process still runs), and loads the saved tasks, settled. [`Self::start_desired`]
     /// then starts the ones that should run.
     pub fn recover(self: &Arc<Self>) -> Result<Vec<String>, SupError> {
         let mut notes = Vec::new();
+        let mut attach: HashMap<String, Attach> = HashMap::new();
         for run in self.registry.running()? {
+            if let Some(a) = self.attachable(&run) {
+                tracing::info!(task = %run.task, run_id = %run.run_id, "taking back a run its holder kept live");
+                attach.insert(run.task.clone(), a);
+                continue;
+            }
+            let (_, exit_file) = run::holder_paths(&self.holders_dir(), &run.run_id);
+            if let Some(exit) = crate::sources::held::recorded_exit(&exit_file) {
+                self.finish_ended(&run, exit)?;
+                continue;
+            }
             let pid = run.pid.unwrap_or(0) as u32;
             let alive = pid != 0 && process::is_same_process(pid, run.pid_start.map(|v| v as u64));
             if alive {
@@ -206,8 +313,11 @@ impl Supervisor {
             match serde_json::from_str::<TaskSpec>(&spec) {
                 Ok(spec) => {
                     let last = self.registry.runs(Some(&name), 1)?.into_iter().next();
-                    let wanted = desired == Desired::Run && should_resume(&spec, last.as_ref());
-                    let (handle, _) = self.new_handle(spec, false, last.as_ref());
+                    let held = attach.remove(&name);
+                    let wanted = held.is_none()
+                        && desired == Desired::Run
+                        && should_resume(&spec, last.as_ref());
+                    let (handle, _) = self.new_handle(spec, false, last.as_ref(), held);
                     self.tasks().insert(name.clone(), handle);
                     if wanted {
                         self.resume
@@ -219,6 +329,13 @@ impl Supervisor {
                 Err(e) => {
                     tracing::error!(task = %name, "skipping a saved task: its spec is unreadable ({e})")
                 }
+            }
+        }
+        // Live runs of tasks no longer known: nothing would ever stop them.
+        for (task, a) in attach {
+            if let Some(pid) = a.row.pid {
+                tracing::warn!(task = %task, "stopping pid {pid}: its task is gone");
+                process::signal_group(pid as u32, libc::SIGTERM);
             }
         }
         Ok(notes)
@@ -282,6 +399,7 @@ impl Supervisor {
         spec: TaskSpec,
         start: bool,
         last: Option<&RunRow>,
+        attach: Option<Attach>,
     ) -> (Handle, Option<oneshot::Receiver<StartReply>>) {
         let view = Arc::new(Mutex::new(View {
             status: TaskStatus::Initial,
@@ -301,7 +419,7 @@ impl Supervisor {
             let _ = tx.send(Cmd::Start(rtx));
             reply = Some(rrx);
         }
-        task::spawn_actor(self.clone(), spec.clone(), view.clone(), rx);
+        task::spawn_actor(self.clone(), spec.clone(), view.clone(), rx, attach);
         (Handle { spec, view, tx }, reply)
     }
 
@@ -335,7 +453,7 @@ impl Supervisor {
                 }
             }
             let old = tasks.remove(&name);
-            let (handle, rx) = self.new_handle(spec, true, None);
+            let (handle, rx) = self.new_handle(spec, true, None, None);
             tasks.insert(name.clone(), handle);
             (old, rx.expect("start requested"))
         };
@@ -422,6 +540,20 @@ impl Supervisor {
         let names: Vec<String> = self.tasks().keys().cloned().collect();
         let stops = names.iter().map(|n| self.stop_now(n, None));
         futures_util::future::join_all(stops).await;
+    }
+
+    /// Lets go of every task's run without stopping it (the daemon stops, its tasks stay
+    /// up, and the next daemon takes them back); runs that cannot outlive the daemon are
+    /// stopped. What should run still should.
+    pub async fn detach_all(&self) {
+        let txs: Vec<_> = self.tasks().values().map(|h| h.tx.clone()).collect();
+        let detaches = txs.into_iter().map(|tx| async move {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Cmd::Detach(reply)).is_ok() {
+                let _ = rx.await;
+            }
+        });
+        futures_util::future::join_all(detaches).await;
     }
 
     /// The log of a task's current run, or of its last run when none is live.

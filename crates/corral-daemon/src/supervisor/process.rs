@@ -33,14 +33,7 @@ pub fn spawn(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    for k in std::env::vars_os().map(|(k, _)| k) {
-        if is_corral_secret(&k.to_string_lossy()) {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    task_env(&mut cmd, env);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let stdout = child
@@ -59,6 +52,92 @@ pub fn spawn(
         stdout,
         stderr,
     })
+}
+
+/// The environment of a task: the daemon's, less corral's own variables, plus the spec's.
+fn task_env(cmd: &mut Command, env: &[(String, String)]) {
+    for k in std::env::vars_os().map(|(k, _)| k) {
+        if is_corral_secret(&k.to_string_lossy()) {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+}
+
+/// Starts a run's holder (`cmd` is its command line) in a session of its own, so that
+/// neither the daemon's terminal nor a signal to the daemon's process group reaches it,
+/// with the task's environment (which its child inherits), stdin and stderr on
+/// /dev/null. Returns the holder and its stdout, where it says first who it runs.
+pub fn hold(mut cmd: Command, env: &[(String, String)]) -> std::io::Result<(Child, OwnedFd)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    task_env(&mut cmd, env);
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("the holder's stdout pipe is missing"))?
+        .into_owned_fd()?;
+    Ok((child, stdout))
+}
+
+/// Reads the first line from `fd` (a pipe), waiting at most `timeout` for it.
+pub fn first_line(fd: OwnedFd, timeout: std::time::Duration) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut f = std::fs::File::from(fd);
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !line.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", timeout.as_secs()),
+            ));
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let got = f.read(&mut buf)?;
+        if got == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..got]);
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    if end == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "it ended without a word",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&line[..end]).into_owned())
 }
 
 /// corral's own variables, never passed on to a task from the daemon's environment: its

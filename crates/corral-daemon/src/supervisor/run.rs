@@ -83,18 +83,27 @@ pub struct Launched {
     pub note: String,
 }
 
+/// Which run a launch is for.
+pub struct RunPlace<'a> {
+    pub run_id: &'a str,
+    /// Where the run's holder keeps its socket and exit file (`<home>/holders`).
+    pub holders: &'a Path,
+}
+
 /// Starts runs of a task.
 pub trait Launcher: Send + Sync + 'static {
     /// Starts a run of `spec`. The error is the message for the run and the user: what
     /// failed and what to check.
-    fn launch(&self, spec: &TaskSpec) -> Result<Launched, String>;
+    fn launch(&self, spec: &TaskSpec, run: &RunPlace) -> Result<Launched, String>;
 }
 
-/// Launches the task's command as a local child in its own process group.
+/// Launches the task's command as a local child in its own process group, read by the
+/// daemon itself: the run ends with the daemon. For embedding and tests; `serve` runs
+/// every task through a holder ([`HeldLauncher`]).
 pub struct ChildLauncher;
 
 impl Launcher for ChildLauncher {
-    fn launch(&self, spec: &TaskSpec) -> Result<Launched, String> {
+    fn launch(&self, spec: &TaskSpec, _run: &RunPlace) -> Result<Launched, String> {
         let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
         let sp = process::spawn(&spec.command, spec.cwd.as_deref().map(Path::new), &env)
             .map_err(|e| spawn_error(spec, &e))?;
@@ -142,27 +151,46 @@ pub struct ChildRun {
     pid: u32,
 }
 
+/// SIGTERM to a run's process group; the note says what comes after the grace.
+fn terminate_group(pid: u32, grace: Duration) -> Stopping {
+    process::signal_group(pid, libc::SIGTERM);
+    Stopping::Asked(format!(
+        "SIGTERM to process group {pid} (SIGKILL after {})",
+        human_ms(grace)
+    ))
+}
+
+/// SIGKILL to a run's process group after its grace ran out.
+fn kill_group(pid: u32, grace: Duration) -> String {
+    process::signal_group(pid, libc::SIGKILL);
+    format!(
+        "still running {} after SIGTERM: SIGKILL to process group {pid}",
+        human_ms(grace)
+    )
+}
+
+/// How a process of ours ended, for the log and the exit event.
+fn process_end_text(end: End) -> String {
+    match end {
+        End::Exited(Exit::Code(c)) => format!("exited with code {c}"),
+        End::Exited(Exit::Signal(s)) => {
+            format!("killed by signal {s} ({})", process::signal_name(s))
+        }
+        End::Released => "released".to_string(),
+    }
+}
+
 impl RunHandle for ChildRun {
     fn pid(&self) -> Option<u32> {
         Some(self.pid)
     }
 
     fn terminate(&mut self, grace: Duration) -> Stopping {
-        process::signal_group(self.pid, libc::SIGTERM);
-        Stopping::Asked(format!(
-            "SIGTERM to process group {} (SIGKILL after {})",
-            self.pid,
-            human_ms(grace)
-        ))
+        terminate_group(self.pid, grace)
     }
 
     fn kill(&mut self, grace: Duration) -> String {
-        process::signal_group(self.pid, libc::SIGKILL);
-        format!(
-            "still running {} after SIGTERM: SIGKILL to process group {}",
-            human_ms(grace),
-            self.pid
-        )
+        kill_group(self.pid, grace)
     }
 
     fn wait(&mut self) -> BoxFuture<'_, Exit> {
@@ -186,13 +214,162 @@ impl RunHandle for ChildRun {
     }
 
     fn end_text(&self, end: End, _failing: bool) -> String {
-        match end {
-            End::Exited(Exit::Code(c)) => format!("exited with code {c}"),
-            End::Exited(Exit::Signal(s)) => {
-                format!("killed by signal {s} ({})", process::signal_name(s))
-            }
-            End::Released => "released".to_string(),
+        process_end_text(end)
+    }
+}
+
+/// Launches the task's command under a holder process (`corral hold`, see
+/// [`crate::holder`]): the holder is the child's parent and keeps its output and exit
+/// status, so the run outlives this daemon and the next one takes it back.
+pub struct HeldLauncher {
+    /// The `corral` program that serves as the holder.
+    pub program: std::path::PathBuf,
+}
+
+/// What the holder says first on its stdout: who it runs, or why it could not.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum HolderHello {
+    Started(crate::holder::proto::Hello),
+    Failed { error: String, errno: Option<i32> },
+}
+
+/// Longest path a Unix socket can be bound at (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where a run's holder keeps its socket and its exit file.
+pub fn holder_paths(holders: &Path, run_id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        holders.join(format!("{run_id}.sock")),
+        holders.join(format!("{run_id}.exit")),
+    )
+}
+
+impl Launcher for HeldLauncher {
+    fn launch(&self, spec: &TaskSpec, run: &RunPlace) -> Result<Launched, String> {
+        let (socket, exit_file) = holder_paths(run.holders, run.run_id);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the holder socket {} is longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes): \
+                 give the daemon a shorter --home",
+                socket.display()
+            ));
         }
+        std::fs::create_dir_all(run.holders)
+            .map_err(|e| format!("cannot create {}: {e}", run.holders.display()))?;
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("hold")
+            .arg("--run-id")
+            .arg(run.run_id)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--exit-file")
+            .arg(&exit_file);
+        if let Some(cwd) = &spec.cwd {
+            cmd.arg("--cwd").arg(cwd);
+        }
+        cmd.arg("--").args(&spec.command);
+        let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
+        process::hold(cmd, &env)
+            .and_then(|(mut holder, stdout)| {
+                let hello = process::first_line(stdout, Duration::from_secs(30));
+                // The holder is reaped whenever it ends (by the runtime's SIGCHLD
+                // handling: no thread); a daemon gone by then leaves that to init.
+                tokio::spawn(async move {
+                    let _ = holder.wait().await;
+                });
+                hello
+            })
+            .map_err(|e| format!("cannot start the run's holder ({}): {e}", self.program.display()))
+            .and_then(|line| match serde_json::from_str::<HolderHello>(&line) {
+                Ok(HolderHello::Started(h)) => Ok(h),
+                Ok(HolderHello::Failed { error, errno }) => Err(match errno {
+                    Some(n) => spawn_error(spec, &std::io::Error::from_raw_os_error(n)),
+                    None => format!("failed to start `{}`: {error}", spec.command.first().cloned().unwrap_or_default()),
+                }),
+                Err(e) => Err(format!("the run's holder answered `{}` ({e})", line.trim())),
+            })
+            .map(|hello| {
+                let mut launched = held(run.run_id, socket, exit_file, hello.pid, [0, 0]);
+                launched.note = format!(
+                    "started pid {}: {}",
+                    hello.pid,
+                    super::shell_words(&spec.command)
+                );
+                launched
+            })
+    }
+}
+
+/// A run whose holder is at `socket`: its handle and its source, reading from `resume`
+/// (the bytes of stdout and stderr the log already has).
+pub fn held(
+    run_id: &str,
+    socket: std::path::PathBuf,
+    exit_file: std::path::PathBuf,
+    pid: u32,
+    resume: [u64; 2],
+) -> Launched {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    Launched {
+        handle: Box::new(HeldRun { pid, exit: Some(rx) }),
+        source: Box::new(crate::sources::held::Held {
+            run_id: run_id.to_string(),
+            socket,
+            exit_file,
+            resume,
+            exit: tx,
+        }),
+        what: format!("pid {pid}"),
+        note: format!("pid {pid}"),
+    }
+}
+
+/// A child of a holder process, leader of its own process group. Signalled directly
+/// (it is ours); its end comes from the holder, through the run's source.
+pub struct HeldRun {
+    pid: u32,
+    exit: Option<tokio::sync::oneshot::Receiver<Exit>>,
+}
+
+impl RunHandle for HeldRun {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn terminate(&mut self, grace: Duration) -> Stopping {
+        terminate_group(self.pid, grace)
+    }
+
+    fn kill(&mut self, grace: Duration) -> String {
+        kill_group(self.pid, grace)
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let Some(rx) = self.exit.as_mut() else {
+                return std::future::pending().await;
+            };
+            match rx.await {
+                Ok(exit) => {
+                    self.exit = None;
+                    exit
+                }
+                // The source let go of the run (detached): no end to wait for.
+                Err(_) => {
+                    self.exit = None;
+                    std::future::pending().await
+                }
+            }
+        })
+    }
+
+    fn cleanup(&mut self) {
+        process::signal_group(self.pid, libc::SIGKILL);
+    }
+
+    fn end_text(&self, end: End, _failing: bool) -> String {
+        process_end_text(end)
     }
 }
 
@@ -337,7 +514,7 @@ mod tests {
     }
 
     impl Launcher for MemoryLauncher {
-        fn launch(&self, _spec: &TaskSpec) -> Result<Launched, String> {
+        fn launch(&self, _spec: &TaskSpec, _run: &RunPlace) -> Result<Launched, String> {
             let rx = self.feeds.lock().unwrap().pop().ok_or("no more feeds")?;
             let (eof_tx, eof_rx) = oneshot::channel();
             Ok(Launched {
@@ -355,6 +532,7 @@ mod tests {
 
     fn supervisor(home: &std::path::Path, launcher: Option<Arc<dyn Launcher>>) -> Arc<Supervisor> {
         let settings = Settings {
+            holder: None,
             home: home.to_path_buf(),
             log: LogConfig {
                 max_record: 16,

@@ -21,6 +21,7 @@ pub(super) fn spawn_actor(
     spec: TaskSpec,
     view: Arc<Mutex<View>>,
     rx: mpsc::UnboundedReceiver<Cmd>,
+    attach: Option<super::Attach>,
 ) {
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let actor = Actor {
@@ -37,8 +38,16 @@ pub(super) fn spawn_actor(
         remove_reply: None,
         restart_pending: Vec::new(),
         probe_tx,
+        detach_reply: None,
+        detached: false,
     };
-    tokio::spawn(actor.main(rx, probe_rx));
+    tokio::spawn(async move {
+        let mut actor = actor;
+        if let Some(a) = attach {
+            actor.reattach(a);
+        }
+        actor.main(rx, probe_rx).await
+    });
 }
 
 /// One live run.
@@ -75,6 +84,10 @@ struct Actor {
     /// Restarts waiting for the current run to end (answered with the new run's id).
     restart_pending: Vec<oneshot::Sender<StartReply>>,
     probe_tx: mpsc::UnboundedSender<ProbeMsg>,
+    /// A detach that had to stop its run (one that cannot outlive the daemon) first.
+    detach_reply: Option<oneshot::Sender<()>>,
+    /// The run was let go to its holder: the actor ends.
+    detached: bool,
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -116,10 +129,17 @@ impl Actor {
     ) {
         let mut closed = false;
         loop {
+            if self.detached {
+                return;
+            }
             self.publish_view();
             if self.run.is_none() && self.lc.status.is_settled() {
                 for r in self.stop_replies.drain(..) {
                     let _ = r.send(());
+                }
+                if let Some(r) = self.detach_reply.take() {
+                    let _ = r.send(());
+                    return;
                 }
                 if let Some(r) = self.remove_reply.take() {
                     let _ = r.send(());
@@ -263,7 +283,86 @@ impl Actor {
                 let a = self.lc.stop();
                 self.act(a).await;
             }
+            Cmd::Detach(reply) => {
+                self.retry_at = None;
+                if self.detach().await {
+                    let _ = reply.send(());
+                    // The actor ends with its run let go: nothing more may touch it.
+                    self.detached = true;
+                } else {
+                    self.detach_reply = Some(reply);
+                    let a = self.lc.stop();
+                    self.act(a).await;
+                }
+            }
         }
+    }
+
+    /// Lets go of the live run, leaving it to its holder; false when it cannot outlive
+    /// the daemon (it must be stopped instead). With no live run there is nothing to do.
+    async fn detach(&mut self) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return self.lc.status.is_settled();
+        };
+        if !run.capture.can_detach() {
+            return false;
+        }
+        if let Some(p) = run.probe.take() {
+            p.abort();
+        }
+        if let Some(w) = run.watcher.take() {
+            w.abort();
+        }
+        run.ingest
+            .system("the daemon stopped, leaving this run to its holder; the next daemon takes it back");
+        run.capture.detach().await;
+        self.run = None;
+        true
+    }
+
+    /// Takes back a run an earlier daemon left with its holder: the same process, its
+    /// log going on from its checkpoint, its probe started again.
+    fn reattach(&mut self, a: super::Attach) {
+        let super::Attach { row, ingest, at } = a;
+        let Some(pid) = row.pid.map(|p| p as u32) else {
+            return;
+        };
+        let (socket, exit_file) = super::run::holder_paths(&self.sup.holders_dir(), &row.run_id);
+        let mut launched = super::run::held(&row.run_id, socket, exit_file, pid, at.streams);
+        launched.note = format!(
+            "taken back by a new daemon: pid {pid} ran on under its holder, and the log goes on after seq {}",
+            at.last_seq
+        );
+        let log = ingest.log().clone();
+        {
+            let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            v.run_id = Some(row.run_id.clone());
+            v.log = Some(log.clone());
+            v.started_at = Some(row.started_at);
+            v.adopted = false;
+        }
+        let watcher = self.sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
+            k.watch(super::kind::RunContext {
+                spec: &self.spec,
+                run_id: &row.run_id,
+                log: log.clone(),
+                bus: self.sup.bus.clone(),
+            })
+        });
+        self.run = Some(LiveRun {
+            run_id: row.run_id.clone(),
+            handle: None,
+            ingest,
+            capture: Capture::nothing(),
+            log,
+            kill_at: None,
+            grace_ms: 0,
+            probe: None,
+            failing: None,
+            watcher,
+        });
+        let _ = self.lc.start();
+        self.start_launched(launched, "took back");
     }
 
     async fn act(&mut self, action: Action) {
@@ -350,10 +449,17 @@ impl Actor {
             Ok(()) => return,
             Err(run) => run,
         };
-        let launched = self.sup.launcher.launch(&self.spec);
+        let holders = self.sup.holders_dir();
+        let launched = self.sup.launcher.launch(
+            &self.spec,
+            &super::run::RunPlace {
+                run_id: &run.run_id,
+                holders: &holders,
+            },
+        );
         self.run = Some(run);
         match launched {
-            Ok(launched) => self.start_launched(launched),
+            Ok(launched) => self.start_launched(launched, "started"),
             Err(msg) => self.launch_failed(msg).await,
         }
     }
@@ -491,7 +597,7 @@ impl Actor {
 
     /// The run started: it is recorded, its output captured, its probe started, and the
     /// start announced.
-    fn start_launched(&mut self, launched: Launched) {
+    fn start_launched(&mut self, launched: Launched, verb: &str) {
         let Launched {
             handle,
             source,
@@ -525,7 +631,7 @@ impl Actor {
             Component::Task,
             Level::Info,
             EventType::Start,
-            format!("task {} started {what}", self.spec.name),
+            format!("task {} {verb} {what}", self.spec.name),
             &run_id,
         );
         self.reply_started(Ok(Started {

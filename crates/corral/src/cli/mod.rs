@@ -77,6 +77,9 @@ pub enum Command {
     Restart(NameArg),
     /// Stop (if running) and forget a task; its runs stay in the registry.
     Rm(NameArg),
+    /// Stop the daemon: its tasks first, or with --leave-running not at all (for an
+    /// upgrade: they run on, and the next daemon takes them back with nothing lost).
+    Shutdown(ShutdownArgs),
     /// Start the daemon at boot (systemd), with this home and address, or stop doing so.
     Service(service::ServiceArgs),
     /// Print a one-time link that logs a browser in to the daemon (valid 2 minutes).
@@ -254,6 +257,16 @@ pub struct LogsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ShutdownArgs {
+    /// Leave every task running under its holder; the next daemon on this home takes
+    /// them back (same processes, logs going on where they were).
+    #[arg(long)]
+    pub leave_running: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct StopArgs {
     pub name: String,
     /// Grace between SIGTERM and SIGKILL (default: the task's --stop-timeout).
@@ -296,6 +309,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(a) => serve::serve(a, given).await,
         Command::Login(a) => login(&c, a.json).await,
         Command::Service(a) => service::dispatch(a),
+        Command::Shutdown(a) => tasks::shutdown(&c, a).await,
         Command::Run(a) => tasks::run(&c, a).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,

@@ -31,6 +31,8 @@ pub fn serve_opts(
         observer: config::observer_config()?,
         node: corral_daemon::serve::node_name(),
         llama: a.llama.config()?,
+        // This very program holds the runs (`corral hold`), so they outlive the daemon.
+        holder: Some(std::env::current_exe().context("finding the corral program")?),
     })
 }
 

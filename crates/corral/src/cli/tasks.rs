@@ -1,7 +1,7 @@
-//! The task commands: `run`, `ps`, `runs`, `stop`, `restart`, `rm`.
+//! The task commands: `run`, `ps`, `runs`, `stop`, `restart`, `rm`, and `shutdown`.
 
 use super::{duration_arg, monitor, start_exit_code, table};
-use super::{NameArg, RunArgs, RunsArgs, StopArgs};
+use super::{NameArg, RunArgs, RunsArgs, ShutdownArgs, StopArgs};
 use anyhow::{bail, Context};
 use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
 use corral_client::{enc, Client};
@@ -97,6 +97,46 @@ pub async fn stop(c: &Client, a: StopArgs) -> anyhow::Result<i32> {
         writeln!(out, "{}", serde_json::to_string(&info)?)?;
     } else {
         writeln!(out, "{}: {}", a.name, info.status)?;
+    }
+    Ok(0)
+}
+
+/// Asks the daemon to stop, then waits (at most a minute) until it no longer answers.
+pub async fn shutdown(c: &Client, a: ShutdownArgs) -> anyhow::Result<i32> {
+    let req = corral_client::wire::Shutdown {
+        leave_running: a.leave_running,
+    };
+    let _: corral_client::wire::Shutdown = c.post("/shutdown", &req).await?;
+    if !a.json {
+        let what = if a.leave_running {
+            "leaving every task running for the next daemon"
+        } else {
+            "stopping every task first"
+        };
+        eprintln!("corral: the daemon is shutting down, {what}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let gone = loop {
+        if c.get::<corral_client::wire::Health>("/health").await.is_err() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(
+            out,
+            "{}",
+            json!({"stopped": gone, "leave_running": a.leave_running})
+        )?;
+    } else if gone {
+        writeln!(out, "stopped")?;
+    }
+    if !gone {
+        bail!("the daemon still answers a minute after it was asked to stop; see its daemon.log");
     }
     Ok(0)
 }

@@ -680,6 +680,27 @@ pub fn proc_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 2..].chars().next()
 }
 
+/// The parent of a process (field 4 of /proc/PID/stat): for a task's process, its holder.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+/// Kills a task's holder (SIGKILL), so that its run has no one left who keeps its output
+/// or its exit: what a daemon restart then finds is a run it cannot take back. Returns the
+/// holder's pid.
+pub fn kill_holder(task_pid: u32) -> u32 {
+    let holder = parent_pid(task_pid).expect("the task's process has a parent");
+    let cmdline = std::fs::read(format!("/proc/{holder}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.split(|&b| b == 0).any(|w| w == b"hold"),
+        "the parent of pid {task_pid} is not a holder: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    signal(holder as i32, libc::SIGKILL);
+    holder
+}
+
 /// Processes of group `pgid` with their state (zombies included).
 pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
