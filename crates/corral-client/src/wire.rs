@@ -190,6 +190,9 @@ pub struct TaskInfo {
     pub started_at: Option<f64>,
     #[serde(default)]
     pub kind: Option<String>,
+    /// Failed writes of the current run's log (a full disk), while it runs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub write_errors: u64,
 }
 
 /// A run as `corral runs` shows it (`GET /runs`, `GET /runs/{id}`).
@@ -209,9 +212,21 @@ pub struct RunInfo {
     pub lines: i64,
     pub bytes: i64,
     pub truncated: bool,
+    /// Writes of the run's log that failed (a full disk) while it ran: what they held
+    /// reached live followers but is a hole in the files. Only a running run counts
+    /// them; a finished one says so in its `error_message` and `truncated`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub write_errors: u64,
+    /// The last such failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
     /// The seq and byte range the size cap dropped: `[from, to, off_from, off_to]`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gap: Option<[i64; 4]>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The answer of `POST /tasks` and `POST /tasks/{name}/restart`.

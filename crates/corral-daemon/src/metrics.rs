@@ -28,6 +28,9 @@ pub type GaugeF64 = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
 pub static RECORDS: AtomicU64 = AtomicU64::new(0);
 pub static BYTES: AtomicU64 = AtomicU64::new(0);
 pub static FOLLOWERS: AtomicU64 = AtomicU64::new(0);
+/// Failed writes of run logs and registry rows (a full disk, an I/O error).
+pub static LOG_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+pub static REGISTRY_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a connected follower for as long as it lives.
 pub struct FollowerGuard(());
@@ -93,7 +96,8 @@ where
 pub const NO_LABELS: [(&str, &str); 0] = [];
 
 /// The capture counters: `corral_records_captured_total`, `corral_bytes_captured_total`,
-/// `corral_followers`.
+/// `corral_followers`, and the write failures: `corral_log_write_errors_total`,
+/// `corral_registry_write_errors_total`.
 #[derive(Debug)]
 pub struct Capture;
 
@@ -110,6 +114,18 @@ impl Collector for Capture {
             "corral_bytes_captured",
             "Log bytes captured.",
             [(NO_LABELS, BYTES.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut enc,
+            "corral_log_write_errors",
+            "Writes of run logs that failed (a full disk?); the records still reached live followers.",
+            [(NO_LABELS, LOG_WRITE_ERRORS.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut enc,
+            "corral_registry_write_errors",
+            "Writes of the run registry that failed; a run's final row is retried until it is written.",
+            [(NO_LABELS, REGISTRY_WRITE_ERRORS.load(Ordering::Relaxed))],
         )?;
         gauge(
             &mut enc,

@@ -90,7 +90,9 @@ async fn a_killed_daemon_leaves_its_tasks_up_and_the_next_one_takes_them_back() 
     start_quiet_server(&d1, port).await;
     let server = d1.task("coord").await["pid"].as_i64().unwrap() as i32;
     let n = 20_000;
-    let run = d1.run_task("chatty", &[], &[python(), "-c", &chatty(n)]).await;
+    let run = d1
+        .run_task("chatty", &[], &[python(), "-c", &chatty(n)])
+        .await;
     let chatty_pid = d1.task("chatty").await["pid"].as_i64().unwrap() as i32;
     let _guard = KillOnDrop(vec![-server, -chatty_pid]);
     wait_for("the chatty task to be mid-write", DEADLINE, || async {
@@ -98,7 +100,10 @@ async fn a_killed_daemon_leaves_its_tasks_up_and_the_next_one_takes_them_back() 
     })
     .await;
     d1.kill9();
-    assert!(!is_esrch(server) && !is_esrch(chatty_pid), "the tasks outlive the daemon");
+    assert!(
+        !is_esrch(server) && !is_esrch(chatty_pid),
+        "the tasks outlive the daemon"
+    );
 
     let d2 = d1.start_again(DaemonOpts::default()).await;
     let t = d2.wait_task_status("coord", "ready").await;
@@ -107,16 +112,31 @@ async fn a_killed_daemon_leaves_its_tasks_up_and_the_next_one_takes_them_back() 
     let (lines, end) = stdout_lines(&d2, "chatty", &run).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     let want: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
-    assert!(lines == want, "{} lines, not the {n} printed, in order, once each", lines.len());
+    assert!(
+        lines == want,
+        "{} lines, not the {n} printed, in order, once each",
+        lines.len()
+    );
     let row = d2.run_row(&run).await;
-    assert_eq!((row["status"].as_str(), row["exit_code"].as_i64()), (Some("succeeded"), Some(0)), "{row}");
+    assert_eq!(
+        (row["status"].as_str(), row["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0)),
+        "{row}"
+    );
     assert_eq!(row["lines"], n as i64, "{row}");
 
     // A restart acts on the one live server; a kill of it is recorded with its signal.
-    let server_run = d2.task("coord").await["run_id"].as_str().unwrap().to_string();
+    let server_run = d2.task("coord").await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     signal(server, libc::SIGKILL);
     let row = d2.wait_run_end(&server_run).await;
-    assert_eq!((row["status"].as_str(), row["signal"].as_i64()), (Some("failed"), Some(9)), "{row}");
+    assert_eq!(
+        (row["status"].as_str(), row["signal"].as_i64()),
+        (Some("failed"), Some(9)),
+        "{row}"
+    );
     let t = wait_for("the server to run again", DEADLINE, || async {
         let t = d2.task("coord").await;
         (t["status"] == "ready" && t["pid"] != server).then_some(t)
@@ -159,7 +179,9 @@ fn servers_on(port: u16) -> Vec<u32> {
 async fn fifty_daemon_kills_mid_write_lose_and_repeat_nothing() {
     let mut d = Daemon::start().await;
     let n = 200_000;
-    let run = d.run_task("chatty", &[], &[python(), "-c", &chatty(n)]).await;
+    let run = d
+        .run_task("chatty", &[], &[python(), "-c", &chatty(n)])
+        .await;
     let pid = d.task("chatty").await["pid"].as_i64().unwrap() as i32;
     let _guard = KillOnDrop(vec![-pid]);
     let home = d.home.clone();
@@ -182,7 +204,10 @@ async fn fifty_daemon_kills_mid_write_lose_and_repeat_nothing() {
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(lines.len(), n as usize, "every line once");
     assert!(
-        lines.iter().enumerate().all(|(i, l)| *l == format!("line {i}")),
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == format!("line {i}")),
         "in order"
     );
     check_index(&home, "chatty", &run, 50);
@@ -208,9 +233,22 @@ fn check_index(home: &std::path::Path, task: &str, run: &str, round: usize) {
     for (i, e) in idx.chunks(24).enumerate() {
         let off = u64::from_le_bytes(e[0..8].try_into().unwrap());
         let len = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64;
-        let (file, at) = if e[12] == 2 { (&sys, &mut sys_at) } else { (&log, &mut log_at) };
-        assert_eq!(off, *at, "round {round}: entry {} is not where the last one ended", i + 1);
-        assert!(off + len <= file.len() as u64, "round {round}: entry {} past the end", i + 1);
+        let (file, at) = if e[12] == 2 {
+            (&sys, &mut sys_at)
+        } else {
+            (&log, &mut log_at)
+        };
+        assert_eq!(
+            off,
+            *at,
+            "round {round}: entry {} is not where the last one ended",
+            i + 1
+        );
+        assert!(
+            off + len <= file.len() as u64,
+            "round {round}: entry {} past the end",
+            i + 1
+        );
         let partial = e[13] & 1 != 0;
         assert!(
             partial || file[(off + len - 1) as usize] == b'\n',
@@ -277,8 +315,12 @@ async fn shutdown_leave_running_hands_the_tasks_to_the_next_daemon() {
         "echo before; while [ ! -e {} ]; do sleep 0.05; done; echo after; exec sleep 1000",
         go.display()
     );
-    let run = d1.run_task("svc", &["--restart", "always"], &["sh", "-c", &script]).await;
-    let pid = d1.wait_task_status("svc", "ready").await["pid"].as_i64().unwrap() as i32;
+    let run = d1
+        .run_task("svc", &["--restart", "always"], &["sh", "-c", &script])
+        .await;
+    let pid = d1.wait_task_status("svc", "ready").await["pid"]
+        .as_i64()
+        .unwrap() as i32;
     let _guard = KillOnDrop(vec![-pid]);
     wait_for("the first line", DEADLINE, || async {
         (d1.run_row(&run).await["lines"] == 1).then_some(())
@@ -453,4 +495,85 @@ async fn finished_runs_hold_no_open_files() {
         open_files_of(d.pid, &run) == 0
     })
     .await;
+}
+
+/// A disk that fills up under a run: the failed writes are counted in `/metrics` and shown
+/// in `runs` and `ps` while the run goes on; its end is recorded (retried until the
+/// registry can be written) with `truncated` and the reason; and once there is room again
+/// the next run's log is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_counted_shown_and_the_run_still_gets_its_end() {
+    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let home = tmp.path().join("home");
+    let _disk = Tmpfs::mount(&home, "6m");
+    let d = Daemon::start_in(tmp.clone(), DaemonOpts::default()).await;
+    // Room to give back later.
+    let filler = home.join("filler");
+    std::fs::write(&filler, vec![0u8; 1 << 20]).unwrap();
+    let go = tmp.path().join("go");
+    let script = format!(
+        "yes 0123456789012345678901234567890123456789 | head -c 12000000; \
+         while [ ! -e {} ]; do sleep 0.05; done; echo done",
+        go.display()
+    );
+    let run = d.run_task("fill", &[], &["sh", "-c", &script]).await;
+    let row = wait_for("failed writes to show", DEADLINE, || async {
+        let row = d.run_row(&run).await;
+        (row["write_errors"].as_u64() > Some(0)).then_some(row)
+    })
+    .await;
+    assert_eq!(row["status"], "running", "{row}");
+    assert_eq!(row["truncated"], true, "{row}");
+    let why = row["write_error"].as_str().unwrap_or_default();
+    assert!(why.contains("No space left"), "{row}");
+    let metrics = d.metrics().await;
+    let failed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_log_write_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("corral_log_write_errors_total in /metrics");
+    assert!(failed > 0, "{metrics}");
+    let ps = d.cli(&["ps"]).await.ok();
+    assert!(ps.stdout().contains("failed writes"), "{}", ps.stdout());
+    let runs = d.cli(&["runs", "fill"]).await.ok();
+    assert!(
+        runs.stdout().contains("log writes failing"),
+        "{}",
+        runs.stdout()
+    );
+
+    // The run ends while the disk is still full; once there is room its end is recorded.
+    std::fs::write(&go, "").unwrap();
+    d.wait_task_status("fill", "completed").await;
+    wait_for("the registry write to fail", DEADLINE, || async {
+        let m = d.metrics().await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("corral_registry_write_errors_total "))
+            .is_some_and(|v| v.trim() != "0")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.run_row(&run).await["status"],
+        "running",
+        "not recorded yet"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let row = d.wait_run_end(&run).await;
+    assert_eq!(row["status"], "succeeded", "{row}");
+    assert_eq!(row["truncated"], true, "{row}");
+    let msg = row["error_message"].as_str().unwrap_or_default();
+    assert!(msg.contains("could not be fully written"), "{row}");
+
+    // With room again (the full run's log removed with its task), a run's log is whole.
+    d.cli(&["rm", "fill"]).await.ok();
+    std::fs::remove_dir_all(home.join("runs").join("fill")).unwrap();
+    let next = d
+        .run_task("after", &[], &["sh", "-c", "echo one; echo two"])
+        .await;
+    d.wait_run_end(&next).await;
+    let (lines, end) = stdout_lines(&d, "after", &next).await;
+    assert_eq!(lines, ["one", "two"]);
+    assert_eq!(end["status"], "succeeded");
+    assert_eq!(d.run_row(&next).await["truncated"], false);
 }

@@ -128,5 +128,7 @@ pub async fn run(
 fn overlay_live(row: &mut RunInfo, s: &LogStats) {
     row.lines = s.lines as i64;
     row.bytes = s.bytes as i64;
-    row.truncated |= s.gap.is_some();
+    row.truncated |= s.gap.is_some() || s.write_errors > 0;
+    row.write_errors = s.write_errors;
+    row.write_error = s.write_error.clone();
 }

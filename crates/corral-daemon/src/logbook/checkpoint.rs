@@ -62,7 +62,8 @@ impl Checkpoint {
         if b.len() != LEN || &b[..8] != MAGIC {
             return None;
         }
-        let w = |i: usize| u64::from_le_bytes(b[8 + i * 8..16 + i * 8].try_into().unwrap_or([0; 8]));
+        let w =
+            |i: usize| u64::from_le_bytes(b[8 + i * 8..16 + i * 8].try_into().unwrap_or([0; 8]));
         Some(Checkpoint {
             last_seq: w(0),
             log_len: w(1),

@@ -229,6 +229,8 @@ struct Shared {
     end: Option<RunEnd>,
     lines: u64,
     bytes: u64,
+    write_errors: u64,
+    write_error: Option<String>,
 }
 
 /// Read side of a run's log, shared by the writer and every follower.
@@ -266,6 +268,9 @@ pub struct LogStats {
     pub lines: u64,
     pub bytes: u64,
     pub gap: Option<Gap>,
+    /// Failed writes of the files (a full disk), and the last one's error.
+    pub write_errors: u64,
+    pub write_error: Option<String>,
 }
 
 impl RunLog {
@@ -292,6 +297,8 @@ impl RunLog {
                 end: None,
                 lines: 0,
                 bytes: 0,
+                write_errors: 0,
+                write_error: None,
             }),
             seq_tx: watch::channel(0).0,
             cache: Mutex::new(BlockCache::default()),
@@ -356,7 +363,17 @@ impl RunLog {
             lines: s.lines,
             bytes: s.bytes,
             gap: s.gap,
+            write_errors: s.write_errors,
+            write_error: s.write_error.clone(),
         }
+    }
+
+    /// Counts a failed write of the files (each one: they are shown while the run goes on).
+    pub(crate) fn write_failed(&self, e: &std::io::Error) {
+        crate::metrics::LOG_WRITE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = self.lock();
+        s.write_errors += 1;
+        s.write_error = Some(e.to_string());
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

@@ -108,7 +108,12 @@ impl LogWriter {
         let mut checkpoints = VecDeque::new();
         if at.last_seq > 0 {
             let notes = super::count_newlines(&sys)?;
-            log.resume_at(at.last_seq, at.last_seq.saturating_sub(notes), at.log_len, gap);
+            log.resume_at(
+                at.last_seq,
+                at.last_seq.saturating_sub(notes),
+                at.log_len,
+                gap,
+            );
             if gap.is_none() {
                 // Where the reopened run goes on: the head may end here.
                 checkpoints.push_back((at.last_seq + 1, at.log_len));
@@ -230,6 +235,7 @@ impl LogWriter {
 
     /// Keeps the first write error for the run's message (and says it once).
     pub fn note_io_error(&mut self, e: std::io::Error) {
+        self.log.write_failed(&e);
         if self.io_error.is_none() {
             tracing::error!(
                 run_id = %self.log.run_id,

@@ -127,6 +127,8 @@ impl From<RunRow> for RunInfo {
             lines: r.lines,
             bytes: r.bytes,
             truncated: r.truncated,
+            write_errors: 0,
+            write_error: None,
             gap: r.gap,
         }
     }
@@ -143,6 +145,8 @@ pub struct RunOutcome {
     pub lines: u64,
     pub bytes: u64,
     pub gap: Option<[u64; 4]>,
+    /// Some of the run's log could not be written (it is truncated even without a gap).
+    pub write_failed: bool,
 }
 
 pub struct Registry {
@@ -298,7 +302,7 @@ impl Registry {
                 o.error_message.as_deref().map(cap_message),
                 o.lines as i64,
                 o.bytes as i64,
-                gap.is_some(),
+                gap.is_some() || o.write_failed,
                 gap.map(|g| g[0]),
                 gap.map(|g| g[1]),
                 gap.map(|g| g[2]),

@@ -61,7 +61,10 @@ impl Source for Held {
         let conn = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("cannot reach the run's holder at {}: {e}", self.socket.display()),
+                format!(
+                    "cannot reach the run's holder at {}: {e}",
+                    self.socket.display()
+                ),
             )
         })?;
         conn.set_nonblocking(true)?;
@@ -69,9 +72,13 @@ impl Source for Held {
         let (done, drained) = oneshot::channel();
         let (detach_tx, detach) = oneshot::channel();
         tokio::spawn(pump(*self, conn, ingest, detach, done));
-        Ok(Capture::detachable(drained, || {}, move || {
-            let _ = detach_tx.send(());
-        }))
+        Ok(Capture::detachable(
+            drained,
+            || {},
+            move || {
+                let _ = detach_tx.send(());
+            },
+        ))
     }
 }
 
@@ -111,12 +118,14 @@ impl Pump {
                 let hello: proto::Hello =
                     serde_json::from_slice(p).map_err(|e| format!("a bad hello: {e}"))?;
                 if hello.run_id != run_id {
-                    return Err(format!("the socket holds run {}, not {run_id}", hello.run_id));
+                    return Err(format!(
+                        "the socket holds run {}, not {run_id}",
+                        hello.run_id
+                    ));
                 }
             }
             proto::DATA => {
-                let (stream, off, bytes) =
-                    proto::parse_data(p).ok_or("a DATA frame too short")?;
+                let (stream, off, bytes) = proto::parse_data(p).ok_or("a DATA frame too short")?;
                 let i = slot(stream).ok_or("DATA of an unknown stream")?;
                 let end = off + bytes.len() as u64;
                 if end <= self.next[i] {

@@ -245,6 +245,7 @@ impl Supervisor {
                     .as_ref()
                     .and_then(|s| s.gap)
                     .map(|g| [g.from, g.to, g.off_from, g.off_to]),
+                write_failed: false,
             },
         )?;
         let (_, exit_file) = run::holder_paths(&self.holders_dir(), &run.run_id);
@@ -695,6 +696,7 @@ fn info(h: &Handle) -> TaskInfo {
         last_error: v.last_error.clone(),
         started_at: v.started_at,
         kind: h.spec.kind.clone(),
+        write_errors: v.log.as_ref().map_or(0, |l| l.stats().write_errors),
     }
 }
 

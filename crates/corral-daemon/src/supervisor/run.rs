@@ -280,12 +280,20 @@ impl Launcher for HeldLauncher {
                 });
                 hello
             })
-            .map_err(|e| format!("cannot start the run's holder ({}): {e}", self.program.display()))
+            .map_err(|e| {
+                format!(
+                    "cannot start the run's holder ({}): {e}",
+                    self.program.display()
+                )
+            })
             .and_then(|line| match serde_json::from_str::<HolderHello>(&line) {
                 Ok(HolderHello::Started(h)) => Ok(h),
                 Ok(HolderHello::Failed { error, errno }) => Err(match errno {
                     Some(n) => spawn_error(spec, &std::io::Error::from_raw_os_error(n)),
-                    None => format!("failed to start `{}`: {error}", spec.command.first().cloned().unwrap_or_default()),
+                    None => format!(
+                        "failed to start `{}`: {error}",
+                        spec.command.first().cloned().unwrap_or_default()
+                    ),
                 }),
                 Err(e) => Err(format!("the run's holder answered `{}` ({e})", line.trim())),
             })
@@ -312,7 +320,10 @@ pub fn held(
 ) -> Launched {
     let (tx, rx) = tokio::sync::oneshot::channel();
     Launched {
-        handle: Box::new(HeldRun { pid, exit: Some(rx) }),
+        handle: Box::new(HeldRun {
+            pid,
+            exit: Some(rx),
+        }),
         source: Box::new(crate::sources::held::Held {
             run_id: run_id.to_string(),
             socket,

@@ -104,6 +104,46 @@ async fn wait_end(run: &mut Option<LiveRun>) -> Exit {
     }
 }
 
+/// How often a run's final registry row is tried again while it cannot be written.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// Writes a run's final registry row, and once it is there lets go of the exit file its
+/// holder left. While the registry cannot be written (a full disk), it is tried again
+/// every [`RECORD_RETRY`] in the background; a daemon that dies meanwhile leaves the exit
+/// file, from which the next one finishes the run.
+fn record_end(sup: Arc<Supervisor>, run_id: String, outcome: RunOutcome) {
+    let write = move |sup: &Supervisor, first: bool| -> bool {
+        match sup.registry.finish_run(&run_id, &outcome) {
+            Ok(()) => {
+                let (_, exit_file) = super::run::holder_paths(&sup.holders_dir(), &run_id);
+                let _ = std::fs::remove_file(exit_file);
+                true
+            }
+            Err(e) => {
+                crate::metrics::REGISTRY_WRITE_ERRORS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Said once; the retries are counted in /metrics.
+                if first {
+                    tracing::error!(run_id = %run_id, "recording the end of the run: {e}; trying again every {}s", RECORD_RETRY.as_secs());
+                }
+                false
+            }
+        }
+    };
+    if write(&sup, true) {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RECORD_RETRY).await;
+            if write(&sup, false) {
+                tracing::info!("the end of the run is recorded after all");
+                return;
+            }
+        }
+    });
+}
+
 pub fn human_ms(ms: u64) -> String {
     corral_core::duration::format_duration(Duration::from_millis(ms))
 }
@@ -313,8 +353,9 @@ impl Actor {
         if let Some(w) = run.watcher.take() {
             w.abort();
         }
-        run.ingest
-            .system("the daemon stopped, leaving this run to its holder; the next daemon takes it back");
+        run.ingest.system(
+            "the daemon stopped, leaving this run to its holder; the next daemon takes it back",
+        );
         run.capture.detach().await;
         self.run = None;
         true
@@ -920,10 +961,9 @@ impl Actor {
             lines: stats.lines,
             bytes: stats.bytes,
             gap: gap.map(|g| [g.from, g.to, g.off_from, g.off_to]),
+            write_failed: stats.write_errors > 0,
         };
-        if let Err(e) = self.sup.registry.finish_run(&run.run_id, &outcome) {
-            tracing::error!(run_id = %run.run_id, "recording the end of the run: {e}");
-        }
+        record_end(self.sup.clone(), run.run_id.clone(), outcome);
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         if status == RunStatus::Failed {
             v.last_error = message;

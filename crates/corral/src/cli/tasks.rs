@@ -117,7 +117,10 @@ pub async fn shutdown(c: &Client, a: ShutdownArgs) -> anyhow::Result<i32> {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let gone = loop {
-        if c.get::<corral_client::wire::Health>("/health").await.is_err() {
+        if c.get::<corral_client::wire::Health>("/health")
+            .await
+            .is_err()
+        {
             break true;
         }
         if std::time::Instant::now() > deadline {
@@ -184,7 +187,10 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
         .map(|t| {
             vec![
                 t.name.clone(),
-                t.status.to_string(),
+                match t.write_errors {
+                    0 => t.status.to_string(),
+                    n => format!("{} (log: {n} failed writes)", t.status),
+                },
                 table::opt(t.pid),
                 table::opt(t.run_id.as_deref()),
                 t.restarts.to_string(),
@@ -221,7 +227,16 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let err = sanitize(r.error_message.as_deref().unwrap_or(""));
+            let failing = r
+                .write_error
+                .as_ref()
+                .map(|e| format!("log writes failing ({}x): {e}", r.write_errors));
+            let err = sanitize(
+                failing
+                    .as_deref()
+                    .or(r.error_message.as_deref())
+                    .unwrap_or(""),
+            );
             let short: String = err.chars().take(60).collect();
             vec![
                 r.run_id.clone(),

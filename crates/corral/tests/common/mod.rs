@@ -130,7 +130,8 @@ impl Daemon {
         Daemon::start_in(self.tmp.clone(), opts).await
     }
 
-    async fn start_in(tmp: Arc<tempfile::TempDir>, opts: DaemonOpts) -> Daemon {
+    /// A daemon whose home is `home` in `tmp` (which the caller may have prepared).
+    pub async fn start_in(tmp: Arc<tempfile::TempDir>, opts: DaemonOpts) -> Daemon {
         let home = tmp.path().join("home");
         let n = std::fs::read_dir(tmp.path()).map_or(0, |d| d.count());
         let stderr_path = tmp.path().join(format!("daemon-{n}.stderr"));
@@ -699,6 +700,42 @@ pub fn kill_holder(task_pid: u32) -> u32 {
     );
     signal(holder as i32, libc::SIGKILL);
     holder
+}
+
+/// A small tmpfs mounted for a test (a disk that fills up), unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`6m`) at `dir`. Fails the test, saying what to do, where
+    /// mounting is not allowed.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size} tmpfs at {} for the full-disk test ({}): run the test suite \
+             as root (as CI does), where mount(8) may mount a tmpfs",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 /// Processes of group `pgid` with their state (zombies included).
