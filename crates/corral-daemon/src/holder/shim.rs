@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Unacknowledged bytes kept per stream before the holder stops reading the child.
 pub const DEFAULT_BUFFER: usize = 16 << 20;
+/// Bytes asked of the kernel per read of the child's pipes (which are enlarged to this
+/// where allowed), and the socket buffer asked for towards the daemon.
+const READ_SIZE: usize = 1 << 20;
+/// Acknowledged bytes at the front of a stream's buffer before they are dropped.
+const COMPACT_AT: usize = 1 << 20;
 /// After the child exits, how long its pipes may stay open (something outside its group
 /// still holds them) before the holder stops reading them.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
@@ -34,6 +39,9 @@ struct Stream {
     /// Offset of `buf[0]` in the stream.
     base: u64,
     buf: Vec<u8>,
+    /// Acknowledged up to here: the bytes below may go (they are dropped from the front
+    /// of `buf` a megabyte or more at a time, so forgetting costs no copy per ACK).
+    acked: u64,
     /// Sent to the current daemon up to this offset.
     sent: u64,
     /// Whether the pipe was cut after the grace, not closed by its writers.
@@ -47,9 +55,21 @@ impl Stream {
     }
 
     fn forget_below(&mut self, off: u64) {
-        let n = off.saturating_sub(self.base).min(self.buf.len() as u64) as usize;
-        self.buf.drain(..n);
+        self.acked = self.acked.max(off.min(self.end()));
+        let n = (self.acked.saturating_sub(self.base)) as usize;
+        if n == self.buf.len() {
+            self.buf.clear();
+        } else if n >= COMPACT_AT {
+            self.buf.drain(..n);
+        } else {
+            return;
+        }
         self.base += n as u64;
+    }
+
+    /// Bytes kept that the daemon has not acknowledged.
+    fn held(&self) -> usize {
+        (self.end() - self.acked.max(self.base)) as usize
     }
 }
 
@@ -124,6 +144,7 @@ pub fn hold(a: HoldArgs) -> i32 {
             fd: to_fd(child.stdout.take()),
             base: 0,
             buf: Vec::new(),
+            acked: 0,
             sent: 0,
             cut: false,
             eof_sent: false,
@@ -133,6 +154,7 @@ pub fn hold(a: HoldArgs) -> i32 {
             fd: child.stderr.take().map(OwnedFd::from),
             base: 0,
             buf: Vec::new(),
+            acked: 0,
             sent: 0,
             cut: false,
             eof_sent: false,
@@ -141,6 +163,10 @@ pub fn hold(a: HoldArgs) -> i32 {
     for s in &streams {
         if let Some(fd) = &s.fd {
             set_nonblocking(fd.as_raw_fd());
+            // SAFETY: fcntl on our pipe's read end; best effort.
+            unsafe {
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, READ_SIZE as libc::c_int);
+            }
         }
     }
     let pidfd = pidfd_open(pid);
@@ -150,6 +176,8 @@ pub fn hold(a: HoldArgs) -> i32 {
     let mut client: Option<UnixStream> = None;
     let mut inbuf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
+    // Written to the daemon up to here.
+    let mut out_at = 0usize;
     let mut resumed = false;
     let mut read_buf = vec![0u8; 1 << 16];
 
@@ -167,7 +195,7 @@ pub fn hold(a: HoldArgs) -> i32 {
             revents: 0,
         };
         for s in &streams {
-            let room = s.buf.len() < a.buffer;
+            let room = s.held() < a.buffer;
             fds.push(pfd(
                 s.fd.as_ref().filter(|_| room).map_or(-1, |f| f.as_raw_fd()),
                 libc::POLLIN,
@@ -205,10 +233,20 @@ pub fn hold(a: HoldArgs) -> i32 {
             }
             let Some(fd) = &s.fd else { continue };
             // SAFETY: reading into our own buffer.
-            let r =
-                unsafe { libc::read(fd.as_raw_fd(), read_buf.as_mut_ptr().cast(), read_buf.len()) };
+            // Straight into the stream's buffer: no copy.
+            s.buf.reserve(READ_SIZE);
+            let len = s.buf.len();
+            let spare = s.buf.capacity() - len;
+            let r = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    s.buf.as_mut_ptr().add(len).cast(),
+                    spare.min(READ_SIZE),
+                )
+            };
             if r > 0 {
-                s.buf.extend_from_slice(&read_buf[..r as usize]);
+                // SAFETY: the kernel wrote `r` bytes there.
+                unsafe { s.buf.set_len(len + r as usize) };
             } else if r == 0
                 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
             {
@@ -243,9 +281,11 @@ pub fn hold(a: HoldArgs) -> i32 {
         if fds[3].revents != 0 {
             if let Ok((c, _)) = listener.accept() {
                 let _ = c.set_nonblocking(true);
+                set_send_buffer(&c);
                 client = Some(c);
                 inbuf.clear();
                 out.clear();
+                out_at = 0;
                 resumed = false;
                 exit_sent = false;
                 for s in streams.iter_mut() {
@@ -304,9 +344,13 @@ pub fn hold(a: HoldArgs) -> i32 {
                 }
             }
             if !drop_client && !out.is_empty() && fds[4].revents & libc::POLLOUT != 0 {
-                match c.write(&out) {
+                match c.write(&out[out_at..]) {
                     Ok(n) => {
-                        out.drain(..n);
+                        out_at += n;
+                        if out_at == out.len() {
+                            out.clear();
+                            out_at = 0;
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => drop_client = true,
@@ -316,6 +360,7 @@ pub fn hold(a: HoldArgs) -> i32 {
         if drop_client {
             client = None;
             out.clear();
+            out_at = 0;
         }
     }
 }
@@ -368,6 +413,21 @@ fn write_exit_file(path: &std::path::Path, st: &ExitStatus) {
     let tmp = path.with_extension("exit.tmp");
     if std::fs::write(&tmp, serde_json::to_string(st).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// A larger send buffer towards the daemon: fewer wake-ups when the child is fast.
+fn set_send_buffer(c: &UnixStream) {
+    let size = READ_SIZE as libc::c_int;
+    // SAFETY: setsockopt on our socket with a plain int; best effort.
+    unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

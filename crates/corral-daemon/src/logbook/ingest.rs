@@ -269,14 +269,29 @@ impl Channel {
         if self.ended || bytes.is_empty() {
             return;
         }
-        if self.pending.is_empty() {
-            let used = self.ingest.append(self.stream, bytes, false, ts);
-            self.pending.extend_from_slice(&bytes[used..]);
-        } else {
-            self.pending.extend_from_slice(bytes);
+        let mut bytes = bytes;
+        if !self.pending.is_empty() {
+            // Only the carried line is completed by copying: what follows its newline is
+            // framed where it lies.
+            let Some(nl) = memchr::memchr(b'\n', bytes) else {
+                self.pending.extend_from_slice(bytes);
+                let used = self.ingest.append(self.stream, &self.pending, false, ts);
+                self.pending.drain(..used);
+                self.trim();
+                return;
+            };
+            self.pending.extend_from_slice(&bytes[..=nl]);
             let used = self.ingest.append(self.stream, &self.pending, false, ts);
-            self.pending.drain(..used);
+            debug_assert_eq!(
+                used,
+                self.pending.len(),
+                "a line ending in a newline is whole"
+            );
+            self.pending.clear();
+            bytes = &bytes[nl + 1..];
         }
+        let used = self.ingest.append(self.stream, bytes, false, ts);
+        self.pending.extend_from_slice(&bytes[used..]);
         self.trim();
     }
 

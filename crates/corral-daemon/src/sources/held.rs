@@ -21,12 +21,17 @@ use crate::logbook::{Channel, Ingest};
 use corral_core::policy::Exit;
 use corral_core::record::Stream;
 use std::path::PathBuf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
 /// Largest read from the holder's socket.
 const READ_SIZE: usize = 1 << 20;
+
+thread_local! {
+    /// The read buffer of the runtime worker that serves a run's socket now.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The holder of one run, to be read.
 pub struct Held {
@@ -68,6 +73,18 @@ impl Source for Held {
             )
         })?;
         conn.set_nonblocking(true)?;
+        let size = READ_SIZE as libc::c_int;
+        // SAFETY: setsockopt on our socket with a plain int; best effort (fewer wake-ups
+        // when the child is fast).
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&conn),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let conn = UnixStream::from_std(conn)?;
         let (done, drained) = oneshot::channel();
         let (detach_tx, detach) = oneshot::channel();
@@ -199,8 +216,9 @@ async fn pump(
     };
     let mut out = Vec::new();
     proto::offsets(&mut out, proto::RESUME, resume[0], resume[1]);
+    // Bytes of a frame cut across reads; the reads themselves go to a scratch buffer of
+    // the worker thread, so an idle run holds no read buffer.
     let mut inbuf: Vec<u8> = Vec::new();
-    let mut rd = vec![0u8; READ_SIZE];
     let outcome = 'conn: loop {
         if !out.is_empty() {
             if let Err(e) = conn.write_all(&out).await {
@@ -213,44 +231,46 @@ async fn pump(
             let _ = conn.write_all(&out).await;
             break Outcome::Done;
         }
-        let n = tokio::select! {
+        tokio::select! {
             biased;
             _ = &mut detach => break Outcome::Detached,
-            r = conn.read(&mut rd) => match r {
-                Ok(0) => break Outcome::Lost("the holder closed its socket".into()),
-                Ok(n) => n,
-                Err(e) => break Outcome::Lost(format!("reading from the holder: {e}")),
+            r = conn.readable() => if let Err(e) = r {
+                break Outcome::Lost(format!("waiting for the holder: {e}"));
             },
-        };
-        // Frames are handled from the read buffer itself unless one was cut across reads.
-        let used = {
+        }
+        let handled = SCRATCH.with_borrow_mut(|rd| {
+            rd.resize(READ_SIZE, 0);
+            let n = match conn.try_read(rd) {
+                Ok(0) => return Err(Outcome::Lost("the holder closed its socket".into())),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(Outcome::Lost(format!("reading from the holder: {e}"))),
+            };
+            // Frames are handled from the read itself unless one was cut across reads.
             let buf: &[u8] = if inbuf.is_empty() {
                 &rd[..n]
             } else {
                 inbuf.extend_from_slice(&rd[..n]);
                 &inbuf
             };
-            let (frames, used) = match proto::split(buf) {
-                Ok(f) => f,
-                Err(e) => break Outcome::Lost(e),
-            };
+            let (frames, used) = proto::split(buf).map_err(Outcome::Lost)?;
             for (kind, payload) in frames {
-                if let Err(e) = p.frame(&run_id, kind, payload) {
-                    break 'conn Outcome::Lost(e);
-                }
+                p.frame(&run_id, kind, payload).map_err(Outcome::Lost)?;
             }
             if inbuf.is_empty() {
                 inbuf.extend_from_slice(&rd[used..n]);
-                None
             } else {
-                Some(used)
+                inbuf.drain(..used);
             }
-        };
-        if let Some(used) = used {
-            inbuf.drain(..used);
+            Ok(true)
+        });
+        match handled {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(outcome) => break 'conn outcome,
         }
-        if inbuf.capacity() > 2 * READ_SIZE && inbuf.len() < READ_SIZE {
-            inbuf.shrink_to(READ_SIZE);
+        if inbuf.is_empty() {
+            inbuf = Vec::new();
         }
         // What the checkpoint holds may be forgotten by the holder; never more.
         match p.ingest.checkpoint() {
