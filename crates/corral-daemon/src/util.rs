@@ -21,6 +21,18 @@ pub fn new_run_id() -> String {
     format!("{ms:011x}{:04x}", random_u64() & 0xffff)
 }
 
+/// Hands memory the allocator keeps free back to the system (glibc keeps freed chunks
+/// in its arenas, one per runtime worker). Called when a task goes away: the runs, rings,
+/// block caches and encodings of a task and its followers were the daemon's large
+/// allocations, and a long-lived daemon should shrink back after them.
+pub fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Task names become directory names: letters, digits, `.`, `_`, `-`, at most 64.
 pub fn validate_task_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

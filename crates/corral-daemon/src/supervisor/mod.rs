@@ -531,6 +531,7 @@ impl Supervisor {
         };
         if removed {
             self.registry.remove_task(name)?;
+            crate::util::give_back_memory();
         }
         Ok(())
     }
