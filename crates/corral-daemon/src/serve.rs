@@ -73,6 +73,41 @@ pub async fn serve(opts: ServeOpts, on_ready: impl FnOnce(SocketAddr)) -> anyhow
     serve_until(opts, on_ready, signalled).await
 }
 
+/// Raises the daemon's soft limit of open files to its hard limit (as service managers
+/// and the Go runtime do: the soft limit of 1024 is for `select(2)`, which the daemon
+/// never uses), and sizes the budget of run files to it (see `logbook::files`), so that
+/// a daemon under a low limit still runs hundreds of tasks.
+fn budget_descriptors() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid struct.
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            crate::supervisor::process::set_child_nofile(rl.rlim_cur);
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        rl.rlim_cur
+    };
+    let sets = crate::logbook::files::budget_for_limit(limit);
+    crate::logbook::files::set_budget(sets);
+    tracing::debug!(
+        limit,
+        sets,
+        "open files: the limit, and run file sets open at once"
+    );
+}
+
 /// Runs the daemon until `stop` completes, then shuts it down (see the module's
 /// documentation). Calls `on_ready` with the bound address.
 pub async fn serve_until(
@@ -108,6 +143,8 @@ pub async fn serve_until(
     })?;
     // One daemon per home: a second one would mark the first one's live runs `lost`.
     let _home_lock = crate::home::lock(&opts.home)?;
+    budget_descriptors();
+    crate::logbook::memory::set_budget(opts.log.ring_budget);
     let auth = api::Auth::new(&opts, bound_addr(&listener)?)?;
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);

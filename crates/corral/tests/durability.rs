@@ -625,3 +625,80 @@ async fn memory_returns_near_its_baseline_after_runs_and_rm() {
         "RssAnon {after} KiB after three runs and rm, baseline {baseline} KiB (allowed {allowed} KiB)"
     );
 }
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Regression: every live run kept its log files open for good (and the daemon one
+/// more descriptor per holder), so under `ulimit -n 256` the 78th task failed with "Too
+/// many open files". Under `ulimit -n 1024` (soft and hard), 500 tasks all start, each
+/// one's first line is in its log, the daemon stays under its limit, and the files the
+/// budget closed open again for a reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_tasks_start_under_a_limit_of_1024_open_files() {
+    const TASKS: usize = 500;
+    let d = Daemon::start_with(DaemonOpts {
+        nofile: Some(1024),
+        ..Default::default()
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid)).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 1024 ")),
+        "the daemon runs under a limit of 1024 open files:\n{limits}"
+    );
+    let mut runs = Vec::with_capacity(TASKS);
+    for i in 0..TASKS {
+        let name = format!("t{i}");
+        let (status, v) = d
+            .post(
+                "/tasks",
+                &json!({
+                    "name": name,
+                    "command": ["sh", "-c", "echo up $0; exec sleep 600", name],
+                }),
+            )
+            .await;
+        assert_eq!(
+            status,
+            201,
+            "task {i} of {TASKS} did not start ({} descriptors open): {v}",
+            fd_count(d.pid)
+        );
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    let (_, tasks) = d.get("/tasks").await;
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), TASKS);
+    for t in tasks {
+        assert!(t["pid"].as_u64().is_some(), "every task has a process: {t}");
+        assert!(
+            t["last_error"].is_null(),
+            "no task failed to start or write: {t}"
+        );
+    }
+    // Every first line reached its log (written through a set of files that the budget
+    // may have closed since).
+    for (i, run) in runs.iter().enumerate().step_by(7) {
+        let want = format!("up t{i}\n");
+        let raw = wait_for("the task's first line in its log", DEADLINE, || async {
+            let raw = d.raw_log(run).await;
+            (raw == want.as_bytes()).then_some(raw)
+        })
+        .await;
+        assert_eq!(raw, want.as_bytes());
+    }
+    let open = fd_count(d.pid);
+    assert!(open < 1024, "{open} descriptors open under a limit of 1024");
+    // A reader of the oldest task, whose files were closed long ago, gets its log.
+    let mut stream = d.open_stream("t0", "since=0&follow=false").await;
+    let mut items = Vec::new();
+    while let Some(v) = stream.next().await {
+        items.push(v);
+    }
+    assert!(items.iter().any(|v| v["line"] == "up t0"), "{items:?}");
+}

@@ -809,3 +809,78 @@ async fn followers_of_an_old_run_share_one_open_log() {
         assert_eq!(end["status"], "succeeded", "{end}");
     }
 }
+
+/// The value of an unlabelled series in `/metrics`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
+}
+
+/// The rings of all runs share one budget (`--ring-mb`): twenty runs that each printed
+/// 3,000 lines hold no more than it, and a follower of any of them from seq 1 still gets
+/// every record once, in order, from the files where the ring let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rings_of_all_runs_stay_within_one_budget_and_followers_lose_nothing() {
+    const TASKS: usize = 20;
+    const LINES: u64 = 3000;
+    let d = Daemon::start_with(DaemonOpts::args(&[
+        "--ring-mb",
+        "1",
+        "--ring-records",
+        "1000",
+    ]))
+    .await;
+    let script = format!(
+        "i=1; while [ $i -le {LINES} ]; do \
+         echo \"line $i of $0 .........................................................\"; \
+         i=$((i+1)); done; exec sleep 600"
+    );
+    for i in 0..TASKS {
+        d.run_task(
+            &format!("r{i}"),
+            &[],
+            &["sh", "-c", &script, &format!("r{i}")],
+        )
+        .await;
+    }
+    for i in 0..TASKS {
+        let name = format!("r{i}");
+        wait_for("every line captured", DEADLINE, || async {
+            let t = d.task(&name).await;
+            let run = t["run_id"].as_str()?.to_string();
+            let row = d.run_row(&run).await;
+            (row["lines"].as_u64() == Some(LINES)).then_some(())
+        })
+        .await;
+    }
+    let m = d.metrics().await;
+    let budget = metric(&m, "corral_ring_budget_bytes");
+    assert_eq!(budget, 1 << 20);
+    let held = metric(&m, "corral_ring_bytes");
+    assert!(held <= budget, "the rings hold {held} bytes, over {budget}");
+    assert!(held > 0, "the newest run's ring is not empty");
+    for i in [0, TASKS / 2, TASKS - 1] {
+        let name = format!("r{i}");
+        let mut s = d.open_stream(&name, "since=0&follow=false").await;
+        let mut items = Vec::new();
+        while let Some(v) = s.next().await {
+            items.push(v);
+        }
+        let lines: Vec<&Value> = items.iter().filter(|v| v["stream"] == "stdout").collect();
+        assert_eq!(lines.len() as u64, LINES, "{name}: every line once");
+        for (k, v) in lines.iter().enumerate() {
+            let want = format!("line {} of {name} ", k + 1);
+            assert!(
+                v["line"].as_str().unwrap().starts_with(&want),
+                "{name}: record {k} is {v}"
+            );
+        }
+        let seqs: Vec<u64> = items.iter().filter_map(|v| v["seq"].as_u64()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "{name}: dense seqs"
+        );
+    }
+}

@@ -121,6 +121,31 @@ impl Collector for Daemon {
             "corral_sink_queue_capacity",
             "How many events each sink's queue holds before it drops the oldest.",
             sinks().map(|s| ([("sink", s.name)], s.capacity as i64)),
+        )?;
+        use crate::logbook::{files, memory};
+        gauge(
+            &mut enc,
+            "corral_ring_bytes",
+            "Memory the runs' rings of recent records are charged, all runs together.",
+            [(NO_LABELS, memory::held() as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_ring_budget_bytes",
+            "What the rings together may hold before the least recently active runs keep fewer records in memory.",
+            [(NO_LABELS, memory::budget().min(i64::MAX as usize) as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_run_file_sets_open",
+            "Runs whose log files are open now.",
+            [(NO_LABELS, files::open_sets() as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_run_file_sets_budget",
+            "Most runs whose log files may be open at once (from the open-files limit).",
+            [(NO_LABELS, files::budget_cap().min(i64::MAX as usize) as i64)],
         )
     }
 }
@@ -172,6 +197,10 @@ mod tests {
             ("corral_sink_events_dropped_total", "counter"),
             ("corral_sink_events_queued", "gauge"),
             ("corral_sink_queue_capacity", "gauge"),
+            ("corral_ring_bytes", "gauge"),
+            ("corral_ring_budget_bytes", "gauge"),
+            ("corral_run_file_sets_open", "gauge"),
+            ("corral_run_file_sets_budget", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");

@@ -42,8 +42,9 @@ struct Inner {
     /// Bytes of the source's stdout and stderr that are in records (the rest of what it
     /// handed in is an incomplete line, still in its channel).
     consumed: [u64; 2],
-    /// The checkpoint file, for a run whose source can hand its bytes again (a holder).
-    pos: Option<std::fs::File>,
+    /// Whether the checkpoint file is kept, for a run whose source can hand its bytes
+    /// again (a holder). It is one of the run's files (see [`super::files`]).
+    keep_pos: bool,
 }
 
 impl Inner {
@@ -55,8 +56,10 @@ impl Inner {
             sys_len,
             streams: self.consumed,
         };
-        if let Some(f) = &self.pos {
-            at.write(f)?;
+        if self.keep_pos {
+            if let Some(f) = &self.writer.log().files.get()?.pos {
+                at.write(f)?;
+            }
         }
         Ok(at)
     }
@@ -113,7 +116,7 @@ impl Ingest {
                 writer,
                 stderr_tail: VecDeque::new(),
                 consumed,
-                pos: None,
+                keep_pos: false,
             })),
             log,
             max_record: cfg.max_record.max(4),
@@ -124,18 +127,12 @@ impl Ingest {
     /// and every [`Ingest::checkpoint`]): for a source that can hand its bytes again from
     /// an offset, so that a daemon that dies loses nothing and repeats nothing.
     pub fn keep_checkpoints(&self) -> std::io::Result<()> {
-        if self.lock().pos.is_some() {
+        if self.lock().keep_pos {
             return Ok(());
         }
-        let path = Checkpoint::path(&self.log.log_path);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
+        self.log.files.keep_pos()?;
         let mut inner = self.lock();
-        inner.pos = Some(f);
+        inner.keep_pos = true;
         inner.checkpoint().map(|_| ())
     }
 
@@ -180,7 +177,7 @@ impl Ingest {
     pub fn system(&self, text: &str) -> u64 {
         let mut inner = self.lock();
         let seq = inner.writer.system(text, crate::clock::now_micros());
-        if inner.pos.is_some() {
+        if inner.keep_pos {
             if let Err(e) = inner.checkpoint() {
                 inner.writer.note_io_error(e);
             }

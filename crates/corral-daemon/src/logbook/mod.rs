@@ -17,9 +17,11 @@
 //! - a range dropped by the size cap is reported to followers as an explicit gap.
 
 pub mod checkpoint;
+pub mod files;
 pub mod follow;
 pub mod index;
 pub mod ingest;
+pub mod memory;
 #[cfg(test)]
 pub(crate) mod testing;
 mod writer;
@@ -44,6 +46,9 @@ use index::{Entry, ENTRY};
 pub struct LogConfig {
     /// Records kept in memory per run for new and slow followers.
     pub ring_records: usize,
+    /// Bytes the rings of all runs together may hold (see [`memory`]); set for the whole
+    /// daemon when it starts.
+    pub ring_budget: usize,
     /// Largest log file; beyond it the head and the newest tail are kept.
     pub max_bytes: u64,
     /// Longest record; longer lines become `partial` chunks.
@@ -54,6 +59,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             ring_records: 1000,
+            ring_budget: 64 * 1024 * 1024,
             max_bytes: 100 * 1024 * 1024,
             max_record: corral_core::framer::MAX_RECORD,
         }
@@ -223,6 +229,8 @@ pub struct RunEnd {
 struct Shared {
     ring: VecDeque<Arc<Batch>>,
     ring_len: usize,
+    /// What the ring is charged against the daemon's ring budget (see [`memory`]).
+    ring_cost: usize,
 
     last_seq: u64,
     gap: Option<Gap>,
@@ -237,10 +245,13 @@ struct Shared {
 pub struct RunLog {
     pub run_id: String,
     pub log_path: PathBuf,
-    idx: File,
-    log: File,
-    sys: File,
+    /// The run's files, opened when used and closed again when the daemon needs the
+    /// descriptors (see [`files`]).
+    pub(crate) files: files::RunFiles,
     ring_records: usize,
+    /// This run's place in the ring budget, and when it last published (see [`memory`]).
+    ring_id: u64,
+    published: std::sync::atomic::AtomicU64,
     shared: Mutex<Shared>,
     seq_tx: watch::Sender<u64>,
     cache: Mutex<BlockCache>,
@@ -277,21 +288,20 @@ impl RunLog {
     fn with_files(
         run_id: &str,
         log_path: PathBuf,
-        idx: File,
-        log: File,
-        sys: File,
+        files: files::RunFiles,
         ring_records: usize,
     ) -> RunLog {
         RunLog {
             run_id: run_id.to_string(),
             log_path,
-            idx,
-            log,
-            sys,
+            files,
             ring_records: ring_records.max(1),
+            ring_id: memory::new_id(),
+            published: std::sync::atomic::AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 ring: VecDeque::new(),
                 ring_len: 0,
+                ring_cost: 0,
                 last_seq: 0,
                 gap: None,
                 end: None,
@@ -326,7 +336,14 @@ impl RunLog {
         // `lines` counts what the process printed: every entry but corral's own notes,
         // which are the (newline-terminated, one-line) records of the `.sys` file.
         let notes = count_newlines(&sys)?;
-        let rl = RunLog::with_files(run_id, log_path, idx, log, sys, 1);
+        let open = files::Open {
+            log,
+            idx,
+            sys,
+            pos: None,
+        };
+        let files = files::RunFiles::new(log_path.clone(), false, Some(open));
+        let rl = RunLog::with_files(run_id, log_path, files, 1);
         {
             let mut s = rl.lock();
             s.last_seq = entries;
@@ -426,14 +443,16 @@ impl RunLog {
         let last = batch.last_seq();
         {
             let mut s = self.lock();
+            let cost = memory::cost(batch.data.len(), n);
             s.ring.push_back(Arc::new(batch));
             s.ring_len += n;
+            s.ring_cost += cost;
+            memory::charge(cost);
             while let Some(front) = s.ring.front() {
                 if s.ring_len - front.recs.len() < self.ring_records {
                     break;
                 }
-                s.ring_len -= front.recs.len();
-                s.ring.pop_front();
+                Self::pop_front(&mut s);
             }
             s.last_seq = last;
             if batch_is_output {
@@ -442,8 +461,29 @@ impl RunLog {
             s.bytes += bytes;
         }
         self.seq_tx.send_replace(last);
+        self.published
+            .store(memory::published(), std::sync::atomic::Ordering::Relaxed);
         crate::metrics::RECORDS.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         crate::metrics::BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes the oldest batch out of the ring.
+    fn pop_front(s: &mut Shared) {
+        if let Some(front) = s.ring.pop_front() {
+            let cost = memory::cost(front.data.len(), front.recs.len());
+            s.ring_len -= front.recs.len();
+            s.ring_cost -= cost;
+            memory::release(cost);
+        }
+    }
+
+    /// Lets go of the ring's oldest batches while `more` says so (the ring budget is
+    /// exceeded); followers read what they need of them from the files.
+    fn trim_ring(&self, more: impl Fn() -> bool) {
+        let mut s = self.lock();
+        while !s.ring.is_empty() && more() {
+            Self::pop_front(&mut s);
+        }
     }
 
     fn set_gap(&self, gap: Gap) {
@@ -454,7 +494,7 @@ impl RunLog {
     /// out) are `None`.
     fn read_entries(&self, from: u64, to: u64) -> std::io::Result<Vec<Option<Entry>>> {
         let n = (to - from + 1) as usize;
-        let raw = read_vec_at(&self.idx, n * ENTRY, (from - 1) * ENTRY as u64)?;
+        let raw = read_vec_at(&self.files.get()?.idx, n * ENTRY, (from - 1) * ENTRY as u64)?;
         Ok(raw.chunks_exact(ENTRY).map(Entry::decode).collect())
     }
 
@@ -479,8 +519,9 @@ impl RunLog {
                 }
             });
         }
+        let files = self.files.get()?;
         let body = match span {
-            Some((a, b)) => read_vec_at(&self.log, (b - a) as usize, a)?,
+            Some((a, b)) => read_vec_at(&files.log, (b - a) as usize, a)?,
             None => Vec::new(),
         };
         let start = span.map_or(0, |s| s.0);
@@ -500,7 +541,7 @@ impl RunLog {
         for e in entries() {
             recs.push(rec(data.len() as u64, e));
             if e.stream == Stream::System {
-                data.extend_from_slice(&read_vec_at(&self.sys, e.len as usize, e.offset)?);
+                data.extend_from_slice(&read_vec_at(&files.sys, e.len as usize, e.offset)?);
             } else {
                 let a = (e.offset - start) as usize;
                 data.extend_from_slice(&body[a..a + e.len as usize]);
@@ -511,7 +552,7 @@ impl RunLog {
 
     /// The raw bytes of the `.log`, in pieces: the head, then (after a gap) the tail.
     pub fn raw_ranges(&self) -> std::io::Result<Vec<(u64, u64)>> {
-        let len = self.log.metadata()?.len();
+        let len = self.files.get()?.log.metadata()?.len();
         let gap = self.lock().gap;
         let Some(gap) = gap else {
             return Ok(vec![(0, len)]);
@@ -520,7 +561,15 @@ impl RunLog {
     }
 
     pub fn read_raw(&self, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.log.read_at(buf, off)
+        self.files.get()?.log.read_at(buf, off)
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        memory::unregister(self.ring_id);
+        let s = self.shared.get_mut().unwrap_or_else(|e| e.into_inner());
+        memory::release(s.ring_cost);
     }
 }
 

@@ -21,11 +21,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The writer uses the files of its [`RunLog`] (opened for reading and writing, and
+/// again after the daemon's budget closed them): one set of descriptors per live run at
+/// most, shared with its followers.
 pub struct LogWriter {
     log: Arc<RunLog>,
-    file: File,
-    idx: File,
-    sys: File,
     log_len: u64,
     sys_len: u64,
     next_seq: u64,
@@ -97,17 +97,27 @@ impl LogWriter {
     ) -> std::io::Result<(LogWriter, Arc<RunLog>)> {
         let at = at.copied().unwrap_or_default();
         let gap = Gap::load(&log_path).filter(|g| g.to < at.last_seq && at.last_seq > 0);
+        let notes = if at.last_seq > 0 {
+            super::count_newlines(&sys)?
+        } else {
+            0
+        };
+        let open = super::files::Open {
+            log: file,
+            idx,
+            sys,
+            pos: None,
+        };
+        let files = super::files::RunFiles::new(log_path.clone(), true, Some(open));
         let log = Arc::new(RunLog::with_files(
             run_id,
             log_path,
-            idx.try_clone()?,
-            file.try_clone()?,
-            sys.try_clone()?,
+            files,
             cfg.ring_records,
         ));
+        super::memory::register(&log);
         let mut checkpoints = VecDeque::new();
         if at.last_seq > 0 {
-            let notes = super::count_newlines(&sys)?;
             log.resume_at(
                 at.last_seq,
                 at.last_seq.saturating_sub(notes),
@@ -122,9 +132,6 @@ impl LogWriter {
         Ok((
             LogWriter {
                 log: log.clone(),
-                file,
-                idx,
-                sys,
                 log_len: at.log_len,
                 sys_len: at.sys_len,
                 next_seq: at.last_seq + 1,
@@ -223,9 +230,10 @@ impl LogWriter {
     /// land where their offsets say, and what failed reads back as a hole, which
     /// followers are told about as a gap.
     fn write(&mut self, data: &[u8], system: bool, at: u64, first_seq: u64) {
-        let target = if system { &self.sys } else { &self.file };
-        let r = target.write_all_at(data, at).and_then(|_| {
-            self.idx
+        let r = self.log.files.get().and_then(|f| {
+            let target = if system { &f.sys } else { &f.log };
+            target.write_all_at(data, at)?;
+            f.idx
                 .write_all_at(&self.idx_buf, (first_seq - 1) * ENTRY as u64)
         });
         if let Err(e) = r {
@@ -305,12 +313,17 @@ impl LogWriter {
                 "recording the dropped range of the run: {e}"
             );
         }
-        punch(&self.file, tail_start, cut_off - tail_start);
-        punch(
-            &self.idx,
-            (old_to - 1) * ENTRY as u64,
-            (cut_seq - old_to) * ENTRY as u64,
-        );
+        match self.log.files.get() {
+            Ok(f) => {
+                punch(&f.log, tail_start, cut_off - tail_start);
+                punch(
+                    &f.idx,
+                    (old_to - 1) * ENTRY as u64,
+                    (cut_seq - old_to) * ENTRY as u64,
+                );
+            }
+            Err(e) => self.note_io_error(e),
+        }
     }
 
     pub fn gap(&self) -> Option<Gap> {

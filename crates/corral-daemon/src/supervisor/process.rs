@@ -4,6 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Mutex;
 use tokio::process::{Child, Command};
 
 /// A spawned child with its output pipes taken out for the capture thread.
@@ -33,7 +34,14 @@ pub fn spawn(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    task_env(&mut cmd, env);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            restore_nofile();
+            Ok(())
+        });
+    }
+    task_env(cmd.as_std_mut(), env);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let stdout = child
@@ -55,7 +63,7 @@ pub fn spawn(
 }
 
 /// The environment of a task: the daemon's, less corral's own variables, plus the spec's.
-fn task_env(cmd: &mut Command, env: &[(String, String)]) {
+fn task_env(cmd: &mut std::process::Command, env: &[(String, String)]) {
     for k in std::env::vars_os().map(|(k, _)| k) {
         if is_corral_secret(&k.to_string_lossy()) {
             cmd.env_remove(k);
@@ -69,12 +77,20 @@ fn task_env(cmd: &mut Command, env: &[(String, String)]) {
 /// Starts a run's holder (`cmd` is its command line) in a session of its own, so that
 /// neither the daemon's terminal nor a signal to the daemon's process group reaches it,
 /// with the task's environment (which its child inherits), stdin and stderr on
-/// /dev/null. Returns the holder and its stdout, where it says first who it runs.
-pub fn hold(mut cmd: Command, env: &[(String, String)]) -> std::io::Result<(Child, OwnedFd)> {
+/// /dev/null. Returns the holder's pid and its stdout, where it says first who it runs.
+///
+/// The holder stays the daemon's child (so that it is reaped even where the daemon is
+/// the container's init), but the daemon keeps no descriptor for it: it is reaped by
+/// [`reap_holders`] when a SIGCHLD comes. A descriptor per run would be one more of the
+/// few a thousand runs may have.
+pub fn hold(
+    mut cmd: std::process::Command,
+    env: &[(String, String)],
+) -> std::io::Result<(u32, OwnedFd)> {
+    use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(false);
+        .stderr(Stdio::null());
     task_env(&mut cmd, env);
     // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -82,16 +98,82 @@ pub fn hold(mut cmd: Command, env: &[(String, String)]) -> std::io::Result<(Chil
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            restore_nofile();
             Ok(())
         });
     }
     let mut child = cmd.spawn()?;
+    let pid = child.id();
+    HOLDERS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    reap_holders();
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| std::io::Error::other("the holder's stdout pipe is missing"))?
-        .into_owned_fd()?;
-    Ok((child, stdout))
+        .ok_or_else(|| std::io::Error::other("the holder's stdout pipe is missing"))?;
+    // Dropping a std `Child` neither kills nor waits: the reaper does the waiting.
+    Ok((pid, stdout.into()))
+}
+
+/// The soft limit of open files the daemon was started with (0: unchanged), which its
+/// children get back (the daemon raises its own; see `serve`).
+static CHILD_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Children get `soft` as their soft limit of open files.
+pub fn set_child_nofile(soft: u64) {
+    CHILD_NOFILE.store(soft, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// In a forked child: puts back the soft limit of open files the daemon was given, for
+/// programs that expect it (some close every descriptor up to it, or use `select(2)`).
+fn restore_nofile() {
+    let soft = CHILD_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    if soft == 0 {
+        return;
+    }
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit are async-signal-safe; best effort.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && soft < rl.rlim_cur {
+            rl.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+/// Holders started by this daemon and not reaped yet.
+static HOLDERS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Reaps every holder that has ended (`waitpid` with `WNOHANG` on each one of ours, never
+/// on any pid, so the runtime's own children are left to it). The first call also
+/// starts the task that calls it again on every SIGCHLD.
+pub fn reap_holders() {
+    static LISTENING: std::sync::Once = std::sync::Once::new();
+    LISTENING.call_once(|| {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut sigchld) = signal(SignalKind::child()) else {
+                    tracing::warn!("cannot listen for SIGCHLD: ended holders stay zombies");
+                    return;
+                };
+                // A holder that ended before the listener was set up is reaped now.
+                reap_holders();
+                while sigchld.recv().await.is_some() {
+                    reap_holders();
+                }
+            });
+        }
+    });
+    let mut holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+    holders.retain(|&pid| {
+        let mut status = 0;
+        // SAFETY: waitpid on a child of ours, without blocking.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        r == 0
+    });
 }
 
 /// Reads the first line from `fd` (a pipe), waiting at most `timeout` for it.

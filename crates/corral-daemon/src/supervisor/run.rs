@@ -257,7 +257,7 @@ impl Launcher for HeldLauncher {
         }
         std::fs::create_dir_all(run.holders)
             .map_err(|e| format!("cannot create {}: {e}", run.holders.display()))?;
-        let mut cmd = tokio::process::Command::new(&self.program);
+        let mut cmd = std::process::Command::new(&self.program);
         cmd.arg("hold")
             .arg("--run-id")
             .arg(run.run_id)
@@ -271,15 +271,9 @@ impl Launcher for HeldLauncher {
         cmd.arg("--").args(&spec.command);
         let env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
         process::hold(cmd, &env)
-            .and_then(|(mut holder, stdout)| {
-                let hello = process::first_line(stdout, Duration::from_secs(30));
-                // The holder is reaped whenever it ends (by the runtime's SIGCHLD
-                // handling: no thread); a daemon gone by then leaves that to init.
-                tokio::spawn(async move {
-                    let _ = holder.wait().await;
-                });
-                hello
-            })
+            // The holder is reaped whenever it ends (see `process::reap_holders`); a
+            // daemon gone by then leaves that to init.
+            .and_then(|(_pid, stdout)| process::first_line(stdout, Duration::from_secs(30)))
             .map_err(|e| {
                 format!(
                     "cannot start the run's holder ({}): {e}",

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Records of each run kept in memory for new and slow followers.
     #[arg(long, env = "CORRAL_RING_RECORDS", default_value_t = 1000)]
     pub ring_records: usize,
+    /// MiB of memory the rings of all runs together may hold; beyond it the runs that
+    /// printed least recently keep fewer records in memory (their followers read the files).
+    #[arg(long, env = "CORRAL_RING_MB", default_value_t = 64)]
+    pub ring_mb: usize,
     /// Largest log file per run, in MiB; beyond it the head and the newest tail are kept.
     #[arg(long, env = "CORRAL_MAX_LOG_MB", default_value_t = 100)]
     pub max_log_mb: u64,

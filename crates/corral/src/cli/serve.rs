@@ -25,6 +25,7 @@ pub fn serve_opts(
         allow_hosts: a.allow_hosts.clone(),
         log: corral_daemon::logbook::LogConfig {
             ring_records: a.ring_records.max(1),
+            ring_budget: a.ring_mb.max(1) * 1024 * 1024,
             max_bytes: a.max_log_mb.max(1) * 1024 * 1024,
             ..Default::default()
         },

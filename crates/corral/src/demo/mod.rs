@@ -142,6 +142,7 @@ async fn start_daemon(
             listen: a.listen.clone(),
             home: a.home.clone(),
             ring_records: 1000,
+            ring_mb: 64,
             max_log_mb: 100,
             insecure_no_auth: false,
             allow_hosts: Vec::new(),

@@ -54,6 +54,8 @@ pub struct DaemonOpts {
     pub token: Option<String>,
     /// More environment of the daemon (after the caller's `CORRAL_*` are cleared).
     pub env: Vec<(String, String)>,
+    /// Its limit of open files, soft and hard (as `ulimit -n N` sets them).
+    pub nofile: Option<u64>,
 }
 
 impl DaemonOpts {
@@ -150,6 +152,22 @@ impl Daemon {
             cmd.env("CORRAL_TOKEN", t);
         }
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("starting corral serve");
         let pid = child.id();
         let stdout = child.stdout.take().unwrap();
