@@ -164,6 +164,30 @@ impl Client {
         resp.json().await.map_err(ClientError::Decode)
     }
 
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::PUT, path).json(body))
+            .await?;
+        resp.json().await.map_err(ClientError::Decode)
+    }
+
+    /// `GET /api/v1/publishers/redis`.
+    pub async fn redis_status(&self) -> Result<crate::wire::RedisStatus, ClientError> {
+        self.get("/publishers/redis").await
+    }
+
+    /// `PUT /api/v1/publishers/redis`: changes (and keeps) the publisher's settings.
+    pub async fn redis_update(
+        &self,
+        update: &crate::wire::RedisUpdate,
+    ) -> Result<crate::wire::RedisStatus, ClientError> {
+        self.put("/publishers/redis", update).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self
             .send(self.request(reqwest::Method::DELETE, path))

@@ -564,3 +564,55 @@ mod tests {
         );
     }
 }
+
+/// `GET /api/v1/publishers/redis`: the Redis publisher's state and counters. Never holds
+/// a password: `server` is `host:port` only.
+///
+/// While enabled, every event the publisher takes is counted once:
+/// `published + failed + dropped` is what it was handed (`dropped` counts both events its
+/// full queue pushed out and events taken while Redis was unreachable).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RedisStatus {
+    pub enabled: bool,
+    pub connected: bool,
+    /// `host:port` (or the socket path) of the server, never a credential.
+    pub server: String,
+    pub db: i64,
+    /// The pub/sub channels events go to.
+    pub channels: Vec<String>,
+    /// The stream that keeps the history (`XADD … MAXLEN ~ stream_maxlen`).
+    pub stream: String,
+    pub stream_maxlen: u64,
+    pub published: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    /// Events waiting in the publisher's queue now.
+    pub queued: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `PUT /api/v1/publishers/redis`: turn the publisher on or off and change its settings
+/// at run time; every field is optional and what is given is kept for the next daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedisUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_maxlen: Option<u64>,
+}

@@ -45,6 +45,9 @@ pub struct ServeOpts {
     /// The program that holds each run (`corral hold`), so tasks outlive the daemon;
     /// `None` makes runs the daemon's own children, ended with it.
     pub holder: Option<PathBuf>,
+    /// The Redis publisher's settings from flags, environment and config file; what
+    /// `corral redis` changed at run time (`<home>/redis.json`) is applied over them.
+    pub redis: crate::sinks::redis::RedisConfig,
 }
 
 pub use crate::home::default_home;
@@ -149,6 +152,12 @@ pub async fn serve_until(
     let registry = Arc::new(Registry::open(&opts.home.join("registry.db"))?);
     let bus = Bus::new(opts.node.clone(), &opts.observer);
     let events = crate::sinks::builtin(&bus, &opts.observer);
+    let (redis, redis_sink) = crate::sinks::redis::Redis::new(
+        opts.redis.clone(),
+        Some(opts.home.join(crate::sinks::redis::STATE_FILE)),
+        &bus,
+    );
+    bus.register(redis_sink);
     let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
     let sup = Supervisor::new(
         Settings {
@@ -181,8 +190,9 @@ pub async fn serve_until(
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus: bus.clone(),
-        metrics: Arc::new(api::metrics::registry(&sup, &events)),
+        metrics: Arc::new(api::metrics::registry(&sup, &events, &redis)),
         events,
+        redis,
         shutdown: shutdown.clone(),
         auth,
         started_at: crate::util::unix_now(),

@@ -46,6 +46,7 @@ async fn shutdown_ends_open_streams_and_returns_promptly_after_the_tasks_stop() 
         node: "test".into(),
         llama: LlamaConfig::default(),
         holder: None,
+        redis: Default::default(),
     };
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -21,13 +21,18 @@ pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
 }
 
 /// The registry `/metrics` renders.
-pub fn registry(sup: &Arc<Supervisor>, events: &Events) -> Registry {
+pub fn registry(
+    sup: &Arc<Supervisor>,
+    events: &Events,
+    redis: &crate::sinks::redis::Redis,
+) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(crate::metrics::Capture));
     r.register_collector(Box::new(Daemon {
         sup: sup.clone(),
         bus: sup.bus.clone(),
         events: events.clone(),
+        redis: redis.clone(),
     }));
     for kind in sup.kinds.all() {
         kind.register_metrics(&mut r);
@@ -40,6 +45,7 @@ struct Daemon {
     sup: Arc<Supervisor>,
     bus: Arc<Bus>,
     events: Events,
+    redis: crate::sinks::redis::Redis,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -146,6 +152,31 @@ impl Collector for Daemon {
             "corral_run_file_sets_budget",
             "Most runs whose log files may be open at once (from the open-files limit).",
             [(NO_LABELS, files::budget_cap().min(i64::MAX as usize) as i64)],
+        )?;
+        let redis = self.redis.status(None);
+        counter(
+            &mut enc,
+            "corral_redis_events_published",
+            "Events the Redis publisher sent (channels and stream).",
+            [(NO_LABELS, redis.published)],
+        )?;
+        counter(
+            &mut enc,
+            "corral_redis_events_failed",
+            "Events whose Redis pipeline failed.",
+            [(NO_LABELS, redis.failed)],
+        )?;
+        counter(
+            &mut enc,
+            "corral_redis_events_dropped",
+            "Events the Redis publisher dropped (full queue, or Redis unreachable).",
+            [(NO_LABELS, redis.dropped)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_redis_connected",
+            "1 while the Redis publisher is on and connected.",
+            [(NO_LABELS, i64::from(redis.connected))],
         )
     }
 }
@@ -183,7 +214,8 @@ mod tests {
             "r",
         );
         events.history(0, &Default::default()).await;
-        let text = crate::metrics::render(&super::registry(&sup, &events));
+        let (redis, _) = crate::sinks::redis::Redis::new(Default::default(), None, &bus);
+        let text = crate::metrics::render(&super::registry(&sup, &events, &redis));
         for (name, ty) in [
             ("corral_tasks", "gauge"),
             ("corral_task_restarts_total", "counter"),
@@ -201,6 +233,9 @@ mod tests {
             ("corral_ring_budget_bytes", "gauge"),
             ("corral_run_file_sets_open", "gauge"),
             ("corral_run_file_sets_budget", "gauge"),
+            ("corral_redis_events_published_total", "counter"),
+            ("corral_redis_events_failed_total", "counter"),
+            ("corral_redis_connected", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");

@@ -12,6 +12,7 @@ mod events;
 mod llama;
 mod logs;
 pub mod metrics;
+mod publishers;
 pub mod stream;
 mod tasks;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     /// Ends open streams when the daemon shuts down.
     pub shutdown: stream::Shutdown,
     pub started_at: f64,
+    /// The Redis publisher, for `/publishers/redis`.
+    pub redis: crate::sinks::redis::Redis,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
     /// Asks the daemon to stop (`POST /shutdown`).
@@ -77,6 +80,10 @@ pub fn router(state: Shared) -> Router {
         .route("/llama/{name}/status", get(llama::status))
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
+        .route(
+            "/publishers/redis",
+            get(publishers::redis_status).put(publishers::redis_update),
+        )
         .route("/login-links", post(login_link))
         .route("/shutdown", post(shutdown));
     Router::new()

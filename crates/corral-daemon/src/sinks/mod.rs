@@ -2,13 +2,16 @@
 //! [`Sink`](crate::bus::Sink), plus one registration line in [`builtin`]:
 //!
 //! - [`observer`]: the bounded, sampled store of recent events (history, catching up);
-//! - [`live`]: every event, to viewers that follow.
+//! - [`live`]: every event, to viewers that follow;
+//! - [`redis`]: every event to Redis pub/sub channels and a stream (opt-in; registered
+//!   by `serve` with its settings, see [`redis::Redis::new`]).
 //!
 //! [`Events`] is what the API reads: the two together give a viewer history, then live
 //! events, with no gap and no duplicate.
 
 pub mod live;
 pub mod observer;
+pub mod redis;
 
 use crate::bus::{Bus, Filter, ObserverConfig, Stored};
 use live::{Live, Subscription};

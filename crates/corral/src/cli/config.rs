@@ -1,15 +1,20 @@
-//! Settings of the llama.cpp features, from flags, environment and config file.
+//! Settings of the llama.cpp features and of the Redis publisher, from flags,
+//! environment and config file.
 //!
 //! Precedence: flag > environment > config file > default. Environment names:
 //! `CORRAL_LLAMA_*` for the coordinator, and for compatibility with existing setups
 //! `SOLLOL_RPC_HEARTBEAT_INTERVAL`, `SOLLOL_RPC_BACKEND_HEARTBEAT`,
 //! `SOLLOL_RPC_BACKEND_HEARTBEAT_INTERVAL`, `SOLLOL_OBSERVER_MAX_EVENTS`,
-//! `SOLLOL_OBSERVER_SAMPLING`, `SOLLOL_OBSERVER_SAMPLE_RATE`.
+//! `SOLLOL_OBSERVER_SAMPLING`, `SOLLOL_OBSERVER_SAMPLE_RATE`. Redis (see
+//! [`RedisServeArgs`]): `CORRAL_REDIS_ENABLED`, `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`,
+//! `REDIS_PASSWORD`, `CORRAL_REDIS_USERNAME`, `CORRAL_REDIS_URL` (else
+//! `SOLLOL_REDIS_URL`), `CORRAL_REDIS_CHANNEL_PREFIX`, `CORRAL_REDIS_STREAM_MAXLEN`.
 //! Unknown config keys and wrong types are errors naming the file, the key and the type.
 
 use anyhow::{bail, Context};
 use corral_daemon::bus::ObserverConfig;
 use corral_daemon::kinds::llama::LlamaConfig;
+use corral_daemon::sinks::redis::RedisConfig;
 use std::path::Path;
 use std::time::Duration;
 
@@ -97,6 +102,21 @@ pub struct FileSettings {
     pub ctx_size: Option<i64>,
     pub rpc_backends: Option<Vec<String>>,
     pub llama_server_bin: Option<String>,
+    pub redis: RedisFile,
+}
+
+/// The Redis keys of a config file (read by `corral serve --config`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RedisFile {
+    pub redis_logging_enabled: Option<bool>,
+    pub redis_host: Option<String>,
+    pub redis_port: Option<u16>,
+    pub redis_db: Option<i64>,
+    pub redis_username: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_url: Option<String>,
+    pub channel_prefix: Option<String>,
+    pub stream_maxlen: Option<u64>,
 }
 
 /// Reads a config file, rejecting unknown keys and wrong types by name.
@@ -123,6 +143,11 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
                 .ok_or_else(|| wrong("a string"))
         };
         let int = || v.as_i64().ok_or_else(|| wrong("an integer"));
+        let boolean = || {
+            v.as_bool()
+                .ok_or_else(|| wrong("a boolean (true or false)"))
+        };
+        let port = || u16::try_from(int()?).map_err(|_| wrong("a port number (0-65535)"));
         // A list of strings, or one comma-separated string.
         let list = || -> anyhow::Result<Vec<String>> {
             if let Some(s) = v.as_str() {
@@ -138,22 +163,158 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
         };
         match key.as_str() {
             "llama_server_host" => s.llama_server_host = Some(string()?),
-            "llama_server_port" => {
-                s.llama_server_port = Some(u16::try_from(int()?).map_err(|_| wrong("a port number (0-65535)"))?)
-            }
+            "llama_server_port" => s.llama_server_port = Some(port()?),
             "llama_model_path" => s.llama_model_path = Some(string()?),
             "server_args" => s.server_args = Some(list()?),
             "n_gpu_layers" => s.n_gpu_layers = Some(int()?),
             "ctx_size" => s.ctx_size = Some(int()?),
             "rpc_backends" => s.rpc_backends = Some(list()?),
             "llama_server_bin" => s.llama_server_bin = Some(string()?),
+            "redis_logging_enabled" => s.redis.redis_logging_enabled = Some(boolean()?),
+            "redis_host" => s.redis.redis_host = Some(string()?),
+            "redis_port" => s.redis.redis_port = Some(port()?),
+            "redis_db" => {
+                s.redis.redis_db = Some(int()?).filter(|d| *d >= 0).map(Some).ok_or_else(|| wrong("a database number (0 or more)"))?
+            }
+            "redis_username" => s.redis.redis_username = Some(string()?),
+            "redis_password" => s.redis.redis_password = Some(string()?),
+            // Shown as `<hidden>` in an error: it may hold a password.
+            "redis_url" => {
+                s.redis.redis_url = Some(v.as_str().map(str::to_string).ok_or_else(|| {
+                    anyhow::anyhow!("{shown}: key `redis_url` must be a string")
+                })?)
+            }
+            "channel_prefix" => s.redis.channel_prefix = Some(string()?),
+            "stream_maxlen" => {
+                s.redis.stream_maxlen = Some(
+                    u64::try_from(int()?)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| wrong("a positive integer"))?,
+                )
+            }
             _ => bail!(
                 "{shown}: unknown key `{key}`; known keys: llama_server_host, llama_server_port, \
-                 llama_model_path, server_args, n_gpu_layers, ctx_size, rpc_backends, llama_server_bin"
+                 llama_model_path, server_args, n_gpu_layers, ctx_size, rpc_backends, llama_server_bin, \
+                 redis_logging_enabled, redis_host, redis_port, redis_db, redis_username, \
+                 redis_password, redis_url, channel_prefix, stream_maxlen"
             ),
         }
     }
     Ok(s)
+}
+
+/// `corral serve` flags of the Redis publisher. No flag takes a password (it would show
+/// in the process list): give it in `REDIS_PASSWORD`, the config file, or a URL in the
+/// environment.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RedisServeArgs {
+    /// Publish events to Redis [env: CORRAL_REDIS_ENABLED; config: redis_logging_enabled].
+    #[arg(long)]
+    pub redis: bool,
+    /// Redis host [env: REDIS_HOST; config: redis_host; default: localhost].
+    #[arg(long, value_name = "HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port [env: REDIS_PORT; config: redis_port; default: 6379].
+    #[arg(long, value_name = "PORT")]
+    pub redis_port: Option<u16>,
+    /// Redis database number [env: REDIS_DB; config: redis_db; default: 0].
+    #[arg(long, value_name = "N")]
+    pub redis_db: Option<i64>,
+    /// Redis user name (ACL) [env: CORRAL_REDIS_USERNAME; config: redis_username].
+    #[arg(long, value_name = "NAME")]
+    pub redis_username: Option<String>,
+    /// Prefix of the channels and the stream [env: CORRAL_REDIS_CHANNEL_PREFIX; config:
+    /// channel_prefix; default: corral:llama_cpp].
+    #[arg(long, value_name = "PREFIX")]
+    pub redis_channel_prefix: Option<String>,
+    /// Approximate length the stream is trimmed to [env: CORRAL_REDIS_STREAM_MAXLEN;
+    /// config: stream_maxlen; default: 100000].
+    #[arg(long, value_name = "N")]
+    pub redis_stream_maxlen: Option<u64>,
+}
+
+impl RedisServeArgs {
+    /// The publisher's settings: flag > environment (through `env`) > `file` > default.
+    /// A URL (`CORRAL_REDIS_URL`, else `SOLLOL_REDIS_URL`, else `redis_url`) replaces
+    /// host, port, db and credentials.
+    pub fn config(
+        &self,
+        file: &RedisFile,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<RedisConfig> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let d = RedisConfig::default();
+        let num = |k: &str| -> anyhow::Result<Option<i64>> {
+            env(k)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .with_context(|| format!("{k}=`{v}` is not a non-negative integer"))
+                })
+                .transpose()
+        };
+        let enabled = if self.redis {
+            true
+        } else if let Some(v) = env("CORRAL_REDIS_ENABLED") {
+            parse_bool("CORRAL_REDIS_ENABLED", &v)?
+        } else {
+            file.redis_logging_enabled.unwrap_or(d.enabled)
+        };
+        let port = match (self.redis_port, num("REDIS_PORT")?) {
+            (Some(p), _) => Some(p),
+            (None, Some(p)) => Some(
+                u16::try_from(p)
+                    .ok()
+                    .context("REDIS_PORT is not a port number (0-65535)")?,
+            ),
+            (None, None) => file.redis_port,
+        };
+        let stream_maxlen = match self.redis_stream_maxlen {
+            Some(n) => Some(n),
+            None => num("CORRAL_REDIS_STREAM_MAXLEN")?.map(|n| n as u64),
+        }
+        .or(file.stream_maxlen)
+        .unwrap_or(d.stream_maxlen);
+        if stream_maxlen == 0 {
+            bail!("the Redis stream length (--redis-stream-maxlen, CORRAL_REDIS_STREAM_MAXLEN, stream_maxlen) must be at least 1");
+        }
+        let c = RedisConfig {
+            enabled,
+            host: self
+                .redis_host
+                .clone()
+                .or_else(|| env("REDIS_HOST"))
+                .or_else(|| file.redis_host.clone())
+                .unwrap_or(d.host),
+            port: port.unwrap_or(d.port),
+            db: self
+                .redis_db
+                .or(num("REDIS_DB")?)
+                .or(file.redis_db)
+                .unwrap_or(d.db),
+            username: self
+                .redis_username
+                .clone()
+                .or_else(|| env("CORRAL_REDIS_USERNAME"))
+                .or_else(|| file.redis_username.clone()),
+            password: env("REDIS_PASSWORD").or_else(|| file.redis_password.clone()),
+            url: env("CORRAL_REDIS_URL")
+                .or_else(|| env("SOLLOL_REDIS_URL"))
+                .or_else(|| file.redis_url.clone()),
+            channel_prefix: self
+                .redis_channel_prefix
+                .clone()
+                .or_else(|| env("CORRAL_REDIS_CHANNEL_PREFIX"))
+                .or_else(|| file.channel_prefix.clone())
+                .unwrap_or(d.channel_prefix),
+            stream_maxlen,
+        };
+        c.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(c)
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +366,119 @@ mod tests {
         let (_d, p) = write("c.toml", "llama_server_port = 99999\n");
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("a port number"), "{e}");
+    }
+
+    #[test]
+    fn redis_keys_in_toml_and_json() {
+        let (_d, p) = write(
+            "c.toml",
+            "redis_logging_enabled = true\nredis_host = \"h\"\nredis_port = 7000\nchannel_prefix = \"x:y\"\nstream_maxlen = 50\n",
+        );
+        let r = read_file(&p).unwrap().redis;
+        assert_eq!(
+            (r.redis_logging_enabled, r.redis_port, r.stream_maxlen),
+            (Some(true), Some(7000), Some(50))
+        );
+        let (_d, p) = write("c.json", r#"{"redis_db": 2, "redis_password": "pw"}"#);
+        let r = read_file(&p).unwrap().redis;
+        assert_eq!(
+            (r.redis_db, r.redis_password.as_deref()),
+            (Some(2), Some("pw"))
+        );
+        let (_d, p) = write("c.toml", "redis_logging_enabled = \"yes\"\n");
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("`redis_logging_enabled` must be a boolean"),
+            "{e}"
+        );
+        let (_d, p) = write("c.toml", "redis_url = 5\n");
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("`redis_url` must be a string"), "{e}");
+    }
+
+    #[test]
+    fn redis_precedence_is_flag_then_environment_then_file_then_default() {
+        let file = RedisFile {
+            redis_logging_enabled: Some(true),
+            redis_host: Some("file-host".into()),
+            redis_port: Some(1111),
+            redis_db: Some(1),
+            redis_password: Some("file-pw".into()),
+            channel_prefix: Some("file:p".into()),
+            ..Default::default()
+        };
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = RedisServeArgs::default();
+        let c = none.config(&file, env(&[])).unwrap();
+        assert_eq!(
+            (
+                c.enabled,
+                c.host.as_str(),
+                c.port,
+                c.db,
+                c.password.as_deref()
+            ),
+            (true, "file-host", 1111, 1, Some("file-pw"))
+        );
+        let c = none
+            .config(
+                &file,
+                env(&[
+                    ("CORRAL_REDIS_ENABLED", "false"),
+                    ("REDIS_HOST", "env-host"),
+                    ("REDIS_PORT", "2222"),
+                    ("REDIS_PASSWORD", "env-pw"),
+                    ("SOLLOL_REDIS_URL", "redis://sollol:3333"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(
+            (c.enabled, c.host.as_str(), c.port, c.password.as_deref()),
+            (false, "env-host", 2222, Some("env-pw"))
+        );
+        assert_eq!(c.server(), "sollol:3333");
+        let flags = RedisServeArgs {
+            redis: true,
+            redis_host: Some("flag-host".into()),
+            redis_port: Some(4444),
+            ..Default::default()
+        };
+        let c = flags
+            .config(
+                &file,
+                env(&[("CORRAL_REDIS_ENABLED", "false"), ("REDIS_PORT", "2222")]),
+            )
+            .unwrap();
+        assert_eq!(
+            (c.enabled, c.host.as_str(), c.port),
+            (true, "flag-host", 4444)
+        );
+        assert_eq!(c.channel_prefix, "file:p");
+        let d = none.config(&RedisFile::default(), env(&[])).unwrap();
+        assert_eq!(
+            (d.enabled, d.channel_prefix.as_str(), d.stream_maxlen),
+            (false, "corral:llama_cpp", 100_000)
+        );
+        let e = none
+            .config(&RedisFile::default(), env(&[("REDIS_PORT", "http")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REDIS_PORT=`http`"), "{e}");
+        let e = none
+            .config(
+                &RedisFile::default(),
+                env(&[("CORRAL_REDIS_URL", "bogus://u:hunter2@x")]),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && e.contains("redis://"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod events;
 pub mod llama;
 pub mod logs;
 pub mod monitor;
+pub mod redis;
 pub mod serve;
 pub mod service;
 pub mod stream;
@@ -88,6 +89,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     #[command(flatten)]
     Llama(llama::LlamaCommand),
+    /// Turn the Redis publisher on or off, or show its status.
+    #[command(subcommand)]
+    Redis(redis::RedisCommand),
     /// The per-run holder process the daemon starts (not for people).
     #[command(hide = true)]
     Hold(HoldCmd),
@@ -128,8 +132,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_hosts: Vec<String>,
+    /// The daemon's config file (TOML, or JSON for a .json file): the Redis keys
+    /// (redis_logging_enabled, redis_host, …); flags and environment override it.
+    #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
+    #[command(flatten)]
+    pub redis: config::RedisServeArgs,
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
 }
@@ -324,6 +334,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rm(a) => tasks::rm(&c, a).await,
         Command::Demo(a) => crate::demo::demo(&c, a, token).await,
         Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
+        Command::Redis(cmd) => redis::dispatch(&c, cmd).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),

@@ -32,6 +32,13 @@ pub fn serve_opts(
         observer: config::observer_config()?,
         node: corral_daemon::serve::node_name(),
         llama: a.llama.config()?,
+        redis: {
+            let file = match &a.config {
+                Some(p) => config::read_file(p)?.redis,
+                None => config::RedisFile::default(),
+            };
+            a.redis.config(&file, |k| std::env::var(k).ok())?
+        },
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })

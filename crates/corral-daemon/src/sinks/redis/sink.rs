@@ -1,0 +1,290 @@
+//! The publisher's [`Sink`]: takes batches from its queue and sends each as one pipeline
+//! (`PUBLISH` per channel and `XADD` per event), over one multiplexed connection.
+//!
+//! Connection: the first connection is tried [`FIRST_TRIES`] times [`FIRST_GAP`] apart,
+//! then again in the background with exponential backoff capped at [`MAX_BACKOFF`], one
+//! log line per change of state (never one per try or per lost event). While there is no
+//! connection the queue is still taken, and what it held is dropped and counted; once
+//! connected again the publisher puts a `status` event (component `system`) on the bus
+//! that says how many events Redis missed, which it then publishes like any other.
+//! With the publisher off it holds no connection and takes events without counting them.
+
+use super::encode::{self, Channels};
+use super::{Redis, RedisConfig};
+use crate::bus::{Batch, Bus, Queue, Sink};
+use corral_core::event::{Component, EventKind, EventType, Level};
+use std::sync::Weak;
+use std::time::Duration;
+
+/// Events that may wait for Redis before the oldest are dropped.
+pub const CAPACITY: usize = 10_000;
+/// Tries of the first connection, and the time between them.
+pub const FIRST_TRIES: u32 = 3;
+pub const FIRST_GAP: Duration = Duration::from_secs(1);
+/// The longest wait between two tries to reconnect.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long connecting, and any one reply, may take before it counts as a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events per pipeline: a long backlog goes as several, so that no reply waits too long.
+const PIPELINE_EVENTS: usize = 1000;
+
+/// The wait before try number `failures + 1` (none before the first).
+pub fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n if n < FIRST_TRIES => FIRST_GAP,
+        n => (FIRST_GAP * 2u32.saturating_pow((n - FIRST_TRIES + 1).min(8))).min(MAX_BACKOFF),
+    }
+}
+
+/// A Redis error as the status and the log show it: what happened and what to do, with
+/// no credential (the server's messages never echo one, and URLs are never shown).
+pub fn describe(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("without any password configured")
+    {
+        return format!(
+            "authentication failed: the server refused the credentials ({}); check \
+             REDIS_PASSWORD / redis_password (and the user name)",
+            e.detail().unwrap_or("wrong user name or password")
+        );
+    }
+    if e.is_connection_refusal() {
+        return format!("connection refused ({text}); is redis-server running there?");
+    }
+    if e.is_timeout() {
+        return format!("no answer in time ({text})");
+    }
+    text
+}
+
+pub struct RedisSink {
+    handle: Redis,
+    bus: Weak<Bus>,
+}
+
+impl RedisSink {
+    pub(super) fn new(handle: Redis, bus: Weak<Bus>) -> RedisSink {
+        RedisSink { handle, bus }
+    }
+}
+
+impl Sink for RedisSink {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capacity(&self) -> usize {
+        CAPACITY
+    }
+
+    async fn run(self, mut queue: Queue) {
+        let mut rx = self.handle.subscribe();
+        let mut state = State::default();
+        loop {
+            let cfg = rx.borrow_and_update().clone();
+            let changed = if !cfg.enabled {
+                state.conn = None;
+                self.handle.set_connected(false, None);
+                tokio::select! {
+                    b = queue.next() => match b {
+                        // Off: taken and forgotten, not counted.
+                        Some(_) => false,
+                        None => return,
+                    },
+                    r = rx.changed() => r.is_ok(),
+                }
+            } else if state.conn.is_some() {
+                tokio::select! {
+                    b = queue.next() => match b {
+                        Some(batch) => { self.publish(&mut state, &cfg, batch).await; false }
+                        None => return,
+                    },
+                    r = rx.changed() => r.is_ok(),
+                }
+            } else {
+                match self.connect(&mut state, &cfg, &mut queue, &mut rx).await {
+                    Step::Go => false,
+                    Step::Changed => true,
+                    Step::End => return,
+                }
+            };
+            if changed {
+                // New settings: connect afresh, at once.
+                state.conn = None;
+                state.failures = 0;
+                self.handle.set_connected(false, None);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    /// Failed tries since the last connection.
+    failures: u32,
+    /// Whether it has ever been connected (for the log and the `status` event).
+    was_connected: bool,
+    /// Events lost since the connection went away (or since the start), for the
+    /// `status` event once it is back.
+    lost: u64,
+}
+
+enum Step {
+    Go,
+    Changed,
+    End,
+}
+
+impl RedisSink {
+    /// One try to connect, after its backoff, while the queue is drained (and counted
+    /// as dropped) and settings may change.
+    async fn connect(
+        &self,
+        st: &mut State,
+        cfg: &RedisConfig,
+        queue: &mut Queue,
+        rx: &mut tokio::sync::watch::Receiver<RedisConfig>,
+    ) -> Step {
+        let wait = backoff(st.failures);
+        let attempt = async {
+            tokio::time::sleep(wait).await;
+            open(cfg).await
+        };
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                // The queue first: events waiting while Redis is away are taken (and
+                // counted) rather than left to push each other out.
+                biased;
+                r = &mut attempt => break r,
+                b = queue.next() => match b {
+                    Some(batch) => {
+                        let n = batch.events.len() as u64 + batch.dropped;
+                        self.handle.count_dropped(n);
+                        st.lost += n;
+                    }
+                    None => return Step::End,
+                },
+                r = rx.changed() => if r.is_ok() { return Step::Changed },
+            }
+        };
+        match result {
+            Ok(conn) => {
+                st.conn = Some(conn);
+                st.failures = 0;
+                self.handle.set_connected(true, None);
+                tracing::info!(server = %cfg.server(), "publishing events to Redis");
+                if st.lost > 0 {
+                    self.announce_loss(st.lost);
+                }
+                st.was_connected = true;
+                st.lost = 0;
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                self.handle.set_connected(false, Some(e.clone()));
+                if st.failures == FIRST_TRIES {
+                    tracing::warn!(
+                        server = %cfg.server(),
+                        "cannot reach Redis after {FIRST_TRIES} tries: {e}; events are \
+                         counted as dropped while retrying in the background"
+                    );
+                }
+            }
+        }
+        Step::Go
+    }
+
+    /// Sends a batch as pipelines; a failure drops the connection and counts the rest
+    /// of the batch as failed.
+    async fn publish(&self, st: &mut State, cfg: &RedisConfig, batch: Batch) {
+        let Some(conn) = st.conn.as_mut() else {
+            return;
+        };
+        if batch.dropped > 0 {
+            self.handle.count_dropped(batch.dropped);
+        }
+        let ch = Channels::new(&cfg.channel_prefix);
+        let mut left = batch.events.len() as u64;
+        for chunk in batch.events.chunks(PIPELINE_EVENTS) {
+            let mut pipe = redis::pipe();
+            for s in chunk {
+                encode::append(&mut pipe, &ch, cfg.stream_maxlen, &s.event);
+            }
+            match pipe.query_async::<()>(conn).await {
+                Ok(()) => {
+                    self.handle.count_published(chunk.len() as u64);
+                    left -= chunk.len() as u64;
+                }
+                Err(e) => {
+                    let msg = describe(&e);
+                    self.handle.count_failed(left);
+                    self.handle.set_connected(false, Some(msg.clone()));
+                    tracing::warn!(
+                        server = %cfg.server(),
+                        "publishing to Redis failed: {msg}; reconnecting in the background"
+                    );
+                    st.conn = None;
+                    st.lost += left;
+                    // The first retry waits a little: the server may be restarting.
+                    st.failures = FIRST_TRIES;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts on the bus the event saying how many events Redis missed.
+    fn announce_loss(&self, lost: u64) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.emit(
+                EventKind::new(
+                    Component::System,
+                    Level::Warning,
+                    EventType::Status,
+                    format!("Redis publisher reconnected; {lost} event(s) were dropped while it was unreachable"),
+                )
+                .with("publisher", "redis")
+                .with("dropped", lost),
+                "",
+                "",
+            );
+        }
+    }
+}
+
+/// Connects and checks the connection with a `PING` (which also proves the credentials).
+async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, String> {
+    let info = cfg.connection_info()?;
+    let client = redis::Client::open(info).map_err(|e| describe(&e))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| describe(&e))?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_three_tries_a_second_apart_then_doubles_up_to_five_seconds() {
+        let waits: Vec<u64> = (0..8).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [0, 1000, 1000, 2000, 4000, 5000, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

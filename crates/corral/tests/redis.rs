@@ -1,0 +1,483 @@
+//! The Redis publisher against a real `redis-server` (one per test, on a free loopback
+//! port, no persistence, killed at the end): channels and stream, turning it off and on
+//! (kept across restarts), Redis going away while a task crash-loops, a wrong password.
+//!
+//! `redis-server` must be installed (`apt-get install redis-server`; `scripts/test.sh`
+//! does it): without it these tests fail, they are not skipped.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const PREFIX: &str = "synapticllamas:llama_cpp";
+
+/// A redis-server of this test.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    password: Option<String>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start(password: Option<&str>) -> Server {
+        let mut s = Server {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            password: password.map(str::to_string),
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts (again) on the same port.
+    fn restart(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            // Fine-grained trimming, so that `MAXLEN ~ N` stays close to N.
+            .args(["--stream-node-max-entries", "10"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}); install it: apt-get install redis-server")
+        });
+        self.child = Some(child);
+        let url = self.url();
+        wait_for_blocking("redis-server to answer", || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connecting to the test's redis-server")
+    }
+
+    /// The stream's entries after `after` (exclusive; `-` for all): `(id, event)`.
+    fn stream(&self, after: &str) -> Vec<(String, Value)> {
+        let start = if after == "-" {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("{PREFIX}:stream"))
+            .arg(start)
+            .arg("+")
+            .query(&mut self.conn())
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                assert_eq!(fields.len(), 2, "{fields:?}");
+                assert_eq!(fields[0], "data");
+                (id, serde_json::from_str(&fields[1]).expect("event JSON"))
+            })
+            .collect()
+    }
+
+    fn xlen(&self) -> u64 {
+        redis::cmd("XLEN")
+            .arg(format!("{PREFIX}:stream"))
+            .query(&mut self.conn())
+            .expect("XLEN")
+    }
+
+    /// `PSUBSCRIBE {PREFIX}:*` in a thread: `(channel, event)` for each message.
+    fn subscribe(&self) -> mpsc::Receiver<(String, Value)> {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut conn = self.conn();
+        std::thread::spawn(move || {
+            let mut ps = conn.as_pubsub();
+            ps.psubscribe(format!("{PREFIX}:*")).expect("PSUBSCRIBE");
+            let _ = ready_tx.send(());
+            while let Ok(msg) = ps.get_message() {
+                let payload: String = msg.get_payload().unwrap_or_default();
+                let v = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                if tx.send((msg.get_channel_name().to_string(), v)).is_err() {
+                    return;
+                }
+            }
+        });
+        ready_rx.recv().expect("the subscriber started");
+        rx
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_for_blocking(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The daemon's environment for publishing to `s`.
+fn env(s: &Server, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("CORRAL_REDIS_ENABLED".to_string(), "true".to_string()),
+        ("REDIS_HOST".into(), "127.0.0.1".into()),
+        ("REDIS_PORT".into(), s.port.to_string()),
+        ("CORRAL_REDIS_CHANNEL_PREFIX".into(), PREFIX.into()),
+    ];
+    if let Some(p) = &s.password {
+        v.push(("REDIS_PASSWORD".into(), p.clone()));
+    }
+    v.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    v
+}
+
+async fn status(d: &Daemon) -> Value {
+    let (code, v) = d.get("/publishers/redis").await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+async fn wait_connected(d: &Daemon, connected: bool) -> Value {
+    wait_for(
+        &format!("redis connected={connected}"),
+        DEADLINE,
+        || async {
+            let s = status(d).await;
+            (s["connected"] == connected).then_some(s)
+        },
+    )
+    .await
+}
+
+/// Waits until the publisher has taken every event the bus published.
+async fn wait_redis_caught_up(d: &Daemon) {
+    wait_for("the redis sink to take every event", DEADLINE, || async {
+        let m = d.metrics().await;
+        let sum = |prefix: &str| -> u64 {
+            m.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        let emitted = sum("corral_events_total{");
+        let taken = sum("corral_sink_events_delivered_total{sink=\"redis\"}")
+            + sum("corral_sink_events_dropped_total{sink=\"redis\"}");
+        (emitted > 0 && emitted == taken).then_some(())
+    })
+    .await
+}
+
+fn of_task<'a>(events: &'a [(String, Value)], task: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|(_, e)| e["task"] == task)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+#[tokio::test]
+async fn lifecycle_events_reach_the_channels_and_the_stream_and_a_consumer_resumes_from_an_id() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[("CORRAL_REDIS_STREAM_MAXLEN", "20")]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["server"], format!("127.0.0.1:{}", server.port));
+    assert!(st["channels"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from(format!("{PREFIX}:logs"))));
+    let sub = server.subscribe();
+
+    let run = d.run_task("one", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    // The subscriber gets the run's lifecycle on `{prefix}:logs`, with the contract fields.
+    let mut got = Vec::new();
+    while !got.iter().any(|e: &Value| e["event_type"] == "exit") {
+        let (channel, e) = sub
+            .recv_timeout(DEADLINE)
+            .expect("an event on the channels");
+        if channel == format!("{PREFIX}:logs") && e["task"] == "one" {
+            got.push(e);
+        }
+    }
+    assert!(got.iter().any(|e| e["event_type"] == "start"), "{got:?}");
+    for e in &got {
+        for k in [
+            "timestamp",
+            "component",
+            "level",
+            "message",
+            "event_type",
+            "details",
+            "node",
+            "task",
+            "run_id",
+        ] {
+            assert!(e.get(k).is_some(), "{k} missing in {e}");
+        }
+        assert_eq!(e["run_id"], run.as_str());
+    }
+
+    // The stream has them; a consumer that resumes from an id gets only what came later.
+    wait_redis_caught_up(&d).await;
+    let all = server.stream("-");
+    assert!(of_task(&all, "one").len() >= got.len(), "{all:?}");
+    let (last, _) = all.last().unwrap().clone();
+    let run2 = d.run_task("two", &[], &["sh", "-c", "echo again"]).await;
+    d.wait_run_end(&run2).await;
+    wait_redis_caught_up(&d).await;
+    let later = server.stream(&last);
+    assert!(
+        !later.is_empty() && of_task(&later, "one").is_empty(),
+        "{later:?}"
+    );
+    assert!(!of_task(&later, "two").is_empty(), "{later:?}");
+
+    // `MAXLEN ~ 20` keeps the stream near 20 entries while a crash loop publishes many.
+    d.run_task(
+        "loop",
+        &[
+            "--restart",
+            "always",
+            "--backoff-initial",
+            "100ms",
+            "--backoff-max",
+            "100ms",
+            "--max-retries",
+            "1000",
+        ],
+        &["sh", "-c", "exit 1"],
+    )
+    .await;
+    wait_for("many published events", DEADLINE, || async {
+        (status(&d).await["published"].as_u64().unwrap_or(0) > 100).then_some(())
+    })
+    .await;
+    let n = server.xlen();
+    assert!(n <= 20 + 10, "XLEN {n} with MAXLEN ~ 20");
+    d.cli(&["stop", "loop"]).await.ok();
+}
+
+#[tokio::test]
+async fn off_stops_publishing_on_resumes_and_the_choice_survives_a_restart() {
+    let server = Server::start(Some("right-horse-battery"));
+    let opts = DaemonOpts {
+        env: env(&server, &[]),
+        ..Default::default()
+    };
+    let mut d = Daemon::start_with(opts.clone()).await;
+    wait_connected(&d, true).await;
+
+    let off = d.cli(&["redis", "off", "--json"]).await.ok().json();
+    assert_eq!(off["enabled"], false);
+    let run = d.run_task("quiet", &[], &["sh", "-c", "echo shh"]).await;
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    let on = d.cli(&["redis", "on", "--json"]).await.ok().json();
+    assert_eq!(on["enabled"], true);
+    wait_connected(&d, true).await;
+    let run = d.run_task("loud", &[], &["sh", "-c", "echo hey"]).await;
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    let all = server.stream("-");
+    assert!(!of_task(&all, "loud").is_empty(), "{all:?}");
+    assert!(
+        of_task(&all, "quiet").is_empty(),
+        "published while off: {all:?}"
+    );
+
+    // The status shows counters and never the password, as JSON and as a table.
+    let st = d.cli(&["redis", "status", "--json"]).await.ok();
+    let v = st.json();
+    assert!(v["published"].as_u64().unwrap() > 0, "{v}");
+    for k in ["failed", "dropped", "queued"] {
+        assert!(v[k].is_u64(), "{k} in {v}");
+    }
+    let table = d.cli(&["redis", "status"]).await.ok();
+    assert!(
+        table.stdout().contains("on, connected"),
+        "{}",
+        table.stdout()
+    );
+    for text in [
+        st.stdout(),
+        table.stdout(),
+        std::fs::read_to_string(d.daemon_log()).unwrap_or_default(),
+        d.stderr(),
+    ] {
+        assert!(
+            !text.contains("right-horse-battery"),
+            "the password shows in {text}"
+        );
+    }
+
+    // Off is kept across a restart, even though the environment says on.
+    d.cli(&["redis", "off"]).await.ok();
+    d.terminate();
+    let mut d = d.start_again(opts.clone()).await;
+    let st = status(&d).await;
+    assert_eq!(
+        (st["enabled"].clone(), st["connected"].clone()),
+        (Value::from(false), Value::from(false))
+    );
+    d.cli(&["redis", "on"]).await.ok();
+    d.terminate();
+    let d = d.start_again(opts).await;
+    wait_connected(&d, true).await;
+    let mode = std::fs::metadata(d.home.join("redis.json")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn redis_going_away_never_stops_supervision_and_the_drops_are_reported_after() {
+    let mut server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[]),
+        ..Default::default()
+    })
+    .await;
+    wait_connected(&d, true).await;
+    d.run_task(
+        "crashy",
+        &[
+            "--restart",
+            "always",
+            "--backoff-initial",
+            "100ms",
+            "--backoff-max",
+            "200ms",
+            "--max-retries",
+            "1000",
+        ],
+        &["sh", "-c", "echo x; exit 1"],
+    )
+    .await;
+    server.stop();
+    let before = d.task("crashy").await["restarts"].as_u64().unwrap_or(0);
+    let st = wait_for("counted drops while Redis is away", DEADLINE, || async {
+        let s = status(&d).await;
+        (s["connected"] == false && s["dropped"].as_u64().unwrap_or(0) > 0).then_some(s)
+    })
+    .await;
+    assert!(st["last_error"].is_string(), "{st}");
+    // Supervision goes on.
+    wait_for("restarts while Redis is away", DEADLINE, || async {
+        (d.task("crashy").await["restarts"].as_u64().unwrap_or(0) > before + 2).then_some(())
+    })
+    .await;
+
+    server.restart();
+    wait_connected(&d, true).await;
+    let status_event = wait_for(
+        "the status event that reports the drops",
+        DEADLINE,
+        || async {
+            server
+                .stream("-")
+                .into_iter()
+                .map(|(_, e)| e)
+                .find(|e| e["event_type"] == "status" && e["component"] == "system")
+        },
+    )
+    .await;
+    assert!(
+        status_event["details"]["dropped"].as_u64().unwrap() > 0,
+        "{status_event}"
+    );
+    let st = status(&d).await;
+    let (p, f, dr) = (
+        st["published"].as_u64().unwrap(),
+        st["failed"].as_u64().unwrap(),
+        st["dropped"].as_u64().unwrap(),
+    );
+    assert!(p > 0 && dr > 0, "{st} {f}");
+    d.cli(&["stop", "crashy"]).await.ok();
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_error_that_never_shows_the_password() {
+    let server = Server::start(Some("the-right-one"));
+    let secret = "wrong-secret-8d1f";
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[("REDIS_PASSWORD", secret)]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_for("an authentication error", DEADLINE, || async {
+        let s = status(&d).await;
+        s["last_error"]
+            .as_str()
+            .filter(|e| e.contains("authentication failed"))
+            .map(|_| s.clone())
+    })
+    .await;
+    assert_eq!(st["connected"], false);
+    let out = d.cli(&["redis", "status"]).await.ok();
+    assert!(
+        out.stdout().contains("authentication failed"),
+        "{}",
+        out.stdout()
+    );
+    // The third failed try is logged.
+    wait_until("the failure in the daemon log", DEADLINE, || {
+        std::fs::read_to_string(d.daemon_log())
+            .unwrap_or_default()
+            .contains("authentication failed")
+    })
+    .await;
+    let json = d.cli(&["redis", "status", "--json"]).await.ok();
+    for text in [
+        out.stdout(),
+        out.stderr.clone(),
+        json.stdout(),
+        json.stderr.clone(),
+        std::fs::read_to_string(d.daemon_log()).unwrap_or_default(),
+        d.stderr(),
+    ] {
+        assert!(!text.contains(secret), "the password shows in {text}");
+    }
+}
