@@ -175,9 +175,7 @@ pub fn hold(a: HoldArgs) -> i32 {
     let mut grace_until: Option<Instant> = None;
     let mut client: Option<UnixStream> = None;
     let mut inbuf: Vec<u8> = Vec::new();
-    let mut out: Vec<u8> = Vec::new();
-    // Written to the daemon up to here.
-    let mut out_at = 0usize;
+    let mut out = Outbox::default();
     let mut resumed = false;
     let mut read_buf = vec![0u8; 1 << 16];
 
@@ -285,14 +283,12 @@ pub fn hold(a: HoldArgs) -> i32 {
                 client = Some(c);
                 inbuf.clear();
                 out.clear();
-                out_at = 0;
                 resumed = false;
                 exit_sent = false;
                 for s in streams.iter_mut() {
                     s.eof_sent = false;
                 }
-                proto::frame(
-                    &mut out,
+                out.frame(
                     proto::HELLO,
                     serde_json::to_string(&hello).unwrap_or_default().as_bytes(),
                 );
@@ -344,14 +340,8 @@ pub fn hold(a: HoldArgs) -> i32 {
                 }
             }
             if !drop_client && !out.is_empty() && fds[4].revents & libc::POLLOUT != 0 {
-                match c.write(&out[out_at..]) {
-                    Ok(n) => {
-                        out_at += n;
-                        if out_at == out.len() {
-                            out.clear();
-                            out_at = 0;
-                        }
-                    }
+                match out.write_to(c.as_raw_fd(), &streams) {
+                    Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => drop_client = true,
                 }
@@ -360,7 +350,6 @@ pub fn hold(a: HoldArgs) -> i32 {
         if drop_client {
             client = None;
             out.clear();
-            out_at = 0;
         }
     }
 }
@@ -368,36 +357,136 @@ pub fn hold(a: HoldArgs) -> i32 {
 /// Queues the next frames for the daemon: data it has not been sent, then each stream's
 /// end, then the exit.
 fn fill(
-    out: &mut Vec<u8>,
+    out: &mut Outbox,
     streams: &mut [Stream; 2],
     exit: Option<ExitStatus>,
     exit_sent: &mut bool,
     _hello: &Hello,
 ) {
-    for s in streams.iter_mut() {
+    for (i, s) in streams.iter_mut().enumerate() {
         let end = s.end();
         if s.sent < end {
-            let from = (s.sent - s.base) as usize;
-            let to = (from + proto::MAX_PAYLOAD).min(s.buf.len());
-            proto::data(out, s.id, s.sent, &s.buf[from..to]);
-            s.sent += (to - from) as u64;
+            let to = end.min(s.sent + proto::MAX_PAYLOAD as u64);
+            out.data(i, s.id, s.sent, to);
+            s.sent = to;
         } else if s.fd.is_none() && !s.eof_sent {
             let mut p = vec![s.id];
             p.extend_from_slice(&end.to_le_bytes());
             p.push(u8::from(s.cut));
-            proto::frame(out, proto::EOF, &p);
+            out.frame(proto::EOF, &p);
             s.eof_sent = true;
         }
     }
     if let Some(st) = exit {
         if !*exit_sent && streams.iter().all(|s| s.eof_sent) {
-            proto::frame(
-                out,
+            out.frame(
                 proto::EXIT,
                 serde_json::to_string(&st).unwrap_or_default().as_bytes(),
             );
             *exit_sent = true;
         }
+    }
+}
+
+/// What is queued for the daemon: frames built here, and DATA payloads that go straight
+/// from a stream's buffer to the socket (one `writev` with their headers), never copied.
+#[derive(Default)]
+struct Outbox {
+    segs: std::collections::VecDeque<Seg>,
+    /// Bytes of the front segment already written.
+    at: usize,
+}
+
+enum Seg {
+    Own(Vec<u8>),
+    /// Bytes `from..to` of stream `slot` (offsets in the stream).
+    Data {
+        slot: usize,
+        from: u64,
+        to: u64,
+    },
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.segs.clear();
+        self.at = 0;
+    }
+
+    fn own(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.segs.back(), Some(Seg::Own(_))) {
+            self.segs.push_back(Seg::Own(Vec::new()));
+        }
+        match self.segs.back_mut() {
+            Some(Seg::Own(v)) => v,
+            _ => unreachable!("an owned segment was just pushed"),
+        }
+    }
+
+    fn frame(&mut self, kind: u8, payload: &[u8]) {
+        proto::frame(self.own(), kind, payload);
+    }
+
+    /// A DATA frame of bytes `from..to` of stream `slot` (whose wire id is `id`).
+    fn data(&mut self, slot: usize, id: u8, from: u64, to: u64) {
+        let h = self.own();
+        h.push(proto::DATA);
+        h.extend_from_slice(&((9 + to - from) as u32).to_le_bytes());
+        h.push(id);
+        h.extend_from_slice(&from.to_le_bytes());
+        self.segs.push_back(Seg::Data { slot, from, to });
+    }
+
+    /// Writes what it can with one `writev`; the stream buffers still hold every queued
+    /// payload (the daemon acknowledges only what it received, so nothing queued is
+    /// forgotten before it is sent).
+    fn write_to(&mut self, fd: RawFd, streams: &[Stream; 2]) -> std::io::Result<usize> {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
+        for (k, seg) in self.segs.iter().take(8).enumerate() {
+            let skip = if k == 0 { self.at } else { 0 };
+            let bytes: &[u8] = match seg {
+                Seg::Own(v) => &v[skip..],
+                Seg::Data { slot, from, to } => {
+                    // What is acknowledged may already be gone from the buffer, but it
+                    // was all written: the unwritten rest starts at or after `base`.
+                    let s = &streams[*slot];
+                    let a = (from + skip as u64 - s.base) as usize;
+                    let b = (to - s.base) as usize;
+                    &s.buf[a..b]
+                }
+            };
+            iov.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+        }
+        // SAFETY: every iovec points into a live buffer that nothing changes during the call.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            let Some(front) = self.segs.front() else {
+                break;
+            };
+            let len = match front {
+                Seg::Own(v) => v.len(),
+                Seg::Data { from, to, .. } => (to - from) as usize,
+            } - self.at;
+            if left < len {
+                self.at += left;
+                break;
+            }
+            left -= len;
+            self.at = 0;
+            self.segs.pop_front();
+        }
+        Ok(n as usize)
     }
 }
 
