@@ -1473,14 +1473,14 @@ fn capture_part(ctx: &Ctx, d: &Daemon) -> Result<Vec<Row>> {
                 a.latency_rate
             ),
             format!("**{:.0} us**", us(p50)),
-            "< 200 us",
-            p50 < 200_000 && n == a.latency_lines && res.bad.is_empty(),
+            "<= 150 us",
+            p50 <= 150_000 && n == a.latency_lines && res.bad.is_empty(),
         ));
         latency_rows.push(Row::target(
             "latency write -> follower, p99",
             format!("**{:.0} us** (max {:.0} us)", us(p99), us(max)),
-            "< 5 ms",
-            p99 < 5_000_000 && n == a.latency_lines && res.bad.is_empty(),
+            "<= 1 ms",
+            p99 <= 1_000_000 && n == a.latency_lines && res.bad.is_empty(),
         ));
     }
     let mut rows: Vec<Row> = Vec::new();
@@ -1536,8 +1536,8 @@ fn capture_part(ctx: &Ctx, d: &Daemon) -> Result<Vec<Row>> {
                 line_rate(r),
                 cap0_runs.len()
             ),
-            ">= 0.5x the pipe",
-            ratio >= 0.5,
+            ">= 1.0x the pipe",
+            ratio >= 1.0,
         ));
     }
     let mut lost_total = 0usize;
@@ -1595,8 +1595,8 @@ fn capture_part(ctx: &Ctx, d: &Daemon) -> Result<Vec<Row>> {
                 res.agg_secs,
                 (res.last_seq * n as u64) as f64 / res.agg_secs / 1e6
             ),
-            ">= 1 GiB/s",
-            agg >= (1u64 << 30) as f64,
+            ">= 1.8 GiB/s",
+            agg >= 1.8 * (1u64 << 30) as f64,
         ));
         let complete = n - res.bad.len();
         lost_total += res.bad.len();
