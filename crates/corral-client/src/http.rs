@@ -188,6 +188,26 @@ impl Client {
         self.put("/publishers/redis", update).await
     }
 
+    /// The diagnostics summary of a failed run.
+    pub async fn diagnostics(&self, run_id: &str) -> Result<crate::wire::Diagnostics, ClientError> {
+        self.get(&format!("/runs/{}/diagnostics", enc(run_id)))
+            .await
+    }
+
+    /// A failed run's whole diagnostics bundle, as a `.tar.gz`.
+    pub async fn diagnostics_tar(&self, run_id: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .send(self.request(
+                reqwest::Method::GET,
+                &format!("/runs/{}/diagnostics.tar.gz", enc(run_id)),
+            ))
+            .await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| self.transport_error(e))
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self
             .send(self.request(reqwest::Method::DELETE, path))

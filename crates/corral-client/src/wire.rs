@@ -616,3 +616,28 @@ pub struct RedisUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_maxlen: Option<u64>,
 }
+
+/// The summary of a failed run's diagnostics bundle (`GET /runs/{run_id}/diagnostics`,
+/// `summary.json` in the bundle).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Diagnostics {
+    pub run_id: String,
+    pub task: String,
+    pub node: String,
+    pub status: RunStatus,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub signal_name: Option<String>,
+    pub error_message: Option<String>,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    pub lines: i64,
+    pub bytes: i64,
+    pub collected_at: f64,
+    /// Where the bundle is, on the daemon's machine.
+    pub dir: String,
+    /// The files of the bundle.
+    pub files: Vec<String>,
+    /// What could not be collected, and why.
+    pub problems: Vec<String>,
+}

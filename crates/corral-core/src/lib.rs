@@ -11,5 +11,6 @@ pub mod llama;
 pub mod policy;
 pub mod record;
 pub mod sampling;
+pub mod secrets;
 pub mod term;
 pub mod time;

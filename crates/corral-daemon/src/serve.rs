@@ -169,6 +169,7 @@ pub async fn serve_until(
         bus.clone(),
         kinds,
     );
+    bus.register(crate::sinks::diagnostics::Diagnostics::new(&sup));
     let lost = sup.recover()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     if !lost.is_empty() {

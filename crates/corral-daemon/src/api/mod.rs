@@ -7,6 +7,7 @@
 //! Every request is checked against the token when one is configured, in constant time.
 
 mod auth;
+mod diagnostics;
 mod error;
 mod events;
 mod llama;
@@ -77,6 +78,11 @@ pub fn router(state: Shared) -> Router {
         .route("/runs", get(tasks::runs))
         .route("/runs/{run_id}", get(tasks::run))
         .route("/runs/{run_id}/log", get(logs::raw_log))
+        .route("/runs/{run_id}/diagnostics", get(diagnostics::summary))
+        .route(
+            "/runs/{run_id}/diagnostics.tar.gz",
+            get(diagnostics::tarball),
+        )
         .route("/llama/{name}/status", get(llama::status))
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))

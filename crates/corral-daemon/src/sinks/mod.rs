@@ -3,12 +3,15 @@
 //!
 //! - [`observer`]: the bounded, sampled store of recent events (history, catching up);
 //! - [`live`]: every event, to viewers that follow;
+//! - [`diagnostics`]: a bundle of everything needed to understand a failed run
+//!   (registered by `serve` once the supervisor exists);
 //! - [`redis`]: every event to Redis pub/sub channels and a stream (opt-in; registered
 //!   by `serve` with its settings, see [`redis::Redis::new`]).
 //!
 //! [`Events`] is what the API reads: the two together give a viewer history, then live
 //! events, with no gap and no duplicate.
 
+pub mod diagnostics;
 pub mod live;
 pub mod observer;
 pub mod redis;

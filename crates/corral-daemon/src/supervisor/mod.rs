@@ -691,7 +691,7 @@ fn info(h: &Handle) -> TaskInfo {
             v.failures.min(h.spec.max_retries)
         },
         uptime_s,
-        command: shell_words(&h.spec.command),
+        command: display_command(&h.spec.command),
         labels: h.spec.labels.clone(),
         adopted: v.adopted,
         last_error: v.last_error.clone(),
@@ -702,6 +702,12 @@ fn info(h: &Handle) -> TaskInfo {
 }
 
 /// A command line as one string, quoting words that need it.
+/// A task's command line as corral shows it (in notes, events and `ps`): shell words,
+/// with the values of secret-looking options hidden.
+pub fn display_command(argv: &[String]) -> String {
+    shell_words(&corral_core::secrets::redact_argv(argv))
+}
+
 pub fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {

@@ -226,9 +226,7 @@ pub fn first_line(fd: OwnedFd, timeout: std::time::Duration) -> std::io::Result<
 /// API token and token file, everything else `CORRAL_*` (the daemon's settings), and the
 /// Redis credentials it reads. A task's spec may still set any of them on purpose.
 pub fn is_corral_secret(name: &str) -> bool {
-    name.starts_with("CORRAL_")
-        || name.starts_with("SOLLOL_")
-        || matches!(name, "REDIS_PASSWORD" | "REDIS_URL")
+    corral_core::secrets::is_corral_variable(name)
 }
 
 /// Sends `sig` to every process of group `pgid`. Returns false when the group is empty.

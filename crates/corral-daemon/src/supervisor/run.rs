@@ -112,7 +112,7 @@ impl Launcher for ChildLauncher {
             note: format!(
                 "started pid {}: {}",
                 sp.pid,
-                super::shell_words(&spec.command)
+                super::display_command(&spec.command)
             ),
             handle: Box::new(ChildRun {
                 child: sp.child,
@@ -296,7 +296,7 @@ impl Launcher for HeldLauncher {
                 launched.note = format!(
                     "started pid {}: {}",
                     hello.pid,
-                    super::shell_words(&spec.command)
+                    super::display_command(&spec.command)
                 );
                 launched
             })

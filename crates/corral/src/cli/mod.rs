@@ -8,6 +8,7 @@
 //! fail) and log their diagnostics through `tracing` (see `crate::logging`).
 
 pub mod config;
+pub mod diag;
 pub mod events;
 pub mod llama;
 pub mod logs;
@@ -92,6 +93,8 @@ pub enum Command {
     /// Turn the Redis publisher on or off, or show its status.
     #[command(subcommand)]
     Redis(redis::RedisCommand),
+    /// Show why a run failed: the diagnostics bundle written when it did (--tar to share it).
+    Diag(diag::DiagArgs),
     /// The per-run holder process the daemon starts (not for people).
     #[command(hide = true)]
     Hold(HoldCmd),
@@ -335,6 +338,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(a) => crate::demo::demo(&c, a, token).await,
         Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
         Command::Redis(cmd) => redis::dispatch(&c, cmd).await,
+        Command::Diag(a) => diag::diag(&c, a).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),
