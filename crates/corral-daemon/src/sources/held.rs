@@ -28,9 +28,26 @@ use tokio::sync::oneshot;
 /// Largest read from the holder's socket.
 const READ_SIZE: usize = 1 << 20;
 
-thread_local! {
-    /// The read buffer of the runtime worker that serves a run's socket now.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Read buffers, lent to one read at a time and given back: the daemon keeps at most
+/// [`SPARE_BUFFERS`] of them whatever the number of runs, and however many runtime
+/// threads the reads happened on (a buffer per thread would stay with each thread that
+/// ever served a busy run).
+static BUFFERS: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+const SPARE_BUFFERS: usize = 2;
+
+fn lend_buffer() -> Box<[u8]> {
+    BUFFERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_else(|| vec![0u8; READ_SIZE].into_boxed_slice())
+}
+
+fn give_back_buffer(b: Box<[u8]>) {
+    let mut spare = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < SPARE_BUFFERS {
+        spare.push(b);
+    }
 }
 
 /// The holder of one run, to be read.
@@ -238,9 +255,9 @@ async fn pump(
                 break Outcome::Lost(format!("waiting for the holder: {e}"));
             },
         }
-        let handled = SCRATCH.with_borrow_mut(|rd| {
-            rd.resize(READ_SIZE, 0);
-            let n = match conn.try_read(rd) {
+        let mut rd = lend_buffer();
+        let handled = (|| {
+            let n = match conn.try_read(&mut rd) {
                 Ok(0) => return Err(Outcome::Lost("the holder closed its socket".into())),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
@@ -263,7 +280,8 @@ async fn pump(
                 inbuf.drain(..used);
             }
             Ok(true)
-        });
+        })();
+        give_back_buffer(rd);
         match handled {
             Ok(true) => {}
             Ok(false) => continue,
