@@ -11,6 +11,7 @@
 //! [`Events`] is what the API reads: the two together give a viewer history, then live
 //! events, with no gap and no duplicate.
 
+pub mod alerts;
 pub mod diagnostics;
 pub mod live;
 pub mod observer;

@@ -475,7 +475,11 @@ impl Actor {
     ) -> EventKind {
         // Whoever reacts to the event reads the task's state: it must be current.
         self.publish_view();
-        let kind = EventKind::new(component, level, t, msg);
+        let mut kind = EventKind::new(component, level, t, msg);
+        if t == EventType::Status && component == Component::Task {
+            // What the task's state became: alerts resolve on `ready`.
+            kind = kind.with("status", self.lc.status.as_str());
+        }
         self.sup.bus.emit(kind.clone(), &self.spec.name, run_id);
         kind
     }

@@ -1,0 +1,575 @@
+//! Alerts: events that match a rule the user wrote reach people, through a webhook (a
+//! JSON body), a Slack-compatible incoming webhook, or an ntfy topic.
+//!
+//! A rule matches events by level (at least), type, component, task, and words in the
+//! message (a regular expression). Nothing is ever sent without a rule.
+//!
+//! Grouping, so that a crash loop sends one alert and a summary, not hundreds: the first
+//! match of a rule for a task is sent at once; further matches within the rule's `group`
+//! window are counted, and when the window closes one summary says how many there were
+//! (and the next window begins). A `resolved` message follows when a task that was
+//! alerted on becomes `ready` again (a server's health check passes), or when a whole
+//! window passes with no further match. Sending happens in a task of its own with a timeout; a destination
+//! that fails is counted and logged, never retried in a loop, and never slows the bus.
+
+mod send;
+
+pub use send::{send, Format};
+
+use crate::bus::{Queue, Sink, Stored};
+use corral_core::event::{Event, EventType, Level};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One rule, as written in the daemon's config file (`[[alerts]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The rule's name (for `corral alerts test NAME` and in every message).
+    pub name: String,
+    /// Where to send: an `http(s)://` URL.
+    pub url: String,
+    /// `webhook` (a JSON body), `slack` (`{"text": …}`), `ntfy` (a text body with a title).
+    #[serde(default)]
+    pub format: Format,
+    /// The least level that matches (`debug` … `critical`).
+    #[serde(default)]
+    pub level: Option<Level>,
+    /// Event types that match (`restart`, `disconnect`, `error`, …); any when empty.
+    #[serde(default)]
+    pub event_types: Vec<EventType>,
+    /// Tasks that match; any when empty.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// A regular expression the event's message must match.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// How long matches of one task are grouped after the first is sent, e.g. `5m`
+    /// (default 5 minutes).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl Rule {
+    /// Checks the rule; the error names the rule and what to fix.
+    pub fn check(&self) -> Result<CompiledRule, String> {
+        let name = &self.name;
+        if name.is_empty() {
+            return Err("an alert rule needs a `name`".into());
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "alert rule `{name}`: `url` must be an http:// or https:// URL"
+            ));
+        }
+        let message = match &self.message {
+            Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                format!("alert rule `{name}`: `message` is not a valid regular expression: {e}")
+            })?),
+            None => None,
+        };
+        let group = match &self.group {
+            Some(g) => corral_core::duration::parse_duration(g).map_err(|e| {
+                format!("alert rule `{name}`: `group` must be a duration such as 30s or 5m: {e}")
+            })?,
+            None => DEFAULT_GROUP,
+        };
+        Ok(CompiledRule {
+            rule: self.clone(),
+            message,
+            group,
+        })
+    }
+}
+
+/// Matches of one task are grouped this long unless the rule says otherwise.
+pub const DEFAULT_GROUP: Duration = Duration::from_secs(300);
+/// How long one delivery may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A checked rule.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub rule: Rule,
+    message: Option<regex::Regex>,
+    group: Duration,
+}
+
+impl CompiledRule {
+    pub fn matches(&self, e: &Event) -> bool {
+        let r = &self.rule;
+        r.level.is_none_or(|l| e.level >= l)
+            && (r.event_types.is_empty() || r.event_types.contains(&e.event_type))
+            && (r.tasks.is_empty() || r.tasks.iter().any(|t| *t == e.task))
+            && self.message.as_ref().is_none_or(|m| m.is_match(&e.message))
+    }
+}
+
+/// A rule's counters, for `corral alerts` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuleStats {
+    pub name: String,
+    pub format: Format,
+    /// Events that matched.
+    pub matched: u64,
+    /// Messages delivered (alerts, summaries, resolutions, tests).
+    pub sent: u64,
+    /// Deliveries that failed.
+    pub failed: u64,
+    /// Matches folded into a summary instead of sent one by one.
+    pub grouped: u64,
+    pub last_error: Option<String>,
+}
+
+/// The rules and their counters, shared by the sink and the API.
+#[derive(Clone, Default)]
+pub struct Alerts {
+    inner: Arc<Mutex<Inner>>,
+    http: reqwest::Client,
+    node: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    rules: Vec<CompiledRule>,
+    stats: Vec<RuleStats>,
+    /// Per (rule, task): an open group.
+    groups: HashMap<(usize, String), Group>,
+}
+
+struct Group {
+    /// When the group's window closes.
+    until: Instant,
+    /// Matches since the first, not sent yet.
+    more: u64,
+    last: Option<Arc<Event>>,
+    /// Whether a `resolved` message is owed when the task recovers.
+    firing: bool,
+}
+
+/// What one delivery says.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// `alert`, `summary`, `resolved` or `test`.
+    pub kind: &'static str,
+    pub rule: String,
+    pub node: String,
+    pub task: String,
+    pub title: String,
+    pub text: String,
+    pub level: Level,
+    /// The event that fired it, when there is one.
+    pub event: Option<Event>,
+    /// For a summary: how many matches it stands for.
+    pub count: u64,
+}
+
+impl Alerts {
+    /// The alerts of a daemon on `node` with these (checked) rules.
+    pub fn new(node: &str, rules: Vec<CompiledRule>) -> Alerts {
+        let stats = rules
+            .iter()
+            .map(|r| RuleStats {
+                name: r.rule.name.clone(),
+                format: r.rule.format,
+                ..Default::default()
+            })
+            .collect();
+        Alerts {
+            inner: Arc::new(Mutex::new(Inner {
+                rules,
+                stats,
+                groups: HashMap::new(),
+            })),
+            http: reqwest::Client::builder()
+                .timeout(SEND_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            node: node.to_string(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> Vec<RuleStats> {
+        self.lock().stats.clone()
+    }
+
+    /// Sends a test message through rule `name`; the error says why it could not.
+    pub async fn test(&self, name: &str) -> Result<RuleStats, String> {
+        let (i, rule) = {
+            let inner = self.lock();
+            let Some(i) = inner.rules.iter().position(|r| r.rule.name == name) else {
+                let known: Vec<&str> = inner.rules.iter().map(|r| r.rule.name.as_str()).collect();
+                return Err(if known.is_empty() {
+                    format!("no alert rule `{name}`: this daemon has no rules (add [[alerts]] to its config file)")
+                } else {
+                    format!("no alert rule `{name}`; this daemon's rules: {}", known.join(", "))
+                });
+            };
+            (i, inner.rules[i].rule.clone())
+        };
+        let msg = Message {
+            kind: "test",
+            rule: rule.name.clone(),
+            node: self.node.clone(),
+            task: String::new(),
+            title: format!("corral: test of alert rule {}", rule.name),
+            text: format!(
+                "This is a test message of alert rule `{}` on node {}: alerts reach this destination.",
+                rule.name, self.node
+            ),
+            level: Level::Info,
+            event: None,
+            count: 0,
+        };
+        let r = send(&self.http, &rule, &msg).await;
+        self.delivered(i, &r);
+        r.map(|()| self.lock().stats[i].clone())
+    }
+
+    fn delivered(&self, i: usize, r: &Result<(), String>) {
+        let mut inner = self.lock();
+        let s = &mut inner.stats[i];
+        match r {
+            Ok(()) => s.sent += 1,
+            Err(e) => {
+                s.failed += 1;
+                s.last_error = Some(e.clone());
+            }
+        }
+    }
+
+    /// Decides what an event sends (see the module documentation); returns the messages.
+    fn on_event(&self, e: &Arc<Event>, now: Instant) -> Vec<(usize, Message)> {
+        let mut out = Vec::new();
+        let mut inner = self.lock();
+        let recovered = e.event_type == EventType::Status
+            && e.details.get("status").and_then(|s| s.as_str()) == Some("ready");
+        for i in 0..inner.rules.len() {
+            let key = (i, e.task.clone());
+            if recovered {
+                if let Some(g) = inner.groups.remove(&key).filter(|g| g.firing) {
+                    let rule = &inner.rules[i].rule;
+                    out.push((
+                        i,
+                        self.message("resolved", rule, &e.task, e, g.more, Level::Info),
+                    ));
+                }
+                continue;
+            }
+            if !inner.rules[i].matches(e) {
+                continue;
+            }
+            inner.stats[i].matched += 1;
+            let group = inner.rules[i].group;
+            match inner.groups.get_mut(&key) {
+                Some(g) if now < g.until => {
+                    g.more += 1;
+                    g.last = Some(e.clone());
+                    inner.stats[i].grouped += 1;
+                }
+                _ => {
+                    inner.groups.insert(
+                        key,
+                        Group {
+                            until: now + group,
+                            more: 0,
+                            last: None,
+                            firing: true,
+                        },
+                    );
+                    let rule = &inner.rules[i].rule;
+                    out.push((i, self.message("alert", rule, &e.task, e, 0, e.level)));
+                }
+            }
+        }
+        out
+    }
+
+    /// For each group whose window closed: a summary of its matches (and a new window),
+    /// or, when nothing matched in it, the resolution.
+    fn close_groups(&self, now: Instant) -> Vec<(usize, Message)> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        let due: Vec<(usize, String)> = inner
+            .groups
+            .iter()
+            .filter(|(_, g)| now >= g.until)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let window = inner.rules[key.0].group;
+            let Some(g) = inner.groups.get_mut(&key) else {
+                continue;
+            };
+            match g.last.take() {
+                Some(last) => {
+                    let more = std::mem::take(&mut g.more);
+                    g.until = now + window;
+                    let rule = &inner.rules[key.0].rule;
+                    out.push((
+                        key.0,
+                        self.message("summary", rule, &key.1, &last, more, last.level),
+                    ));
+                }
+                None => {
+                    let quiet = inner.groups.remove(&key).is_some_and(|g| g.firing);
+                    if quiet {
+                        let rule = &inner.rules[key.0].rule;
+                        let what = format!(
+                            "no match of alert rule `{}` for {}",
+                            rule.name,
+                            corral_core::duration::format_duration(window)
+                        );
+                        out.push((key.0, self.resolved(rule, &key.1, what)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn resolved(&self, rule: &Rule, task: &str, why: String) -> Message {
+        let who = self.who(task);
+        Message {
+            kind: "resolved",
+            rule: rule.name.clone(),
+            node: self.node.clone(),
+            task: task.to_string(),
+            title: format!("corral: resolved: {who} ({})", rule.name),
+            text: format!("resolved for {who}: {why}"),
+            level: Level::Info,
+            event: None,
+            count: 0,
+        }
+    }
+
+    fn who(&self, task: &str) -> String {
+        if task.is_empty() {
+            format!("node {}", self.node)
+        } else {
+            format!("{task} on {}", self.node)
+        }
+    }
+
+    /// When the next open group's window closes.
+    fn next_close(&self) -> Option<Instant> {
+        self.lock()
+            .groups
+            .values()
+            .map(|g| g.until)
+            .min()
+    }
+
+    fn message(
+        &self,
+        kind: &'static str,
+        rule: &Rule,
+        task: &str,
+        e: &Event,
+        count: u64,
+        level: Level,
+    ) -> Message {
+        let who = self.who(task);
+        let (title, text) = match kind {
+            "summary" => (
+                format!("corral: {count} more for {who} ({})", rule.name),
+                format!(
+                    "{count} more events matched alert rule `{}` for {who}; the last: [{}] {}",
+                    rule.name,
+                    e.level.as_str(),
+                    e.message
+                ),
+            ),
+            "resolved" => (
+                format!("corral: resolved: {who} ({})", rule.name),
+                format!("resolved for {who}: it is {} again ({})", status_of(e), e.message),
+            ),
+            _ => (
+                format!("corral: {} {who} ({})", e.level.as_str(), rule.name),
+                format!("[{}] {}", e.level.as_str(), e.message),
+            ),
+        };
+        Message {
+            kind,
+            rule: rule.name.clone(),
+            node: self.node.clone(),
+            task: task.to_string(),
+            title,
+            text,
+            level,
+            event: Some(e.clone()),
+            count,
+        }
+    }
+
+    fn dispatch(&self, msgs: Vec<(usize, Message)>) {
+        for (i, msg) in msgs {
+            let rule = self.lock().rules[i].rule.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let r = send(&this.http, &rule, &msg).await;
+                if let Err(e) = &r {
+                    tracing::warn!(rule = %rule.name, "alert not delivered: {e}");
+                }
+                this.delivered(i, &r);
+            });
+        }
+    }
+}
+
+fn status_of(e: &Event) -> &str {
+    e.details
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("up")
+}
+
+/// The sink that feeds [`Alerts`]: registered by `serve` when there are rules.
+pub struct AlertSink(pub Alerts);
+
+impl Sink for AlertSink {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    async fn run(self, mut queue: Queue) {
+        let alerts = self.0;
+        loop {
+            let close = alerts.next_close();
+            let batch = match close {
+                Some(at) => {
+                    tokio::select! {
+                        b = queue.next() => b,
+                        _ = tokio::time::sleep_until(at.into()) => {
+                            alerts.dispatch(alerts.close_groups(Instant::now()));
+                            continue;
+                        }
+                    }
+                }
+                None => queue.next().await,
+            };
+            let Some(batch) = batch else { break };
+            let now = Instant::now();
+            for Stored { event, .. } in batch.events {
+                alerts.dispatch(alerts.on_event(&event, now));
+            }
+            alerts.dispatch(alerts.close_groups(now));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::event::{Component, EventKind};
+
+    fn rule(toml_text: &str) -> CompiledRule {
+        let r: Rule = toml::from_str(toml_text).unwrap();
+        r.check().unwrap()
+    }
+
+    fn ev(task: &str, level: Level, t: EventType, msg: &str) -> Arc<Event> {
+        Arc::new(Event::from_kind(
+            EventKind::new(Component::Task, level, t, msg),
+            0.0,
+            "n",
+            task,
+            "r",
+        ))
+    }
+
+    fn status(task: &str, s: &str) -> Arc<Event> {
+        Arc::new(Event::from_kind(
+            EventKind::new(Component::Task, Level::Info, EventType::Status, "s").with("status", s),
+            0.0,
+            "n",
+            task,
+            "r",
+        ))
+    }
+
+    #[test]
+    fn rules_match_by_level_type_task_and_message() {
+        let r = rule(
+            r#"name = "x"
+            url = "http://127.0.0.1:1/"
+            level = "warning"
+            event_types = ["exit", "restart"]
+            tasks = ["a"]
+            message = "code [1-9]""#,
+        );
+        assert!(r.matches(&ev("a", Level::Warning, EventType::Exit, "exited with code 3")));
+        assert!(!r.matches(&ev("a", Level::Info, EventType::Exit, "exited with code 3")));
+        assert!(!r.matches(&ev("b", Level::Warning, EventType::Exit, "exited with code 3")));
+        assert!(!r.matches(&ev("a", Level::Warning, EventType::Stop, "exited with code 3")));
+        assert!(!r.matches(&ev("a", Level::Warning, EventType::Exit, "exited with code 0")));
+    }
+
+    #[test]
+    fn bad_rules_say_what_to_fix() {
+        let bad = |t: &str| toml::from_str::<Rule>(t).map_err(|e| e.to_string()).and_then(|r| r.check().map(|_| ()));
+        assert!(bad(r#"name = "x"
+            url = "ftp://h/""#).unwrap_err().contains("http:// or https://"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            message = "(""#).unwrap_err().contains("regular expression"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            group = "soon""#).unwrap_err().contains("duration"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            colour = "red""#).unwrap_err().contains("colour"));
+    }
+
+    #[test]
+    fn a_crash_loop_sends_one_alert_a_summary_and_a_resolution() {
+        let a = Alerts::new(
+            "n",
+            vec![rule(
+                r#"name = "crash"
+                url = "http://127.0.0.1:1/"
+                event_types = ["exit"]
+                group = "1m""#,
+            )],
+        );
+        let t0 = Instant::now();
+        let first = a.on_event(&ev("a", Level::Warning, EventType::Exit, "exit 1"), t0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].1.kind, "alert");
+        for k in 1..100 {
+            let more = a.on_event(
+                &ev("a", Level::Warning, EventType::Exit, "exit 1"),
+                t0 + Duration::from_millis(k * 100),
+            );
+            assert!(more.is_empty());
+        }
+        assert!(a.close_groups(t0 + Duration::from_secs(30)).is_empty());
+        let summary = a.close_groups(t0 + Duration::from_secs(61));
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].1.kind, "summary");
+        assert_eq!(summary[0].1.count, 99);
+        let resolved = a.on_event(&status("a", "ready"), t0 + Duration::from_secs(62));
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].1.kind, "resolved");
+        assert!(a.close_groups(t0 + Duration::from_secs(200)).is_empty(), "resolved once");
+        // Recovered and alerted on again: a new alert at once.
+        let again = a.on_event(
+            &ev("a", Level::Warning, EventType::Exit, "exit 1"),
+            t0 + Duration::from_secs(63),
+        );
+        assert_eq!(again[0].1.kind, "alert");
+        let s = &a.stats()[0];
+        assert_eq!((s.matched, s.grouped), (101, 99));
+        // A window with no further match resolves it too.
+        let quiet = a.close_groups(t0 + Duration::from_secs(63 + 61));
+        assert_eq!(quiet.len(), 1);
+        assert_eq!(quiet[0].1.kind, "resolved");
+        assert!(quiet[0].1.text.contains("no match"), "{}", quiet[0].1.text);
+    }
+}
