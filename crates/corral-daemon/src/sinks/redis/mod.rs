@@ -20,6 +20,7 @@ mod sink;
 pub use encode::Channels;
 pub use sink::RedisSink;
 
+pub use corral_client::wire::RawLines;
 use corral_client::wire::{RedisStatus, RedisUpdate};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,8 @@ use tokio::sync::watch;
 pub const DEFAULT_PREFIX: &str = "corral:llama_cpp";
 /// The default `MAXLEN ~` of the stream.
 pub const DEFAULT_STREAM_MAXLEN: u64 = 100_000;
+/// The default cap of raw lines published per second.
+pub const DEFAULT_RAW_LINES_PER_SECOND: u64 = 1000;
 /// The name of the file (in the daemon's home) that keeps changes made at run time.
 pub const STATE_FILE: &str = "redis.json";
 
@@ -47,6 +50,12 @@ pub struct RedisConfig {
     pub url: Option<String>,
     pub channel_prefix: String,
     pub stream_maxlen: u64,
+    /// A PEM file of the CA that signed the server's certificate, for `rediss://` (else
+    /// the system's roots). Only for a TLS URL: a CA with a plaintext URL is an error.
+    pub tls_ca: Option<String>,
+    /// Which run lines go to `{prefix}:raw`, and at most how many per second.
+    pub raw_lines: RawLines,
+    pub raw_lines_per_second: u64,
 }
 
 impl Default for RedisConfig {
@@ -61,6 +70,9 @@ impl Default for RedisConfig {
             url: None,
             channel_prefix: DEFAULT_PREFIX.into(),
             stream_maxlen: DEFAULT_STREAM_MAXLEN,
+            tls_ca: None,
+            raw_lines: RawLines::default(),
+            raw_lines_per_second: DEFAULT_RAW_LINES_PER_SECOND,
         }
     }
 }
@@ -76,6 +88,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &self.url.as_ref().map(|_| "<hidden>"))
             .field("channel_prefix", &self.channel_prefix)
             .field("stream_maxlen", &self.stream_maxlen)
+            .field("tls_ca", &self.tls_ca)
+            .field("raw_lines", &self.raw_lines)
+            .field("raw_lines_per_second", &self.raw_lines_per_second)
             .finish()
     }
 }
@@ -88,7 +103,7 @@ impl RedisConfig {
         if let Some(url) = &self.url {
             return url.as_str().into_connection_info().map_err(|_| {
                 "the Redis URL (redis_url, CORRAL_REDIS_URL or SOLLOL_REDIS_URL) is not valid; \
-                 use redis://[USER:PASSWORD@]HOST:PORT[/DB]"
+                 use redis://[USER:PASSWORD@]HOST:PORT[/DB], or rediss://… for TLS"
                     .to_string()
             });
         }
@@ -104,6 +119,14 @@ impl RedisConfig {
                 ..Default::default()
             },
         })
+    }
+
+    /// Whether the connection is TLS (a `rediss://` URL).
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self.connection_info().map(|i| i.addr),
+            Ok(redis::ConnectionAddr::TcpTls { .. })
+        )
     }
 
     /// `host:port` of the server, without any credential.
@@ -136,7 +159,29 @@ impl RedisConfig {
         if self.db < 0 {
             return Err("redis_db must not be negative".into());
         }
-        self.connection_info().map(|_| ())
+        if self.raw_lines_per_second == 0 {
+            return Err(
+                "raw_lines_per_second must be at least 1; to publish no raw lines set \
+                 raw_lines = \"none\""
+                    .into(),
+            );
+        }
+        let info = self.connection_info()?;
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr {
+            return Err(
+                "the Redis URL asks for TLS without checking the certificate (#insecure); \
+                 that is not supported: give the server's CA in redis_tls_ca instead"
+                    .into(),
+            );
+        }
+        if self.tls_ca.is_some() && !self.is_tls() {
+            return Err(
+                "redis_tls_ca (CORRAL_REDIS_TLS_CA) is set but the connection is not TLS; \
+                 use a rediss:// URL (redis_url, CORRAL_REDIS_URL)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The configuration with `u`'s fields applied.
@@ -169,6 +214,15 @@ impl RedisConfig {
         if let Some(v) = u.stream_maxlen {
             c.stream_maxlen = v;
         }
+        if let Some(v) = &u.tls_ca {
+            c.tls_ca = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = u.raw_lines {
+            c.raw_lines = v;
+        }
+        if let Some(v) = u.raw_lines_per_second {
+            c.raw_lines_per_second = v;
+        }
         c
     }
 }
@@ -187,7 +241,10 @@ fn merge(earlier: &mut RedisUpdate, later: &RedisUpdate) {
         password,
         url,
         channel_prefix,
-        stream_maxlen
+        stream_maxlen,
+        tls_ca,
+        raw_lines,
+        raw_lines_per_second
     );
 }
 
@@ -197,6 +254,9 @@ struct Counters {
     published: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    raw_published: AtomicU64,
+    raw_held_back: AtomicU64,
+    raw_dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -281,6 +341,7 @@ impl Redis {
             enabled: cfg.enabled,
             connected: cfg.enabled && conn.connected,
             server: cfg.server(),
+            tls: cfg.is_tls(),
             db: cfg.db_number(),
             channels: ch.list(),
             stream: ch.stream,
@@ -289,6 +350,11 @@ impl Redis {
             failed: c.failed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             queued: queue.map(|q| q.queued as u64).unwrap_or(0),
+            raw_lines: cfg.raw_lines,
+            raw_lines_per_second: cfg.raw_lines_per_second,
+            raw_published: c.raw_published.load(Ordering::Relaxed),
+            raw_held_back: c.raw_held_back.load(Ordering::Relaxed),
+            raw_dropped: c.raw_dropped.load(Ordering::Relaxed),
             last_error: conn.last_error.clone(),
         }
     }

@@ -40,8 +40,32 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// A Redis error as the status and the log show it: what happened and what to do, with
 /// no credential (the server's messages never echo one, and URLs are never shown).
-pub fn describe(e: &redis::RedisError) -> String {
+/// `tls` says whether the connection was `rediss://`, which changes what a closed
+/// connection or a broken handshake means.
+pub fn describe(e: &redis::RedisError, tls: bool) -> String {
     let text = e.to_string();
+    if let Some(t) = tls_error(e) {
+        return match t {
+            rustls::Error::InvalidMessage(_) => format!(
+                "TLS handshake failed: the server did not answer in TLS ({t}); is it a \
+                 plaintext server? corral never falls back to plaintext: use redis:// if \
+                 that is what you mean"
+            ),
+            _ => format!(
+                "TLS handshake failed: {t}; check redis_tls_ca (CORRAL_REDIS_TLS_CA): it \
+                 must be the CA that signed the server's certificate, and the certificate \
+                 must name the host of the URL"
+            ),
+        };
+    }
+    if !tls && closed_by_server(e) {
+        return format!(
+            "the server closed the connection ({text}); if it expects TLS use rediss://"
+        );
+    }
+    if tls && closed_by_server(e) {
+        return format!("the server closed the TLS connection ({text})");
+    }
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
@@ -56,10 +80,57 @@ pub fn describe(e: &redis::RedisError) -> String {
     if e.is_connection_refusal() {
         return format!("connection refused ({text}); is redis-server running there?");
     }
+    if e.is_timeout() && tls {
+        // A plaintext server waits for the end of a line that a TLS handshake never sends.
+        return format!(
+            "no answer in time over TLS ({text}): the TLS handshake or the first reply did \
+             not come; if the server is plaintext, use redis:// (corral never falls back \
+             to plaintext)"
+        );
+    }
     if e.is_timeout() {
         return format!("no answer in time ({text})");
     }
     text
+}
+
+/// The TLS error under a Redis error, if the handshake (or the TLS layer) failed.
+fn tls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Whether the server ended the connection (an end of file, a reset, a broken pipe)
+/// rather than refusing it or not answering.
+fn closed_by_server(e: &redis::RedisError) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_connection_dropped() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 pub struct RedisSink {
@@ -223,7 +294,7 @@ impl RedisSink {
                     left -= chunk.len() as u64;
                 }
                 Err(e) => {
-                    let msg = describe(&e);
+                    let msg = describe(&e, cfg.is_tls());
                     self.handle.count_failed(left);
                     self.handle.set_connected(false, Some(msg.clone()));
                     tracing::warn!(
@@ -260,20 +331,48 @@ impl RedisSink {
 }
 
 /// Connects and checks the connection with a `PING` (which also proves the credentials).
+/// A `rediss://` URL is TLS or nothing: a failed handshake is an error, never a reason
+/// to try plaintext.
 async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, String> {
     let info = cfg.connection_info()?;
-    let client = redis::Client::open(info).map_err(|e| describe(&e))?;
+    let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+    let describe = |e: redis::RedisError| describe(&e, tls);
+    let client = match (&cfg.tls_ca, tls) {
+        (Some(path), true) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!(
+                    "cannot read the TLS CA file {path} (redis_tls_ca, CORRAL_REDIS_TLS_CA): {e}"
+                )
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| {
+                format!(
+                    "the TLS CA file {path} (redis_tls_ca) holds no usable PEM certificate: {}",
+                    e.detail()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| e.to_string())
+                )
+            })?
+        }
+        _ => redis::Client::open(info).map_err(describe)?,
+    };
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT);
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(describe)?;
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(describe)?;
     Ok(conn)
 }
 
