@@ -751,3 +751,119 @@ async fn a_rediss_url_against_a_plaintext_server_is_a_tls_error_never_plaintext(
         "published in plaintext on a rediss:// URL"
     );
 }
+
+/// The messages of `{PREFIX}:raw` from task `task`, until `n` arrived.
+fn raw_lines(sub: &mpsc::Receiver<(String, Value)>, task: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (channel, v) = sub
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("timed out waiting for raw lines; got {got:?}"));
+        if channel == format!("{PREFIX}:raw") && v["source"] == task {
+            got.push(v);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn raw_lines_all_publishes_every_line_with_the_contract_fields_and_dense_seqs() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[("CORRAL_REDIS_RAW_LINES", "all")]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["raw_lines"], "all", "{st}");
+    let sub = server.subscribe();
+    let run = d
+        .run_task(
+            "three",
+            &[],
+            &["sh", "-c", "echo one; echo two; echo three"],
+        )
+        .await;
+    let got = raw_lines(&sub, "three", 3);
+    let lines: Vec<&str> = got.iter().map(|v| v["line"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["one", "two", "three"], "{got:?}");
+    let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seqs not dense: {seqs:?}"
+    );
+    for v in &got {
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "exactly the contract fields expected in {v}");
+        assert!(v["timestamp"].as_f64().unwrap() > 1.6e9, "{v}");
+        assert_eq!(v["run_id"], run.as_str());
+        assert!(v["node"].as_str().is_some_and(|n| !n.is_empty()), "{v}");
+    }
+    // Raw lines go to the channel only, not to the events' stream.
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    assert!(server
+        .stream("-")
+        .iter()
+        .all(|(_, e)| e.get("line").is_none() && e.get("source").is_none()));
+}
+
+#[tokio::test]
+async fn raw_lines_by_default_publish_only_the_important_ones() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["raw_lines"], "important", "{st}");
+    let sub = server.subscribe();
+    d.run_task(
+        "fire",
+        &[],
+        &["sh", "-c", "echo hello; echo 'error: disk on fire'"],
+    )
+    .await;
+    // Lines of a run arrive in order: had `hello` been published, it would come first.
+    let got = raw_lines(&sub, "fire", 1);
+    assert_eq!(got[0]["line"], "error: disk on fire", "{got:?}");
+    let st = status(&d).await;
+    assert_eq!(st["raw_published"], 1, "{st}");
+}
+
+#[tokio::test]
+async fn the_raw_rate_cap_holds_back_lines_and_counts_them() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(
+            &server,
+            &[
+                ("CORRAL_REDIS_RAW_LINES", "all"),
+                ("CORRAL_REDIS_RAW_LINES_PER_SECOND", "10"),
+            ],
+        ),
+        ..Default::default()
+    })
+    .await;
+    wait_connected(&d, true).await;
+    let run = d.run_task("chatty", &[], &["seq", "1", "200"]).await;
+    d.wait_run_end(&run).await;
+    let st = wait_for("every raw line counted", DEADLINE, || async {
+        let v = d.cli(&["redis", "status", "--json"]).await.ok().json();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        (n("raw_published") + n("raw_held_back") + n("raw_dropped") >= 200).then_some(v)
+    })
+    .await;
+    let n = |k: &str| st[k].as_u64().unwrap();
+    assert_eq!(n("raw_dropped"), 0, "{st}");
+    assert_eq!(n("raw_published") + n("raw_held_back"), 200, "{st}");
+    assert!(n("raw_held_back") > 0 && n("raw_published") >= 10, "{st}");
+    assert_eq!(st["raw_lines_per_second"], 10);
+    let table = d.cli(&["redis", "status"]).await.ok();
+    assert!(
+        table.stdout().contains("raw held back"),
+        "{}",
+        table.stdout()
+    );
+}

@@ -7,7 +7,9 @@
 //!   starts with them; those kept settings override the flags, environment and config
 //!   file, being the latest choice someone made;
 //! - `sink`: the [`Sink`](crate::bus::Sink) that connects, reconnects and publishes;
-//! - `encode`: the channels of an event, its JSON, the pipeline of a batch.
+//! - `encode`: the channels of an event, its JSON, the pipeline of a batch;
+//! - `raw`: the runs' lines for `{prefix}:raw`: which are important, the rate cap, and
+//!   the [`RawWatcher`] the supervisor calls for every run.
 //!
 //! Invariants: with the publisher off nothing connects; publishing never blocks the bus
 //! (the sink's own bounded queue); every event taken while on is counted once as
@@ -15,9 +17,11 @@
 //! line, the status, an event or an error message.
 
 mod encode;
+mod raw;
 mod sink;
 
 pub use encode::Channels;
+pub use raw::{important, RawLine, RawWatcher, IMPORTANT_WORDS};
 pub use sink::RedisSink;
 
 pub use corral_client::wire::RawLines;
@@ -273,6 +277,10 @@ struct Inner {
     state_file: Option<PathBuf>,
     /// What was changed at run time, as kept in the state file.
     kept: Mutex<RedisUpdate>,
+    /// The raw lines' queue to the sink, and their daemon-wide rate cap.
+    raw_tx: tokio::sync::mpsc::Sender<RawLine>,
+    raw_cap: Mutex<raw::RateCap>,
+    started: std::time::Instant,
 }
 
 /// Errors of a change at run time.
@@ -309,6 +317,7 @@ impl Redis {
             config.enabled = false;
         }
         let (tx, _) = watch::channel(config);
+        let (raw_tx, raw_rx) = raw::queue();
         let handle = Redis {
             inner: Arc::new(Inner {
                 config: tx,
@@ -316,10 +325,41 @@ impl Redis {
                 conn: Mutex::new(Conn::default()),
                 state_file,
                 kept: Mutex::new(kept),
+                raw_tx,
+                raw_cap: Mutex::new(raw::RateCap::default()),
+                started: std::time::Instant::now(),
             }),
         };
-        let sink = RedisSink::new(handle.clone(), Arc::downgrade(bus));
+        let sink = RedisSink::new(handle.clone(), Arc::downgrade(bus), raw_rx);
         (handle, sink)
+    }
+
+    /// The watcher that sends the runs' lines to `{prefix}:raw`, to register with
+    /// [`Supervisor::add_run_watcher`](crate::supervisor::Supervisor::add_run_watcher).
+    pub fn raw_watcher(&self) -> RawWatcher {
+        RawWatcher {
+            redis: self.clone(),
+        }
+    }
+
+    /// Whether one more raw line fits in this second's cap.
+    fn admit_raw(&self, per_second: u64) -> bool {
+        let now = self.inner.started.elapsed().as_secs();
+        self.inner
+            .raw_cap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(now, per_second)
+    }
+
+    pub(crate) fn count_raw(&self, which: raw::RawCount, n: u64) {
+        let c = &self.inner.counters;
+        let counter = match which {
+            raw::RawCount::Published => &c.raw_published,
+            raw::RawCount::HeldBack => &c.raw_held_back,
+            raw::RawCount::Dropped => &c.raw_dropped,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> RedisConfig {

@@ -8,8 +8,13 @@
 //! connected again the publisher puts a `status` event (component `system`) on the bus
 //! that says how many events Redis missed, which it then publishes like any other.
 //! With the publisher off it holds no connection and takes events without counting them.
+//!
+//! Raw lines (`raw.rs`) come through a queue of their own and go to `{prefix}:raw` only
+//! (not the stream), a pipeline per [`PIPELINE_EVENTS`] lines; those taken while Redis
+//! is unreachable, or whose pipeline failed, count as `raw_dropped`.
 
 use super::encode::{self, Channels};
+use super::raw::{RawCount, RawLine};
 use super::{Redis, RedisConfig};
 use crate::bus::{Batch, Bus, Queue, Sink};
 use corral_core::event::{Component, EventKind, EventType, Level};
@@ -136,12 +141,32 @@ fn closed_by_server(e: &redis::RedisError) -> bool {
 pub struct RedisSink {
     handle: Redis,
     bus: Weak<Bus>,
+    raw: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<RawLine>>,
 }
 
 impl RedisSink {
-    pub(super) fn new(handle: Redis, bus: Weak<Bus>) -> RedisSink {
-        RedisSink { handle, bus }
+    pub(super) fn new(
+        handle: Redis,
+        bus: Weak<Bus>,
+        raw: tokio::sync::mpsc::Receiver<RawLine>,
+    ) -> RedisSink {
+        RedisSink {
+            handle,
+            bus,
+            raw: tokio::sync::Mutex::new(raw),
+        }
     }
+}
+
+/// Takes up to [`PIPELINE_EVENTS`] raw lines, at least one. The queue's sender lives in
+/// the handle, so it never closes while the sink runs; were it closed, this never ends
+/// (rather than spinning on an empty answer).
+async fn next_raw(rx: &mut tokio::sync::mpsc::Receiver<RawLine>) -> Vec<RawLine> {
+    let mut buf = Vec::new();
+    if rx.recv_many(&mut buf, PIPELINE_EVENTS).await == 0 {
+        std::future::pending::<()>().await;
+    }
+    buf
 }
 
 impl Sink for RedisSink {
@@ -156,6 +181,8 @@ impl Sink for RedisSink {
     async fn run(self, mut queue: Queue) {
         let mut rx = self.handle.subscribe();
         let mut state = State::default();
+        let mut raw_guard = self.raw.lock().await;
+        let raw = &mut *raw_guard;
         loop {
             let cfg = rx.borrow_and_update().clone();
             let changed = if !cfg.enabled {
@@ -167,6 +194,8 @@ impl Sink for RedisSink {
                         Some(_) => false,
                         None => return,
                     },
+                    // Lines sent just before it was turned off: forgotten too.
+                    _ = next_raw(raw) => false,
                     r = rx.changed() => r.is_ok(),
                 }
             } else if state.conn.is_some() {
@@ -175,10 +204,17 @@ impl Sink for RedisSink {
                         Some(batch) => { self.publish(&mut state, &cfg, batch).await; false }
                         None => return,
                     },
+                    lines = next_raw(raw) => {
+                        self.publish_raw(&mut state, &cfg, lines).await;
+                        false
+                    }
                     r = rx.changed() => r.is_ok(),
                 }
             } else {
-                match self.connect(&mut state, &cfg, &mut queue, &mut rx).await {
+                match self
+                    .connect(&mut state, &cfg, &mut queue, raw, &mut rx)
+                    .await
+                {
                     Step::Go => false,
                     Step::Changed => true,
                     Step::End => return,
@@ -220,6 +256,7 @@ impl RedisSink {
         st: &mut State,
         cfg: &RedisConfig,
         queue: &mut Queue,
+        raw: &mut tokio::sync::mpsc::Receiver<RawLine>,
         rx: &mut tokio::sync::watch::Receiver<RedisConfig>,
     ) -> Step {
         let wait = backoff(st.failures);
@@ -242,6 +279,9 @@ impl RedisSink {
                     }
                     None => return Step::End,
                 },
+                lines = next_raw(raw) => {
+                    self.handle.count_raw(RawCount::Dropped, lines.len() as u64);
+                }
                 r = rx.changed() => if r.is_ok() { return Step::Changed },
             }
         };
@@ -307,6 +347,38 @@ impl RedisSink {
                     st.failures = FIRST_TRIES;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sends raw lines as one pipeline of `PUBLISH {prefix}:raw`; a failure drops the
+    /// connection and counts them as dropped.
+    async fn publish_raw(&self, st: &mut State, cfg: &RedisConfig, lines: Vec<RawLine>) {
+        let Some(conn) = st.conn.as_mut() else {
+            self.handle.count_raw(RawCount::Dropped, lines.len() as u64);
+            return;
+        };
+        if lines.is_empty() {
+            return;
+        }
+        let ch = Channels::new(&cfg.channel_prefix);
+        let mut pipe = redis::pipe();
+        for l in &lines {
+            encode::append_raw(&mut pipe, &ch, l);
+        }
+        let n = lines.len() as u64;
+        match pipe.query_async::<()>(conn).await {
+            Ok(()) => self.handle.count_raw(RawCount::Published, n),
+            Err(e) => {
+                let msg = describe(&e, cfg.is_tls());
+                self.handle.count_raw(RawCount::Dropped, n);
+                self.handle.set_connected(false, Some(msg.clone()));
+                tracing::warn!(
+                    server = %cfg.server(),
+                    "publishing raw lines to Redis failed: {msg}; reconnecting in the background"
+                );
+                st.conn = None;
+                st.failures = FIRST_TRIES;
             }
         }
     }
