@@ -866,4 +866,10 @@ async fn the_raw_rate_cap_holds_back_lines_and_counts_them() {
         "{}",
         table.stdout()
     );
+    let held = format!(
+        "corral_redis_raw_lines_held_back_total {}",
+        n("raw_held_back")
+    );
+    let m = d.metrics().await;
+    assert!(m.lines().any(|l| l == held), "no `{held}` in\n{m}");
 }
