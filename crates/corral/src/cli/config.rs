@@ -552,4 +552,65 @@ mod tests {
         };
         assert!(a.config().is_err());
     }
+
+    #[test]
+    fn tls_and_raw_line_settings_from_file_and_environment() {
+        let (_d, p) = write(
+            "c.toml",
+            "redis_url = \"rediss://h:6380\"\nredis_tls_ca = \"/etc/ca.pem\"\nraw_lines = \"all\"\nraw_lines_per_second = 50\n",
+        );
+        let f = read_file(&p).unwrap().redis;
+        assert_eq!(f.redis_tls_ca.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(
+            (f.raw_lines, f.raw_lines_per_second),
+            (Some(RawLines::All), Some(50))
+        );
+        let none = RedisServeArgs::default();
+        let c = none.config(&f, |_| None).unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.tls_ca.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!((c.raw_lines, c.raw_lines_per_second), (RawLines::All, 50));
+        let env = |k: &str| match k {
+            "CORRAL_REDIS_RAW_LINES" => Some("NONE".to_string()),
+            "CORRAL_REDIS_TLS_CA" => Some("/env/ca.pem".to_string()),
+            _ => None,
+        };
+        let c = none.config(&f, env).unwrap();
+        assert_eq!(
+            (c.raw_lines, c.tls_ca.as_deref()),
+            (RawLines::None, Some("/env/ca.pem"))
+        );
+        let d = none.config(&RedisFile::default(), |_| None).unwrap();
+        assert_eq!(
+            (d.raw_lines, d.raw_lines_per_second, d.tls_ca),
+            (RawLines::Important, 1000, None)
+        );
+
+        // Wrong values are errors that name the key; a CA without TLS, and #insecure, are refused.
+        let (_d, p) = write("c.toml", "raw_lines = \"some\"\n");
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("`raw_lines`") && e.contains("important"), "{e}");
+        let e = none
+            .config(&RedisFile::default(), |k| {
+                (k == "CORRAL_REDIS_RAW_LINES").then(|| "x".into())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CORRAL_REDIS_RAW_LINES"), "{e}");
+        let plain_with_ca = RedisFile {
+            redis_tls_ca: Some("/etc/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = none
+            .config(&plain_with_ca, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let insecure = RedisFile {
+            redis_url: Some("rediss://h:6380/#insecure".into()),
+            ..Default::default()
+        };
+        let e = none.config(&insecure, |_| None).unwrap_err().to_string();
+        assert!(e.contains("insecure"), "{e}");
+    }
 }
