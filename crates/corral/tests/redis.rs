@@ -629,6 +629,20 @@ async fn a_wrong_password_is_a_clear_error_that_never_shows_the_password() {
     }
 }
 
+/// `PUT /publishers/redis`: a change at run time; the new status.
+async fn put_redis(d: &Daemon, body: Value) -> Value {
+    let resp = d
+        .request(reqwest::Method::PUT, "/publishers/redis")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT /publishers/redis");
+    let code = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
 /// The daemon's environment for publishing to `url` (a TLS test server's, or not).
 fn env_url(url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut v = vec![
@@ -714,6 +728,24 @@ async fn tls_with_a_ca_that_did_not_sign_the_certificate_is_a_clear_error_and_no
         0,
         "something was published without TLS trust"
     );
+
+    // The system's roots do not know the test CA either: still TLS, still refused.
+    put_redis(&d, serde_json::json!({"tls_ca": ""})).await;
+    let st = wait_error(&d, &["TLS handshake failed"]).await;
+    assert_eq!(
+        (st["published"].clone(), st["tls"].clone()),
+        (0.into(), true.into())
+    );
+    assert_eq!(server.xlen(), 0);
+
+    // With the right CA, set at run time, it connects and publishes over TLS.
+    let ca = server.tls.as_ref().unwrap().ca.display().to_string();
+    put_redis(&d, serde_json::json!({"tls_ca": ca})).await;
+    wait_connected(&d, true).await;
+    let run = d.run_task("sent", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    assert!(!of_task(&server.stream("-"), "sent").is_empty());
 }
 
 #[tokio::test]
@@ -806,6 +838,19 @@ async fn raw_lines_all_publishes_every_line_with_the_contract_fields_and_dense_s
         .stream("-")
         .iter()
         .all(|(_, e)| e.get("line").is_none() && e.get("source").is_none()));
+
+    // `none`, set at run time: a run started then is not followed at all.
+    let st = put_redis(&d, serde_json::json!({"raw_lines": "none"})).await;
+    assert_eq!(st["raw_lines"], "none");
+    let silent = d
+        .run_task("silent", &[], &["sh", "-c", "echo error one"])
+        .await;
+    d.wait_run_end(&silent).await;
+    put_redis(&d, serde_json::json!({"raw_lines": "all"})).await;
+    let marker = d.run_task("marker", &[], &["sh", "-c", "echo done"]).await;
+    raw_lines(&sub, "marker", 1);
+    d.wait_run_end(&marker).await;
+    assert_eq!(status(&d).await["raw_published"], 4);
 }
 
 #[tokio::test]
