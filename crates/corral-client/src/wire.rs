@@ -577,6 +577,9 @@ pub struct RedisStatus {
     pub connected: bool,
     /// `host:port` (or the socket path) of the server, never a credential.
     pub server: String,
+    /// Whether the connection is TLS (`rediss://`); it never falls back to plaintext.
+    #[serde(default)]
+    pub tls: bool,
     pub db: i64,
     /// The pub/sub channels events go to.
     pub channels: Vec<String>,
@@ -588,8 +591,65 @@ pub struct RedisStatus {
     pub dropped: u64,
     /// Events waiting in the publisher's queue now.
     pub queued: u64,
+    /// Which of the runs' lines go to `{prefix}:raw`.
+    #[serde(default)]
+    pub raw_lines: RawLines,
+    /// The most raw lines published per second; more are held back (counted).
+    #[serde(default)]
+    pub raw_lines_per_second: u64,
+    /// Raw lines sent to Redis.
+    #[serde(default)]
+    pub raw_published: u64,
+    /// Raw lines over the rate cap, not published.
+    #[serde(default)]
+    pub raw_held_back: u64,
+    /// Raw lines lost: the publisher's queue was full, Redis was unreachable or a
+    /// pipeline failed.
+    #[serde(default)]
+    pub raw_dropped: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Which lines of the runs the Redis publisher sends to `{prefix}:raw`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLines {
+    /// None.
+    None,
+    /// Model loading, RPC distribution, warnings and errors (the default).
+    #[default]
+    Important,
+    /// Every line.
+    All,
+}
+
+impl RawLines {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RawLines::None => "none",
+            RawLines::Important => "important",
+            RawLines::All => "all",
+        }
+    }
+}
+
+impl std::fmt::Display for RawLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RawLines {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RawLines, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(RawLines::None),
+            "important" => Ok(RawLines::Important),
+            "all" => Ok(RawLines::All),
+            _ => Err(format!("`{s}` is not one of: important, all, none")),
+        }
+    }
 }
 
 /// `PUT /api/v1/publishers/redis`: turn the publisher on or off and change its settings
@@ -615,6 +675,14 @@ pub struct RedisUpdate {
     pub channel_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_maxlen: Option<u64>,
+    /// A PEM file of the CA that signed the server's certificate (`rediss://`); empty
+    /// for the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_lines: Option<RawLines>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_lines_per_second: Option<u64>,
 }
 
 /// The summary of a failed run's diagnostics bundle (`GET /runs/{run_id}/diagnostics`,

@@ -170,6 +170,8 @@ pub async fn serve_until(
         kinds,
     );
     bus.register(crate::sinks::diagnostics::Diagnostics::new(&sup));
+    // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
+    sup.add_run_watcher(Arc::new(redis.raw_watcher()));
     let lost = sup.recover()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     if !lost.is_empty() {

@@ -1,9 +1,11 @@
 //! The Redis publisher against a real `redis-server` (one per test, on a free loopback
 //! port, no persistence, killed at the end): channels and stream, turning it off and on
-//! (kept across restarts), Redis going away while a task crash-loops, a wrong password.
+//! (kept across restarts), Redis going away while a task crash-loops, a wrong password;
+//! TLS (`rediss://`) with a test CA made by `openssl`, and its errors.
 //!
-//! `redis-server` must be installed (`apt-get install redis-server`; `scripts/test.sh`
-//! does it): without it these tests fail, they are not skipped.
+//! `redis-server` (built with TLS, as Debian's is) and `openssl` must be installed
+//! (`apt-get install redis-server openssl`; `scripts/test.sh` does it): without them
+//! these tests fail, they are not skipped.
 
 mod common;
 
@@ -21,6 +23,95 @@ struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// TLS only (no plaintext port) with this certificate when set.
+    tls: Option<Certs>,
+}
+
+/// A test CA, a server certificate it signed for 127.0.0.1, and a second, unrelated CA.
+struct Certs {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    other_ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}); install it: apt-get install openssl")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for name in ["ca", "other-ca"] {
+            let (key, crt, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN=corral test {name}"),
+            );
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+            openssl(&a, d);
+        }
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        a.extend(["-subj", "/CN=127.0.0.1"]);
+        openssl(&a, d);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+            d,
+        );
+        Certs {
+            ca: d.join("ca.crt"),
+            other_ca: d.join("other-ca.crt"),
+            cert: d.join("server.crt"),
+            key: d.join("server.key"),
+            _dir: dir,
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -35,6 +126,20 @@ impl Server {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             password: password.map(str::to_string),
+            tls: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// A server that speaks only TLS, with a certificate signed by `certs.ca`.
+    fn start_tls(certs: Certs) -> Server {
+        let mut s = Server {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            password: None,
+            tls: Some(certs),
         };
         s.restart();
         s
@@ -43,13 +148,25 @@ impl Server {
     /// Starts (again) on the same port.
     fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(c) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&c.cert)
+                .arg("--tls-key-file")
+                .arg(&c.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&c.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             // Fine-grained trimming, so that `MAXLEN ~ N` stays close to N.
             .args(["--stream-node-max-entries", "10"])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.path().join("redis.log")).unwrap())
             .stderr(Stdio::null());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
@@ -58,13 +175,38 @@ impl Server {
             panic!("cannot start redis-server ({e}); install it: apt-get install redis-server")
         });
         self.child = Some(child);
-        let url = self.url();
         wait_for_blocking("redis-server to answer", || {
-            redis::Client::open(url.as_str())
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let out =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                panic!(
+                    "redis-server ended ({status}){}: {out}",
+                    if self.tls.is_some() {
+                        "; is it built with TLS support (--tls-port)? Debian's is"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            self.client()
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
         });
+    }
+
+    /// A client of this server (over TLS, trusting the test CA, for a TLS server).
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            None => redis::Client::open(self.url().as_str()),
+            Some(c) => redis::Client::build_with_tls(
+                self.url().as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&c.ca).expect("the test CA")),
+                },
+            ),
+        }
     }
 
     fn stop(&mut self) {
@@ -75,14 +217,19 @@ impl Server {
     }
 
     fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/", self.port),
         }
     }
 
     fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url().as_str())
+        self.client()
             .and_then(|c| c.get_connection())
             .expect("connecting to the test's redis-server")
     }
@@ -480,4 +627,294 @@ async fn a_wrong_password_is_a_clear_error_that_never_shows_the_password() {
     ] {
         assert!(!text.contains(secret), "the password shows in {text}");
     }
+}
+
+/// `PUT /publishers/redis`: a change at run time; the new status.
+async fn put_redis(d: &Daemon, body: Value) -> Value {
+    let resp = d
+        .request(reqwest::Method::PUT, "/publishers/redis")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT /publishers/redis");
+    let code = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// The daemon's environment for publishing to `url` (a TLS test server's, or not).
+fn env_url(url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("CORRAL_REDIS_ENABLED".to_string(), "true".to_string()),
+        ("CORRAL_REDIS_URL".into(), url.into()),
+        ("CORRAL_REDIS_CHANNEL_PREFIX".into(), PREFIX.into()),
+    ];
+    v.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    v
+}
+
+/// Waits for a `last_error` holding every one of `parts`; the publisher is not connected.
+async fn wait_error(d: &Daemon, parts: &[&str]) -> Value {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let st = status(d).await;
+        let e = st["last_error"].as_str().unwrap_or_default();
+        if parts.iter().all(|p| e.contains(p)) {
+            assert_eq!(st["connected"], false, "{st}");
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for an error saying {parts:?}; the status: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn tls_with_the_test_ca_publishes_events_to_the_stream() {
+    let server = Server::start_tls(Certs::make());
+    let ca = server.tls.as_ref().unwrap().ca.display().to_string();
+    let d = Daemon::start_with(DaemonOpts {
+        env: env_url(&server.url(), &[("CORRAL_REDIS_TLS_CA", &ca)]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["tls"], true, "{st}");
+    assert_eq!(st["server"], format!("127.0.0.1:{}", server.port));
+    let run = d.run_task("secure", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    let all = server.stream("-");
+    let mine = of_task(&all, "secure");
+    assert!(
+        mine.iter().any(|e| e["event_type"] == "exit"),
+        "no exit event over TLS: {all:?}"
+    );
+    let table = d.cli(&["redis", "status"]).await.ok();
+    assert!(table.stdout().contains("(TLS)"), "{}", table.stdout());
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_that_did_not_sign_the_certificate_is_a_clear_error_and_nothing_is_published()
+{
+    let server = Server::start_tls(Certs::make());
+    let other = server.tls.as_ref().unwrap().other_ca.display().to_string();
+    let d = Daemon::start_with(DaemonOpts {
+        env: env_url(&server.url(), &[("CORRAL_REDIS_TLS_CA", &other)]),
+        ..Default::default()
+    })
+    .await;
+    let run = d.run_task("unsent", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    let st = wait_error(&d, &["TLS handshake failed", "redis_tls_ca"]).await;
+    assert_eq!(st["published"], 0, "{st}");
+    let table = d.cli(&["redis", "status"]).await.ok();
+    assert!(
+        table.stdout().contains("TLS handshake failed"),
+        "{}",
+        table.stdout()
+    );
+    wait_until("the TLS failure in the daemon log", DEADLINE, || {
+        std::fs::read_to_string(d.daemon_log())
+            .unwrap_or_default()
+            .contains("TLS handshake failed")
+    })
+    .await;
+    assert_eq!(
+        server.xlen(),
+        0,
+        "something was published without TLS trust"
+    );
+
+    // The system's roots do not know the test CA either: still TLS, still refused.
+    put_redis(&d, serde_json::json!({"tls_ca": ""})).await;
+    let st = wait_error(&d, &["TLS handshake failed"]).await;
+    assert_eq!(
+        (st["published"].clone(), st["tls"].clone()),
+        (0.into(), true.into())
+    );
+    assert_eq!(server.xlen(), 0);
+
+    // With the right CA, set at run time, it connects and publishes over TLS.
+    let ca = server.tls.as_ref().unwrap().ca.display().to_string();
+    put_redis(&d, serde_json::json!({"tls_ca": ca})).await;
+    wait_connected(&d, true).await;
+    let run = d.run_task("sent", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    assert!(!of_task(&server.stream("-"), "sent").is_empty());
+}
+
+#[tokio::test]
+async fn a_redis_url_against_a_tls_port_says_the_server_closed_the_connection() {
+    let server = Server::start_tls(Certs::make());
+    let plain = server.url().replacen("rediss://", "redis://", 1);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env_url(&plain, &[]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_error(&d, &["the server closed the connection", "rediss://"]).await;
+    assert_eq!(st["tls"], false, "{st}");
+    assert_eq!(server.xlen(), 0);
+}
+
+#[tokio::test]
+async fn a_rediss_url_against_a_plaintext_server_is_a_tls_error_never_plaintext() {
+    let server = Server::start(None);
+    let certs = Certs::make();
+    let ca = certs.ca.display().to_string();
+    let url = format!("rediss://127.0.0.1:{}/", server.port);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env_url(&url, &[("CORRAL_REDIS_TLS_CA", &ca)]),
+        ..Default::default()
+    })
+    .await;
+    let run = d.run_task("clear", &[], &["sh", "-c", "echo hi"]).await;
+    d.wait_run_end(&run).await;
+    let st = wait_error(&d, &["over TLS", "if the server is plaintext"]).await;
+    assert_eq!(st["published"], 0, "{st}");
+    assert_eq!(
+        server.xlen(),
+        0,
+        "published in plaintext on a rediss:// URL"
+    );
+}
+
+/// The messages of `{PREFIX}:raw` from task `task`, until `n` arrived.
+fn raw_lines(sub: &mpsc::Receiver<(String, Value)>, task: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (channel, v) = sub
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("timed out waiting for raw lines; got {got:?}"));
+        if channel == format!("{PREFIX}:raw") && v["source"] == task {
+            got.push(v);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn raw_lines_all_publishes_every_line_with_the_contract_fields_and_dense_seqs() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[("CORRAL_REDIS_RAW_LINES", "all")]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["raw_lines"], "all", "{st}");
+    let sub = server.subscribe();
+    let run = d
+        .run_task(
+            "three",
+            &[],
+            &["sh", "-c", "echo one; echo two; echo three"],
+        )
+        .await;
+    let got = raw_lines(&sub, "three", 3);
+    let lines: Vec<&str> = got.iter().map(|v| v["line"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["one", "two", "three"], "{got:?}");
+    let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seqs not dense: {seqs:?}"
+    );
+    for v in &got {
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "exactly the contract fields expected in {v}");
+        assert!(v["timestamp"].as_f64().unwrap() > 1.6e9, "{v}");
+        assert_eq!(v["run_id"], run.as_str());
+        assert!(v["node"].as_str().is_some_and(|n| !n.is_empty()), "{v}");
+    }
+    // Raw lines go to the channel only, not to the events' stream.
+    d.wait_run_end(&run).await;
+    wait_redis_caught_up(&d).await;
+    assert!(server
+        .stream("-")
+        .iter()
+        .all(|(_, e)| e.get("line").is_none() && e.get("source").is_none()));
+
+    // `none`, set at run time: a run started then is not followed at all.
+    let st = put_redis(&d, serde_json::json!({"raw_lines": "none"})).await;
+    assert_eq!(st["raw_lines"], "none");
+    let silent = d
+        .run_task("silent", &[], &["sh", "-c", "echo error one"])
+        .await;
+    d.wait_run_end(&silent).await;
+    put_redis(&d, serde_json::json!({"raw_lines": "all"})).await;
+    let marker = d.run_task("marker", &[], &["sh", "-c", "echo done"]).await;
+    raw_lines(&sub, "marker", 1);
+    d.wait_run_end(&marker).await;
+    assert_eq!(status(&d).await["raw_published"], 4);
+}
+
+#[tokio::test]
+async fn raw_lines_by_default_publish_only_the_important_ones() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(&server, &[]),
+        ..Default::default()
+    })
+    .await;
+    let st = wait_connected(&d, true).await;
+    assert_eq!(st["raw_lines"], "important", "{st}");
+    let sub = server.subscribe();
+    d.run_task(
+        "fire",
+        &[],
+        &["sh", "-c", "echo hello; echo 'error: disk on fire'"],
+    )
+    .await;
+    // Lines of a run arrive in order: had `hello` been published, it would come first.
+    let got = raw_lines(&sub, "fire", 1);
+    assert_eq!(got[0]["line"], "error: disk on fire", "{got:?}");
+    let st = status(&d).await;
+    assert_eq!(st["raw_published"], 1, "{st}");
+}
+
+#[tokio::test]
+async fn the_raw_rate_cap_holds_back_lines_and_counts_them() {
+    let server = Server::start(None);
+    let d = Daemon::start_with(DaemonOpts {
+        env: env(
+            &server,
+            &[
+                ("CORRAL_REDIS_RAW_LINES", "all"),
+                ("CORRAL_REDIS_RAW_LINES_PER_SECOND", "10"),
+            ],
+        ),
+        ..Default::default()
+    })
+    .await;
+    wait_connected(&d, true).await;
+    let run = d.run_task("chatty", &[], &["seq", "1", "200"]).await;
+    d.wait_run_end(&run).await;
+    let st = wait_for("every raw line counted", DEADLINE, || async {
+        let v = d.cli(&["redis", "status", "--json"]).await.ok().json();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        (n("raw_published") + n("raw_held_back") + n("raw_dropped") >= 200).then_some(v)
+    })
+    .await;
+    let n = |k: &str| st[k].as_u64().unwrap();
+    assert_eq!(n("raw_dropped"), 0, "{st}");
+    assert_eq!(n("raw_published") + n("raw_held_back"), 200, "{st}");
+    assert!(n("raw_held_back") > 0 && n("raw_published") >= 10, "{st}");
+    assert_eq!(st["raw_lines_per_second"], 10);
+    let table = d.cli(&["redis", "status"]).await.ok();
+    assert!(
+        table.stdout().contains("raw held back"),
+        "{}",
+        table.stdout()
+    );
+    let held = format!(
+        "corral_redis_raw_lines_held_back_total {}",
+        n("raw_held_back")
+    );
+    let m = d.metrics().await;
+    assert!(m.lines().any(|l| l == held), "no `{held}` in\n{m}");
 }

@@ -172,6 +172,24 @@ impl Collector for Daemon {
             "Events the Redis publisher dropped (full queue, or Redis unreachable).",
             [(NO_LABELS, redis.dropped)],
         )?;
+        counter(
+            &mut enc,
+            "corral_redis_raw_lines_published",
+            "Raw lines of runs the Redis publisher sent to {prefix}:raw.",
+            [(NO_LABELS, redis.raw_published)],
+        )?;
+        counter(
+            &mut enc,
+            "corral_redis_raw_lines_held_back",
+            "Raw lines over raw_lines_per_second, not published.",
+            [(NO_LABELS, redis.raw_held_back)],
+        )?;
+        counter(
+            &mut enc,
+            "corral_redis_raw_lines_dropped",
+            "Raw lines lost (full queue, Redis unreachable, failed pipeline).",
+            [(NO_LABELS, redis.raw_dropped)],
+        )?;
         gauge(
             &mut enc,
             "corral_redis_connected",
@@ -235,6 +253,9 @@ mod tests {
             ("corral_run_file_sets_budget", "gauge"),
             ("corral_redis_events_published_total", "counter"),
             ("corral_redis_events_failed_total", "counter"),
+            ("corral_redis_raw_lines_published_total", "counter"),
+            ("corral_redis_raw_lines_held_back_total", "counter"),
+            ("corral_redis_raw_lines_dropped_total", "counter"),
             ("corral_redis_connected", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");

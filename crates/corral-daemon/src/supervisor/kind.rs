@@ -24,6 +24,14 @@ pub struct RunContext<'a> {
 /// run failed (a server's own error lines say more than an exit code).
 pub type Watcher = tokio::task::JoinHandle<Option<String>>;
 
+/// A watcher of every run, whatever its kind (the Redis publisher's raw lines): the
+/// supervisor calls each one for every new or taken-back run, beside the kind's own
+/// watcher. Like a kind's watcher it follows the run's log as a viewer does, in a task
+/// of its own, so it never slows the capture; it ends by itself after the run's end.
+pub trait RunWatcher: Send + Sync + 'static {
+    fn watch(&self, run: &RunContext<'_>);
+}
+
 pub trait TaskKind: Send + Sync + 'static {
     /// The name in [`TaskSpec::kind`].
     fn name(&self) -> &'static str;

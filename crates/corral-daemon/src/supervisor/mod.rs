@@ -115,6 +115,8 @@ pub struct Supervisor {
     pub bus: Arc<Bus>,
     /// The task kinds registered at startup.
     pub kinds: Kinds,
+    /// Watchers of every run, whatever its kind (see [`kind::RunWatcher`]).
+    run_watchers: Mutex<Vec<Arc<dyn kind::RunWatcher>>>,
     /// What starts a run (the task's command as a local child).
     launcher: Arc<dyn run::Launcher>,
     tasks: Mutex<HashMap<String, Handle>>,
@@ -158,12 +160,50 @@ impl Supervisor {
             registry,
             bus,
             kinds,
+            run_watchers: Mutex::new(Vec::new()),
             launcher,
             tasks: Mutex::new(HashMap::new()),
             finished_logs: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
             resume: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds a watcher that every run from now on gets (beside its kind's).
+    pub fn add_run_watcher(&self, w: Arc<dyn kind::RunWatcher>) {
+        self.run_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w);
+    }
+
+    /// Attaches the watchers of a new or taken-back run: the daemon-wide ones, then its
+    /// kind's, whose handle (with what it learnt of a failure) the task keeps.
+    pub(crate) fn watch_run(
+        &self,
+        spec: &corral_client::wire::TaskSpec,
+        run_id: &str,
+        log: &Arc<RunLog>,
+    ) -> Option<kind::Watcher> {
+        let ctx = || kind::RunContext {
+            spec,
+            run_id,
+            log: log.clone(),
+            bus: self.bus.clone(),
+        };
+        let watchers = self
+            .run_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for w in watchers {
+            w.watch(&ctx());
+        }
+        self.kinds
+            .of(spec)
+            .ok()
+            .flatten()
+            .and_then(|k| k.watch(ctx()))
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {

@@ -382,14 +382,7 @@ impl Actor {
             v.started_at = Some(row.started_at);
             v.adopted = false;
         }
-        let watcher = self.sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
-            k.watch(super::kind::RunContext {
-                spec: &self.spec,
-                run_id: &row.run_id,
-                log: log.clone(),
-                bus: self.sup.bus.clone(),
-            })
-        });
+        let watcher = self.sup.watch_run(&self.spec, &row.run_id, &log);
         self.run = Some(LiveRun {
             run_id: row.run_id.clone(),
             handle: None,
@@ -555,14 +548,7 @@ impl Actor {
             v.started_at = Some(started_at);
             v.adopted = false;
         }
-        let watcher = sup.kinds.of(&self.spec).ok().flatten().and_then(|k| {
-            k.watch(super::kind::RunContext {
-                spec: &self.spec,
-                run_id: &run_id,
-                log: log.clone(),
-                bus: sup.bus.clone(),
-            })
-        });
+        let watcher = sup.watch_run(&self.spec, &run_id, &log);
         Some(LiveRun {
             run_id,
             handle: None,

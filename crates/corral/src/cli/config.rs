@@ -8,13 +8,14 @@
 //! `SOLLOL_OBSERVER_SAMPLING`, `SOLLOL_OBSERVER_SAMPLE_RATE`. Redis (see
 //! [`RedisServeArgs`]): `CORRAL_REDIS_ENABLED`, `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`,
 //! `REDIS_PASSWORD`, `CORRAL_REDIS_USERNAME`, `CORRAL_REDIS_URL` (else
-//! `SOLLOL_REDIS_URL`), `CORRAL_REDIS_CHANNEL_PREFIX`, `CORRAL_REDIS_STREAM_MAXLEN`.
+//! `SOLLOL_REDIS_URL`), `CORRAL_REDIS_CHANNEL_PREFIX`, `CORRAL_REDIS_STREAM_MAXLEN`,
+//! `CORRAL_REDIS_TLS_CA`, `CORRAL_REDIS_RAW_LINES`, `CORRAL_REDIS_RAW_LINES_PER_SECOND`.
 //! Unknown config keys and wrong types are errors naming the file, the key and the type.
 
 use anyhow::{bail, Context};
 use corral_daemon::bus::ObserverConfig;
 use corral_daemon::kinds::llama::LlamaConfig;
-use corral_daemon::sinks::redis::RedisConfig;
+use corral_daemon::sinks::redis::{RawLines, RedisConfig};
 use std::path::Path;
 use std::time::Duration;
 
@@ -117,6 +118,9 @@ pub struct RedisFile {
     pub redis_url: Option<String>,
     pub channel_prefix: Option<String>,
     pub stream_maxlen: Option<u64>,
+    pub redis_tls_ca: Option<String>,
+    pub raw_lines: Option<RawLines>,
+    pub raw_lines_per_second: Option<u64>,
 }
 
 /// Reads a config file, rejecting unknown keys and wrong types by name.
@@ -193,11 +197,28 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
                         .ok_or_else(|| wrong("a positive integer"))?,
                 )
             }
+            "redis_tls_ca" => s.redis.redis_tls_ca = Some(string()?),
+            "raw_lines" => {
+                s.redis.raw_lines = Some(
+                    string()?
+                        .parse()
+                        .map_err(|_| wrong("one of \"important\", \"all\", \"none\""))?,
+                )
+            }
+            "raw_lines_per_second" => {
+                s.redis.raw_lines_per_second = Some(
+                    u64::try_from(int()?)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| wrong("a positive integer"))?,
+                )
+            }
             _ => bail!(
                 "{shown}: unknown key `{key}`; known keys: llama_server_host, llama_server_port, \
                  llama_model_path, server_args, n_gpu_layers, ctx_size, rpc_backends, llama_server_bin, \
                  redis_logging_enabled, redis_host, redis_port, redis_db, redis_username, \
-                 redis_password, redis_url, channel_prefix, stream_maxlen"
+                 redis_password, redis_url, channel_prefix, stream_maxlen, redis_tls_ca, \
+                 raw_lines, raw_lines_per_second"
             ),
         }
     }
@@ -232,6 +253,18 @@ pub struct RedisServeArgs {
     /// config: stream_maxlen; default: 100000].
     #[arg(long, value_name = "N")]
     pub redis_stream_maxlen: Option<u64>,
+    /// PEM file of the CA that signed the Redis server's certificate, for a rediss:// URL
+    /// [env: CORRAL_REDIS_TLS_CA; config: redis_tls_ca; default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_ca: Option<String>,
+    /// Which lines of the runs go to {prefix}:raw: important, all or none
+    /// [env: CORRAL_REDIS_RAW_LINES; config: raw_lines; default: important].
+    #[arg(long, value_name = "WHICH")]
+    pub redis_raw_lines: Option<RawLines>,
+    /// The most raw lines published per second; more are counted as held back
+    /// [env: CORRAL_REDIS_RAW_LINES_PER_SECOND; config: raw_lines_per_second; default: 1000].
+    #[arg(long, value_name = "N")]
+    pub redis_raw_lines_per_second: Option<u64>,
 }
 
 impl RedisServeArgs {
@@ -281,6 +314,23 @@ impl RedisServeArgs {
         if stream_maxlen == 0 {
             bail!("the Redis stream length (--redis-stream-maxlen, CORRAL_REDIS_STREAM_MAXLEN, stream_maxlen) must be at least 1");
         }
+        let raw_lines = match self.redis_raw_lines {
+            Some(r) => Some(r),
+            None => env("CORRAL_REDIS_RAW_LINES")
+                .map(|v| {
+                    v.parse::<RawLines>()
+                        .map_err(|e| anyhow::anyhow!("CORRAL_REDIS_RAW_LINES: {e}"))
+                })
+                .transpose()?,
+        }
+        .or(file.raw_lines)
+        .unwrap_or(d.raw_lines);
+        let raw_lines_per_second = match self.redis_raw_lines_per_second {
+            Some(n) => Some(n),
+            None => num("CORRAL_REDIS_RAW_LINES_PER_SECOND")?.map(|n| n as u64),
+        }
+        .or(file.raw_lines_per_second)
+        .unwrap_or(d.raw_lines_per_second);
         let c = RedisConfig {
             enabled,
             host: self
@@ -311,6 +361,13 @@ impl RedisServeArgs {
                 .or_else(|| file.channel_prefix.clone())
                 .unwrap_or(d.channel_prefix),
             stream_maxlen,
+            tls_ca: self
+                .redis_tls_ca
+                .clone()
+                .or_else(|| env("CORRAL_REDIS_TLS_CA"))
+                .or_else(|| file.redis_tls_ca.clone()),
+            raw_lines,
+            raw_lines_per_second,
         };
         c.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(c)
@@ -494,5 +551,66 @@ mod tests {
             ..Default::default()
         };
         assert!(a.config().is_err());
+    }
+
+    #[test]
+    fn tls_and_raw_line_settings_from_file_and_environment() {
+        let (_d, p) = write(
+            "c.toml",
+            "redis_url = \"rediss://h:6380\"\nredis_tls_ca = \"/etc/ca.pem\"\nraw_lines = \"all\"\nraw_lines_per_second = 50\n",
+        );
+        let f = read_file(&p).unwrap().redis;
+        assert_eq!(f.redis_tls_ca.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(
+            (f.raw_lines, f.raw_lines_per_second),
+            (Some(RawLines::All), Some(50))
+        );
+        let none = RedisServeArgs::default();
+        let c = none.config(&f, |_| None).unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.tls_ca.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!((c.raw_lines, c.raw_lines_per_second), (RawLines::All, 50));
+        let env = |k: &str| match k {
+            "CORRAL_REDIS_RAW_LINES" => Some("NONE".to_string()),
+            "CORRAL_REDIS_TLS_CA" => Some("/env/ca.pem".to_string()),
+            _ => None,
+        };
+        let c = none.config(&f, env).unwrap();
+        assert_eq!(
+            (c.raw_lines, c.tls_ca.as_deref()),
+            (RawLines::None, Some("/env/ca.pem"))
+        );
+        let d = none.config(&RedisFile::default(), |_| None).unwrap();
+        assert_eq!(
+            (d.raw_lines, d.raw_lines_per_second, d.tls_ca),
+            (RawLines::Important, 1000, None)
+        );
+
+        // Wrong values are errors that name the key; a CA without TLS, and #insecure, are refused.
+        let (_d, p) = write("c.toml", "raw_lines = \"some\"\n");
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("`raw_lines`") && e.contains("important"), "{e}");
+        let e = none
+            .config(&RedisFile::default(), |k| {
+                (k == "CORRAL_REDIS_RAW_LINES").then(|| "x".into())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CORRAL_REDIS_RAW_LINES"), "{e}");
+        let plain_with_ca = RedisFile {
+            redis_tls_ca: Some("/etc/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = none
+            .config(&plain_with_ca, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let insecure = RedisFile {
+            redis_url: Some("rediss://h:6380/#insecure".into()),
+            ..Default::default()
+        };
+        let e = none.config(&insecure, |_| None).unwrap_err().to_string();
+        assert!(e.contains("insecure"), "{e}");
     }
 }

@@ -52,7 +52,10 @@ fn print(out: &mut impl Write, s: &RedisStatus) -> std::io::Result<()> {
     };
     let rows: Vec<[String; 2]> = vec![
         ["publisher".into(), state.into()],
-        ["server".into(), clean(&s.server)],
+        [
+            "server".into(),
+            format!("{}{}", clean(&s.server), if s.tls { " (TLS)" } else { "" }),
+        ],
         ["db".into(), s.db.to_string()],
         ["channels".into(), clean(&s.channels.join(" "))],
         [
@@ -64,12 +67,19 @@ fn print(out: &mut impl Write, s: &RedisStatus) -> std::io::Result<()> {
         ["dropped".into(), s.dropped.to_string()],
         ["queued".into(), s.queued.to_string()],
         [
+            "raw lines".into(),
+            format!("{} (at most {}/s)", s.raw_lines, s.raw_lines_per_second),
+        ],
+        ["raw published".into(), s.raw_published.to_string()],
+        ["raw held back".into(), s.raw_held_back.to_string()],
+        ["raw dropped".into(), s.raw_dropped.to_string()],
+        [
             "last error".into(),
             table::opt(s.last_error.as_deref().map(clean)),
         ],
     ];
     for r in rows {
-        writeln!(out, "{:<11} {}", r[0], r[1])?;
+        writeln!(out, "{:<13} {}", r[0], r[1])?;
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ pub struct Channels {
     pub rpc_backends: String,
     /// Event type `metrics`.
     pub metrics: String,
+    /// The runs' lines (not events; not in the stream).
+    pub raw: String,
     /// The stream that keeps the history.
     pub stream: String,
 }
@@ -26,6 +28,7 @@ impl Channels {
             coordinator: format!("{prefix}:coordinator"),
             rpc_backends: format!("{prefix}:rpc_backends"),
             metrics: format!("{prefix}:metrics"),
+            raw: format!("{prefix}:raw"),
             stream: format!("{prefix}:stream"),
         }
     }
@@ -37,6 +40,7 @@ impl Channels {
             self.coordinator.clone(),
             self.rpc_backends.clone(),
             self.metrics.clone(),
+            self.raw.clone(),
         ]
     }
 
@@ -81,6 +85,16 @@ pub fn append(pipe: &mut redis::Pipeline, ch: &Channels, maxlen: u64, e: &Event)
         .arg("data")
         .arg(&body)
         .ignore();
+}
+
+/// A raw line's JSON: `{"timestamp","source","line","seq","run_id","node"}`.
+pub fn raw_json(l: &super::RawLine) -> String {
+    serde_json::to_string(l).unwrap_or_else(|_| "{}".into())
+}
+
+/// Appends one raw line's `PUBLISH {prefix}:raw json` to `pipe`.
+pub fn append_raw(pipe: &mut redis::Pipeline, ch: &Channels, l: &super::RawLine) {
+    pipe.cmd("PUBLISH").arg(&ch.raw).arg(raw_json(l)).ignore();
 }
 
 #[cfg(test)]
@@ -131,6 +145,22 @@ mod tests {
             assert_eq!(got, want, "{c} {t}");
         }
         assert_eq!(ch.stream, "synapticllamas:llama_cpp:stream");
+    }
+
+    #[test]
+    fn a_raw_line_has_the_contract_fields_in_order() {
+        let l = super::super::RawLine {
+            timestamp: 1.5,
+            source: "llama".into(),
+            line: "error: \u{1b}[31m".into(),
+            seq: 7,
+            run_id: "r1".into(),
+            node: "gpu-01".into(),
+        };
+        assert_eq!(
+            raw_json(&l),
+            r#"{"timestamp":1.5,"source":"llama","line":"error: \u001b[31m","seq":7,"run_id":"r1","node":"gpu-01"}"#
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   starts with them; those kept settings override the flags, environment and config
 //!   file, being the latest choice someone made;
 //! - `sink`: the [`Sink`](crate::bus::Sink) that connects, reconnects and publishes;
-//! - `encode`: the channels of an event, its JSON, the pipeline of a batch.
+//! - `encode`: the channels of an event, its JSON, the pipeline of a batch;
+//! - `raw`: the runs' lines for `{prefix}:raw`: which are important, the rate cap, and
+//!   the [`RawWatcher`] the supervisor calls for every run.
 //!
 //! Invariants: with the publisher off nothing connects; publishing never blocks the bus
 //! (the sink's own bounded queue); every event taken while on is counted once as
@@ -15,11 +17,14 @@
 //! line, the status, an event or an error message.
 
 mod encode;
+mod raw;
 mod sink;
 
 pub use encode::Channels;
+pub use raw::{important, RawLine, RawWatcher, IMPORTANT_WORDS};
 pub use sink::RedisSink;
 
+pub use corral_client::wire::RawLines;
 use corral_client::wire::{RedisStatus, RedisUpdate};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,8 @@ use tokio::sync::watch;
 pub const DEFAULT_PREFIX: &str = "corral:llama_cpp";
 /// The default `MAXLEN ~` of the stream.
 pub const DEFAULT_STREAM_MAXLEN: u64 = 100_000;
+/// The default cap of raw lines published per second.
+pub const DEFAULT_RAW_LINES_PER_SECOND: u64 = 1000;
 /// The name of the file (in the daemon's home) that keeps changes made at run time.
 pub const STATE_FILE: &str = "redis.json";
 
@@ -47,6 +54,12 @@ pub struct RedisConfig {
     pub url: Option<String>,
     pub channel_prefix: String,
     pub stream_maxlen: u64,
+    /// A PEM file of the CA that signed the server's certificate, for `rediss://` (else
+    /// the system's roots). Only for a TLS URL: a CA with a plaintext URL is an error.
+    pub tls_ca: Option<String>,
+    /// Which run lines go to `{prefix}:raw`, and at most how many per second.
+    pub raw_lines: RawLines,
+    pub raw_lines_per_second: u64,
 }
 
 impl Default for RedisConfig {
@@ -61,6 +74,9 @@ impl Default for RedisConfig {
             url: None,
             channel_prefix: DEFAULT_PREFIX.into(),
             stream_maxlen: DEFAULT_STREAM_MAXLEN,
+            tls_ca: None,
+            raw_lines: RawLines::default(),
+            raw_lines_per_second: DEFAULT_RAW_LINES_PER_SECOND,
         }
     }
 }
@@ -76,6 +92,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &self.url.as_ref().map(|_| "<hidden>"))
             .field("channel_prefix", &self.channel_prefix)
             .field("stream_maxlen", &self.stream_maxlen)
+            .field("tls_ca", &self.tls_ca)
+            .field("raw_lines", &self.raw_lines)
+            .field("raw_lines_per_second", &self.raw_lines_per_second)
             .finish()
     }
 }
@@ -88,7 +107,7 @@ impl RedisConfig {
         if let Some(url) = &self.url {
             return url.as_str().into_connection_info().map_err(|_| {
                 "the Redis URL (redis_url, CORRAL_REDIS_URL or SOLLOL_REDIS_URL) is not valid; \
-                 use redis://[USER:PASSWORD@]HOST:PORT[/DB]"
+                 use redis://[USER:PASSWORD@]HOST:PORT[/DB], or rediss://… for TLS"
                     .to_string()
             });
         }
@@ -104,6 +123,14 @@ impl RedisConfig {
                 ..Default::default()
             },
         })
+    }
+
+    /// Whether the connection is TLS (a `rediss://` URL).
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self.connection_info().map(|i| i.addr),
+            Ok(redis::ConnectionAddr::TcpTls { .. })
+        )
     }
 
     /// `host:port` of the server, without any credential.
@@ -136,7 +163,29 @@ impl RedisConfig {
         if self.db < 0 {
             return Err("redis_db must not be negative".into());
         }
-        self.connection_info().map(|_| ())
+        if self.raw_lines_per_second == 0 {
+            return Err(
+                "raw_lines_per_second must be at least 1; to publish no raw lines set \
+                 raw_lines = \"none\""
+                    .into(),
+            );
+        }
+        let info = self.connection_info()?;
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr {
+            return Err(
+                "the Redis URL asks for TLS without checking the certificate (#insecure); \
+                 that is not supported: give the server's CA in redis_tls_ca instead"
+                    .into(),
+            );
+        }
+        if self.tls_ca.is_some() && !self.is_tls() {
+            return Err(
+                "redis_tls_ca (CORRAL_REDIS_TLS_CA) is set but the connection is not TLS; \
+                 use a rediss:// URL (redis_url, CORRAL_REDIS_URL)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The configuration with `u`'s fields applied.
@@ -169,6 +218,15 @@ impl RedisConfig {
         if let Some(v) = u.stream_maxlen {
             c.stream_maxlen = v;
         }
+        if let Some(v) = &u.tls_ca {
+            c.tls_ca = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = u.raw_lines {
+            c.raw_lines = v;
+        }
+        if let Some(v) = u.raw_lines_per_second {
+            c.raw_lines_per_second = v;
+        }
         c
     }
 }
@@ -187,7 +245,10 @@ fn merge(earlier: &mut RedisUpdate, later: &RedisUpdate) {
         password,
         url,
         channel_prefix,
-        stream_maxlen
+        stream_maxlen,
+        tls_ca,
+        raw_lines,
+        raw_lines_per_second
     );
 }
 
@@ -197,6 +258,9 @@ struct Counters {
     published: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    raw_published: AtomicU64,
+    raw_held_back: AtomicU64,
+    raw_dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -213,6 +277,10 @@ struct Inner {
     state_file: Option<PathBuf>,
     /// What was changed at run time, as kept in the state file.
     kept: Mutex<RedisUpdate>,
+    /// The raw lines' queue to the sink, and their daemon-wide rate cap.
+    raw_tx: tokio::sync::mpsc::Sender<RawLine>,
+    raw_cap: Mutex<raw::RateCap>,
+    started: std::time::Instant,
 }
 
 /// Errors of a change at run time.
@@ -249,6 +317,7 @@ impl Redis {
             config.enabled = false;
         }
         let (tx, _) = watch::channel(config);
+        let (raw_tx, raw_rx) = raw::queue();
         let handle = Redis {
             inner: Arc::new(Inner {
                 config: tx,
@@ -256,10 +325,41 @@ impl Redis {
                 conn: Mutex::new(Conn::default()),
                 state_file,
                 kept: Mutex::new(kept),
+                raw_tx,
+                raw_cap: Mutex::new(raw::RateCap::default()),
+                started: std::time::Instant::now(),
             }),
         };
-        let sink = RedisSink::new(handle.clone(), Arc::downgrade(bus));
+        let sink = RedisSink::new(handle.clone(), Arc::downgrade(bus), raw_rx);
         (handle, sink)
+    }
+
+    /// The watcher that sends the runs' lines to `{prefix}:raw`, to register with
+    /// [`Supervisor::add_run_watcher`](crate::supervisor::Supervisor::add_run_watcher).
+    pub fn raw_watcher(&self) -> RawWatcher {
+        RawWatcher {
+            redis: self.clone(),
+        }
+    }
+
+    /// Whether one more raw line fits in this second's cap.
+    fn admit_raw(&self, per_second: u64) -> bool {
+        let now = self.inner.started.elapsed().as_secs();
+        self.inner
+            .raw_cap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(now, per_second)
+    }
+
+    pub(crate) fn count_raw(&self, which: raw::RawCount, n: u64) {
+        let c = &self.inner.counters;
+        let counter = match which {
+            raw::RawCount::Published => &c.raw_published,
+            raw::RawCount::HeldBack => &c.raw_held_back,
+            raw::RawCount::Dropped => &c.raw_dropped,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> RedisConfig {
@@ -281,6 +381,7 @@ impl Redis {
             enabled: cfg.enabled,
             connected: cfg.enabled && conn.connected,
             server: cfg.server(),
+            tls: cfg.is_tls(),
             db: cfg.db_number(),
             channels: ch.list(),
             stream: ch.stream,
@@ -289,6 +390,11 @@ impl Redis {
             failed: c.failed.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             queued: queue.map(|q| q.queued as u64).unwrap_or(0),
+            raw_lines: cfg.raw_lines,
+            raw_lines_per_second: cfg.raw_lines_per_second,
+            raw_published: c.raw_published.load(Ordering::Relaxed),
+            raw_held_back: c.raw_held_back.load(Ordering::Relaxed),
+            raw_dropped: c.raw_dropped.load(Ordering::Relaxed),
             last_error: conn.last_error.clone(),
         }
     }

@@ -8,8 +8,13 @@
 //! connected again the publisher puts a `status` event (component `system`) on the bus
 //! that says how many events Redis missed, which it then publishes like any other.
 //! With the publisher off it holds no connection and takes events without counting them.
+//!
+//! Raw lines (`raw.rs`) come through a queue of their own and go to `{prefix}:raw` only
+//! (not the stream), a pipeline per [`PIPELINE_EVENTS`] lines; those taken while Redis
+//! is unreachable, or whose pipeline failed, count as `raw_dropped`.
 
 use super::encode::{self, Channels};
+use super::raw::{RawCount, RawLine};
 use super::{Redis, RedisConfig};
 use crate::bus::{Batch, Bus, Queue, Sink};
 use corral_core::event::{Component, EventKind, EventType, Level};
@@ -40,8 +45,32 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// A Redis error as the status and the log show it: what happened and what to do, with
 /// no credential (the server's messages never echo one, and URLs are never shown).
-pub fn describe(e: &redis::RedisError) -> String {
+/// `tls` says whether the connection was `rediss://`, which changes what a closed
+/// connection or a broken handshake means.
+pub fn describe(e: &redis::RedisError, tls: bool) -> String {
     let text = e.to_string();
+    if let Some(t) = tls_error(e) {
+        return match t {
+            rustls::Error::InvalidMessage(_) => format!(
+                "TLS handshake failed: the server did not answer in TLS ({t}); is it a \
+                 plaintext server? corral never falls back to plaintext: use redis:// if \
+                 that is what you mean"
+            ),
+            _ => format!(
+                "TLS handshake failed: {t}; check redis_tls_ca (CORRAL_REDIS_TLS_CA): it \
+                 must be the CA that signed the server's certificate, and the certificate \
+                 must name the host of the URL"
+            ),
+        };
+    }
+    if !tls && closed_by_server(e) {
+        return format!(
+            "the server closed the connection ({text}); if it expects TLS use rediss://"
+        );
+    }
+    if tls && closed_by_server(e) {
+        return format!("the server closed the TLS connection ({text})");
+    }
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
@@ -56,21 +85,88 @@ pub fn describe(e: &redis::RedisError) -> String {
     if e.is_connection_refusal() {
         return format!("connection refused ({text}); is redis-server running there?");
     }
+    if e.is_timeout() && tls {
+        // A plaintext server waits for the end of a line that a TLS handshake never sends.
+        return format!(
+            "no answer in time over TLS ({text}): the TLS handshake or the first reply did \
+             not come; if the server is plaintext, use redis:// (corral never falls back \
+             to plaintext)"
+        );
+    }
     if e.is_timeout() {
         return format!("no answer in time ({text})");
     }
     text
 }
 
+/// The TLS error under a Redis error, if the handshake (or the TLS layer) failed.
+fn tls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Whether the server ended the connection (an end of file, a reset, a broken pipe)
+/// rather than refusing it or not answering.
+fn closed_by_server(e: &redis::RedisError) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_connection_dropped() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 pub struct RedisSink {
     handle: Redis,
     bus: Weak<Bus>,
+    raw: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<RawLine>>,
 }
 
 impl RedisSink {
-    pub(super) fn new(handle: Redis, bus: Weak<Bus>) -> RedisSink {
-        RedisSink { handle, bus }
+    pub(super) fn new(
+        handle: Redis,
+        bus: Weak<Bus>,
+        raw: tokio::sync::mpsc::Receiver<RawLine>,
+    ) -> RedisSink {
+        RedisSink {
+            handle,
+            bus,
+            raw: tokio::sync::Mutex::new(raw),
+        }
     }
+}
+
+/// Takes up to [`PIPELINE_EVENTS`] raw lines, at least one. The queue's sender lives in
+/// the handle, so it never closes while the sink runs; were it closed, this never ends
+/// (rather than spinning on an empty answer).
+async fn next_raw(rx: &mut tokio::sync::mpsc::Receiver<RawLine>) -> Vec<RawLine> {
+    let mut buf = Vec::new();
+    if rx.recv_many(&mut buf, PIPELINE_EVENTS).await == 0 {
+        std::future::pending::<()>().await;
+    }
+    buf
 }
 
 impl Sink for RedisSink {
@@ -85,6 +181,8 @@ impl Sink for RedisSink {
     async fn run(self, mut queue: Queue) {
         let mut rx = self.handle.subscribe();
         let mut state = State::default();
+        let mut raw_guard = self.raw.lock().await;
+        let raw = &mut *raw_guard;
         loop {
             let cfg = rx.borrow_and_update().clone();
             let changed = if !cfg.enabled {
@@ -96,6 +194,8 @@ impl Sink for RedisSink {
                         Some(_) => false,
                         None => return,
                     },
+                    // Lines sent just before it was turned off: forgotten too.
+                    _ = next_raw(raw) => false,
                     r = rx.changed() => r.is_ok(),
                 }
             } else if state.conn.is_some() {
@@ -104,10 +204,17 @@ impl Sink for RedisSink {
                         Some(batch) => { self.publish(&mut state, &cfg, batch).await; false }
                         None => return,
                     },
+                    lines = next_raw(raw) => {
+                        self.publish_raw(&mut state, &cfg, lines).await;
+                        false
+                    }
                     r = rx.changed() => r.is_ok(),
                 }
             } else {
-                match self.connect(&mut state, &cfg, &mut queue, &mut rx).await {
+                match self
+                    .connect(&mut state, &cfg, &mut queue, raw, &mut rx)
+                    .await
+                {
                     Step::Go => false,
                     Step::Changed => true,
                     Step::End => return,
@@ -149,6 +256,7 @@ impl RedisSink {
         st: &mut State,
         cfg: &RedisConfig,
         queue: &mut Queue,
+        raw: &mut tokio::sync::mpsc::Receiver<RawLine>,
         rx: &mut tokio::sync::watch::Receiver<RedisConfig>,
     ) -> Step {
         let wait = backoff(st.failures);
@@ -171,6 +279,9 @@ impl RedisSink {
                     }
                     None => return Step::End,
                 },
+                lines = next_raw(raw) => {
+                    self.handle.count_raw(RawCount::Dropped, lines.len() as u64);
+                }
                 r = rx.changed() => if r.is_ok() { return Step::Changed },
             }
         };
@@ -223,7 +334,7 @@ impl RedisSink {
                     left -= chunk.len() as u64;
                 }
                 Err(e) => {
-                    let msg = describe(&e);
+                    let msg = describe(&e, cfg.is_tls());
                     self.handle.count_failed(left);
                     self.handle.set_connected(false, Some(msg.clone()));
                     tracing::warn!(
@@ -236,6 +347,38 @@ impl RedisSink {
                     st.failures = FIRST_TRIES;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sends raw lines as one pipeline of `PUBLISH {prefix}:raw`; a failure drops the
+    /// connection and counts them as dropped.
+    async fn publish_raw(&self, st: &mut State, cfg: &RedisConfig, lines: Vec<RawLine>) {
+        let Some(conn) = st.conn.as_mut() else {
+            self.handle.count_raw(RawCount::Dropped, lines.len() as u64);
+            return;
+        };
+        if lines.is_empty() {
+            return;
+        }
+        let ch = Channels::new(&cfg.channel_prefix);
+        let mut pipe = redis::pipe();
+        for l in &lines {
+            encode::append_raw(&mut pipe, &ch, l);
+        }
+        let n = lines.len() as u64;
+        match pipe.query_async::<()>(conn).await {
+            Ok(()) => self.handle.count_raw(RawCount::Published, n),
+            Err(e) => {
+                let msg = describe(&e, cfg.is_tls());
+                self.handle.count_raw(RawCount::Dropped, n);
+                self.handle.set_connected(false, Some(msg.clone()));
+                tracing::warn!(
+                    server = %cfg.server(),
+                    "publishing raw lines to Redis failed: {msg}; reconnecting in the background"
+                );
+                st.conn = None;
+                st.failures = FIRST_TRIES;
             }
         }
     }
@@ -260,20 +403,48 @@ impl RedisSink {
 }
 
 /// Connects and checks the connection with a `PING` (which also proves the credentials).
+/// A `rediss://` URL is TLS or nothing: a failed handshake is an error, never a reason
+/// to try plaintext.
 async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, String> {
     let info = cfg.connection_info()?;
-    let client = redis::Client::open(info).map_err(|e| describe(&e))?;
+    let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+    let describe = |e: redis::RedisError| describe(&e, tls);
+    let client = match (&cfg.tls_ca, tls) {
+        (Some(path), true) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!(
+                    "cannot read the TLS CA file {path} (redis_tls_ca, CORRAL_REDIS_TLS_CA): {e}"
+                )
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| {
+                format!(
+                    "the TLS CA file {path} (redis_tls_ca) holds no usable PEM certificate: {}",
+                    e.detail()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| e.to_string())
+                )
+            })?
+        }
+        _ => redis::Client::open(info).map_err(describe)?,
+    };
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT);
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(describe)?;
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(describe)?;
     Ok(conn)
 }
 
