@@ -59,20 +59,22 @@ impl TaskKind for FileKind {
     }
 
     fn launch(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
-        let resume = run
-            .previous
-            .and_then(|prev| resume_point(run.log_dir, prev));
-        Some(path_of(spec).map(|path| launched(path, resume, "following")))
+        Some(path_of(spec).map(|path| {
+            // The previous run's position counts only if it followed this same path.
+            let resume = run
+                .previous
+                .and_then(|prev| resume_point(run.log_dir, prev))
+                .filter(|r| r.path == path);
+            launched(path, resume, "following")
+        }))
     }
 
     fn resume(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
         let resume = resume_point(run.log_dir, run.run_id)?;
         Some(path_of(spec).map(|path| {
+            let offset = resume.offset;
             let mut l = launched(path, Some(resume), "following");
-            l.note = format!(
-                "taken back by a new daemon: {}, from byte {}",
-                l.note, resume.offset
-            );
+            l.note = format!("taken back by a new daemon: {}, from byte {offset}", l.note);
             l
         }))
     }

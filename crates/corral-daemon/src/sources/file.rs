@@ -137,8 +137,10 @@ impl Place {
 }
 
 /// Where a run left off: the file it read and the byte after its last record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
+    /// The path that run followed.
+    pub path: PathBuf,
     pub ident: Identity,
     pub offset: u64,
 }
@@ -150,6 +152,7 @@ pub fn resume_point(dir: &Path, run_id: &str) -> Option<Resume> {
     let at = crate::logbook::Checkpoint::read(&log_path).ok()?;
     let place = Place::read(&log_path)?;
     Some(Resume {
+        path: place.path,
         ident: place.ident,
         offset: at.streams[0].saturating_sub(place.base) + place.start,
     })
@@ -247,10 +250,15 @@ impl Follower {
             Some(r) => self.resume(r).err(),
             None => None,
         };
+        let mut look = true;
+        let mut events = Vec::new();
         while fatal.is_none() {
-            if let Err(e) = self.check().await {
-                fatal = Some(e);
-                break;
+            if look {
+                if let Err(e) = self.check().await {
+                    fatal = Some(e);
+                    break;
+                }
+                look = false;
             }
             tokio::select! {
                 biased;
@@ -264,7 +272,6 @@ impl Follower {
                 r = self.notify.readable() => match r {
                     Ok(mut guard) => {
                         let mut buf = [0u8; 4096];
-                        // Any event means: look again; what it was does not matter.
                         loop {
                             match guard.try_io(|fd| {
                                 // SAFETY: reading into our own buffer.
@@ -274,17 +281,21 @@ impl Follower {
                                 if n < 0 {
                                     Err(std::io::Error::last_os_error())
                                 } else {
-                                    Ok(n)
+                                    Ok(n as usize)
                                 }
                             }) {
-                                Ok(Ok(n)) if n > 0 => continue,
+                                Ok(Ok(n)) if n > 0 => events.extend_from_slice(&buf[..n]),
                                 _ => break,
                             }
                         }
                     }
                     Err(e) => fatal = Some(format!("watching {} failed: {e}", self.path.display())),
                 },
-                _ = tokio::time::sleep(NO_DIR_POLL), if self.dir_wd.is_none() => {}
+                _ = tokio::time::sleep(NO_DIR_POLL), if self.dir_wd.is_none() => look = true,
+            }
+            if !events.is_empty() {
+                look = self.relevant(&events);
+                events = Vec::new();
             }
         }
         if let Some(why) = fatal {
@@ -302,6 +313,44 @@ impl Follower {
             }
         }
         let _ = done.send(());
+    }
+
+    /// Whether inotify events call for a look: anything of the open file's own watch,
+    /// and of the directory's only what names the followed path (other files in a busy
+    /// directory wake nothing). A watch the kernel dropped (its directory or file went
+    /// away) is forgotten, so that it is made again.
+    fn relevant(&mut self, mut buf: &[u8]) -> bool {
+        const HEADER: usize = 16;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.as_bytes())
+            .unwrap_or_default();
+        let mut look = false;
+        while buf.len() >= HEADER {
+            let word = |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+            let (wd, mask, len) = (word(0) as i32, word(4), word(12) as usize);
+            let Some(ev_name) = buf.get(HEADER..HEADER + len) else {
+                return true;
+            };
+            let ev_name = ev_name.split(|&b| b == 0).next().unwrap_or_default();
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                look = true;
+            }
+            if mask & libc::IN_IGNORED != 0 {
+                if self.dir_wd == Some(wd) {
+                    self.dir_wd = None;
+                }
+                if self.file_wd == Some(wd) {
+                    self.file_wd = None;
+                }
+                look = true;
+            } else if Some(wd) == self.file_wd || ev_name == name || ev_name.is_empty() {
+                look = true;
+            }
+            buf = &buf[HEADER + len..];
+        }
+        look
     }
 
     /// Goes on from where a run left off: the same file at the path, else the old file
