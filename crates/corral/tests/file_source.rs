@@ -306,3 +306,30 @@ impl StopThenCount for NdjsonStream {
         self.count_to_end().await
     }
 }
+
+/// A stop leaves an incomplete last line in the file; the next run (a restart by hand)
+/// goes on where the stopped one left off and reads that line whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_run_goes_on_where_the_last_stopped_and_reads_a_cut_line_whole() {
+    let d = Daemon::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("app.log");
+    append(&f, "one\ntwo\npart");
+    let run = tail(&d, "cut", &f).await;
+    wait_log_len(&d, "cut", &run, 8).await;
+    let (records, _) = stop_and_read(&d, "cut").await;
+    assert_eq!(file_lines(&records), "one\ntwo\n");
+    assert!(system_lines(&records)
+        .iter()
+        .any(|n| n.starts_with("an incomplete last line (4 bytes)")));
+    append(&f, "ial\nthree\n");
+    d.cli(&["restart", "cut"]).await.ok();
+    let run2 = d.task("cut").await["run_id"].as_str().unwrap().to_string();
+    assert_ne!(run2, run);
+    wait_log_len(&d, "cut", &run2, "partial\nthree\n".len() as u64).await;
+    let (records, _) = stop_and_read(&d, "cut").await;
+    assert_eq!(file_lines(&records), "partial\nthree\n");
+    assert!(system_lines(&records)
+        .iter()
+        .any(|n| n.contains("from byte 8, where the last reading stopped")));
+}

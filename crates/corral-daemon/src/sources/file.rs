@@ -368,6 +368,18 @@ impl Follower {
                 self.set_current(file, r.ident, r.offset);
                 return Ok(());
             }
+            let m = file.metadata().ok();
+            if m.is_some_and(|m| m.dev() == r.ident.dev && m.ino() == r.ident.ino) {
+                self.ingest.system(&format!(
+                    "file truncated: {} while no daemon read it (it is {size} bytes, the last reading stopped at byte {}); \
+                     reading it from its start",
+                    self.path.display(),
+                    r.offset
+                ));
+                let ident = Identity::of(&file).map_err(|e| self.unreadable(&e))?;
+                self.set_current(file, ident, 0);
+                return Ok(());
+            }
         }
         let found = std::fs::read_dir(&self.dir).ok().and_then(|entries| {
             entries.flatten().find_map(|e| {
