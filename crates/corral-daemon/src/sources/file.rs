@@ -27,8 +27,9 @@
 //! beside it, `run_<id>.file` ([`Place`]): the identity of the file being read and where
 //! its bytes begin in that count. Both are written before the note that announces a new
 //! file, so a daemon that dies resumes at exactly the byte after the last record (see
-//! [`resume_point`]); an incomplete last line is left in the file when the run stops, and
-//! read whole by the next run.
+//! [`resume_point`]). A stop ends the reading at the next chunk: what is not read yet,
+//! and an incomplete last line, are left in the file, and the task's next run reads them
+//! (whole) from there.
 
 use super::{Capture, Source};
 use crate::logbook::{Channel, Ingest};
@@ -205,9 +206,12 @@ impl Source for FileSource {
             dir_wd: None,
             file_wd: None,
             waiting_noted: false,
+            stopping: Default::default(),
         };
+        let stopping = follower.stopping.clone();
         tokio::spawn(follower.run(resume, stop, failed, done));
         Ok(Capture::new(drained, move || {
+            stopping.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = stop_tx.send(());
         }))
     }
@@ -232,6 +236,9 @@ struct Follower {
     dir_wd: Option<i32>,
     file_wd: Option<i32>,
     waiting_noted: bool,
+    /// The run is being stopped: a long read ends at the next chunk (the next run goes
+    /// on from there), and no new file is switched to.
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn cstr(p: &Path) -> Option<std::ffi::CString> {
@@ -262,13 +269,8 @@ impl Follower {
             }
             tokio::select! {
                 biased;
-                _ = &mut stop => {
-                    // Stopped: what was written until now is taken first.
-                    if let Err(e) = self.check().await {
-                        fatal = Some(e);
-                    }
-                    break;
-                }
+                // Stopped: what is not read yet is left for the next run of the task.
+                _ = &mut stop => break,
                 r = self.notify.readable() => match r {
                     Ok(mut guard) => {
                         let mut buf = [0u8; 4096];
@@ -496,6 +498,9 @@ impl Follower {
             }
             self.follow_truncation()?;
             self.read_to_end().await?;
+            if self.stopping() {
+                return Ok(());
+            }
             let Some(cur) = &self.cur else { return Ok(()) };
             match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == cur.ident.dev && m.ino() == cur.ident.ino => return Ok(()),
@@ -503,6 +508,9 @@ impl Follower {
                     // A new file at the path: the writer is done with the old one, which
                     // is read to its end once more before the switch.
                     self.read_to_end().await?;
+                    if self.stopping() {
+                        return Ok(());
+                    }
                     self.rotated();
                 }
                 // Renamed away (or deleted) and not re-created yet: the old one may still
@@ -618,10 +626,17 @@ impl Follower {
         ));
     }
 
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Reads the current file from the read position to its end, in large chunks,
-    /// keeping the checkpoint after each.
+    /// keeping the checkpoint after each; a stop ends it at the next chunk.
     async fn read_to_end(&mut self) -> Result<(), String> {
         loop {
+            if self.stopping() {
+                return Ok(());
+            }
             let (Some(cur), Some(ch)) = (self.cur.as_mut(), self.ch.as_mut()) else {
                 return Ok(());
             };
