@@ -10,8 +10,10 @@
 //!
 //! Sources: [`child`], a child process's stdout and stderr pipes, read by the shared
 //! [`reactor`] thread; [`held`], the same pipes kept by the run's holder process (see
-//! [`crate::holder`]), read from its socket, which a later daemon can take over. Coming: local files (`tail -F`), remote files and commands over SSH,
-//! containers through the Docker API; each is one module here that implements [`Source`].
+//! [`crate::holder`]), read from its socket, which a later daemon can take over; [`file`],
+//! a local file followed like `tail -F` (rotation, truncation, resumed at the byte after
+//! its last record). Coming: remote files and commands over SSH, containers through the
+//! Docker API; each is one module here that implements [`Source`].
 //!
 //! **What a record's `stream` carries** (decided once, so that new sources need no format
 //! change): the *channel within the source*: `stdout`, `stderr`, `file` (a followed file's
@@ -21,6 +23,7 @@
 //! container's two log streams are too; a followed file, local or remote, is `file`.
 
 pub mod child;
+pub mod file;
 pub mod held;
 pub mod reactor;
 

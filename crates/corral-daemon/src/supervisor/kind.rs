@@ -3,6 +3,7 @@
 //! kind, through [`TaskKind`], for what only the kind knows. Kinds are registered when the
 //! daemon starts (`kinds::builtin`); the supervisor never names one.
 
+use super::run::{Launched, RunPlace};
 use super::Supervisor;
 use crate::logbook::RunLog;
 use corral_client::wire::TaskSpec;
@@ -40,6 +41,21 @@ pub trait TaskKind: Send + Sync + 'static {
     /// derives from its settings (the command line, the health check). The error says
     /// what to do.
     fn prepare(&self, spec: &mut TaskSpec) -> Result<(), String>;
+
+    /// Starts a run of a task whose run is not its command run as a local process (a
+    /// followed file): `None`, the default, leaves the launch to the daemon's launcher.
+    /// The error is the message for the run and the user.
+    fn launch(&self, _spec: &TaskSpec, _run: &RunPlace) -> Option<Result<Launched, String>> {
+        None
+    }
+
+    /// Takes back a run an earlier daemon was writing when it died, with no holder to
+    /// keep it: the run goes on from its log's checkpoint (the supervisor reopens the log
+    /// there; the source reads its own position kept beside it). `None`, the default:
+    /// the run cannot be taken back (it is `lost`).
+    fn resume(&self, _spec: &TaskSpec, _run: &RunPlace) -> Option<Result<Launched, String>> {
+        None
+    }
 
     /// Attaches the kind's log watchers (parsers) to a new run.
     fn watch(&self, _run: RunContext<'_>) -> Option<Watcher> {

@@ -107,6 +107,9 @@ pub(crate) struct Attach {
     pub row: RunRow,
     pub ingest: crate::logbook::Ingest,
     pub at: crate::logbook::Checkpoint,
+    /// The run as its kind took it back (no holder: a followed file); `None` for a
+    /// held run.
+    pub launched: Option<run::Launched>,
 }
 
 pub struct Supervisor {
@@ -234,9 +237,46 @@ impl Supervisor {
                 row: run.clone(),
                 ingest,
                 at,
+                launched: None,
             }),
             Err(e) => {
                 tracing::error!(run_id = %run.run_id, "cannot reopen the log of a live held run: {e}");
+                None
+            }
+        }
+    }
+
+    /// Takes back a run an earlier daemon was writing with no holder, when its task's
+    /// kind can go on from the log's checkpoint (a followed file). `None` otherwise.
+    fn resumable(&self, run: &RunRow, spec: Option<&TaskSpec>) -> Option<Attach> {
+        let kind = self.kinds.of(spec?).ok().flatten()?;
+        let log_dir = self.log_dir(&run.task);
+        let (log_path, _, _) = crate::logbook::run_paths(&log_dir, &run.run_id);
+        // Only a run that kept a checkpoint can go on without repeating anything.
+        crate::logbook::Checkpoint::read(&log_path).ok()?;
+        let holders = self.holders_dir();
+        let place = run::RunPlace {
+            run_id: &run.run_id,
+            holders: &holders,
+            log_dir: &log_dir,
+            previous: None,
+        };
+        let launched = match kind.resume(spec?, &place)? {
+            Ok(launched) => launched,
+            Err(e) => {
+                tracing::error!(run_id = %run.run_id, "cannot take back the run: {e}");
+                return None;
+            }
+        };
+        match crate::logbook::Ingest::reopen(&log_dir, &run.run_id, &self.settings.log) {
+            Ok((ingest, at)) => Some(Attach {
+                row: run.clone(),
+                ingest,
+                at,
+                launched: Some(launched),
+            }),
+            Err(e) => {
+                tracing::error!(run_id = %run.run_id, "cannot reopen the log of a live run: {e}");
                 None
             }
         }
@@ -299,8 +339,17 @@ impl Supervisor {
     pub fn recover(self: &Arc<Self>) -> Result<Vec<String>, SupError> {
         let mut notes = Vec::new();
         let mut attach: HashMap<String, Attach> = HashMap::new();
+        let specs: HashMap<String, TaskSpec> = self
+            .registry
+            .tasks()?
+            .into_iter()
+            .filter_map(|(name, spec, _)| Some((name, serde_json::from_str(&spec).ok()?)))
+            .collect();
         for run in self.registry.running()? {
-            if let Some(a) = self.attachable(&run) {
+            if let Some(a) = self
+                .attachable(&run)
+                .or_else(|| self.resumable(&run, specs.get(&run.task)))
+            {
                 tracing::info!(task = %run.task, run_id = %run.run_id, "taking back a run its holder kept live");
                 attach.insert(run.task.clone(), a);
                 continue;

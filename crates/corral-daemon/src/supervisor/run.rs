@@ -88,6 +88,11 @@ pub struct RunPlace<'a> {
     pub run_id: &'a str,
     /// Where the run's holder keeps its socket and exit file (`<home>/holders`).
     pub holders: &'a Path,
+    /// Where the task's run logs are (`<home>/runs/<task>/logs`).
+    pub log_dir: &'a Path,
+    /// The task's run before this one, if any: a source that keeps a position (a
+    /// followed file) goes on from where it stopped.
+    pub previous: Option<&'a str>,
 }
 
 /// Starts runs of a task.

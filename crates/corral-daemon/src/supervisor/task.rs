@@ -364,16 +364,30 @@ impl Actor {
     /// Takes back a run an earlier daemon left with its holder: the same process, its
     /// log going on from its checkpoint, its probe started again.
     fn reattach(&mut self, a: super::Attach) {
-        let super::Attach { row, ingest, at } = a;
-        let Some(pid) = row.pid.map(|p| p as u32) else {
-            return;
+        let super::Attach {
+            row,
+            ingest,
+            at,
+            launched,
+        } = a;
+        let launched = match launched {
+            // The kind took its run back itself (a followed file, from its position).
+            Some(launched) => launched,
+            None => {
+                let Some(pid) = row.pid.map(|p| p as u32) else {
+                    return;
+                };
+                let (socket, exit_file) =
+                    super::run::holder_paths(&self.sup.holders_dir(), &row.run_id);
+                let mut launched =
+                    super::run::held(&row.run_id, socket, exit_file, pid, at.streams);
+                launched.note = format!(
+                    "taken back by a new daemon: pid {pid} ran on under its holder, and the log goes on after seq {}",
+                    at.last_seq
+                );
+                launched
+            }
         };
-        let (socket, exit_file) = super::run::holder_paths(&self.sup.holders_dir(), &row.run_id);
-        let mut launched = super::run::held(&row.run_id, socket, exit_file, pid, at.streams);
-        launched.note = format!(
-            "taken back by a new daemon: pid {pid} ran on under its holder, and the log goes on after seq {}",
-            at.last_seq
-        );
         let log = ingest.log().clone();
         {
             let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
@@ -480,6 +494,12 @@ impl Actor {
     /// Starts a run: its log and registry row, then adoption of a server already
     /// answering, else the launch of the command and the capture of its output.
     async fn spawn_run(&mut self) {
+        let previous = self
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .run_id
+            .clone();
         let Some(run) = self.prepare_run() else {
             return;
         };
@@ -488,13 +508,19 @@ impl Actor {
             Err(run) => run,
         };
         let holders = self.sup.holders_dir();
-        let launched = self.sup.launcher.launch(
-            &self.spec,
-            &super::run::RunPlace {
-                run_id: &run.run_id,
-                holders: &holders,
-            },
-        );
+        let log_dir = self.sup.log_dir(&self.spec.name);
+        let place = super::run::RunPlace {
+            run_id: &run.run_id,
+            holders: &holders,
+            log_dir: &log_dir,
+            previous: previous.as_deref(),
+        };
+        // A kind whose runs are not a local command (a followed file) starts them itself.
+        let launched = match self.sup.kinds.of(&self.spec).ok().flatten() {
+            Some(kind) => kind.launch(&self.spec, &place),
+            None => None,
+        }
+        .unwrap_or_else(|| self.sup.launcher.launch(&self.spec, &place));
         self.run = Some(run);
         match launched {
             Ok(launched) => self.start_launched(launched, "started"),

@@ -1,6 +1,6 @@
 //! The command line: argument parsing and dispatch. Every command but `serve` and `demo`
 //! is a thin client of the daemon's HTTP API, one file per command group: `tasks` (run,
-//! ps, runs, stop, restart, rm), `logs`, `monitor`, `events`, `llama`; `serve` wires the
+//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`; `serve` wires the
 //! daemon. Every listing has `--json`.
 //!
 //! Output: client commands print results on stdout and their errors as `corral: …` on
@@ -18,6 +18,7 @@ pub mod serve;
 pub mod service;
 pub mod stream;
 pub mod table;
+pub mod tail;
 pub mod tasks;
 
 use anyhow::Context;
@@ -65,6 +66,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create (or replace a stopped) task and start it; prints the run id.
     Run(RunArgs),
+    /// Follow a local file like `tail -F`: a task whose run is the file's lines.
+    #[command(after_help = tail::AFTER_HELP)]
+    Tail(tail::TailArgs),
     /// List the tasks.
     Ps(JsonArg),
     /// List runs, newest first (of one task when NAME is given).
@@ -328,6 +332,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Service(a) => service::dispatch(a),
         Command::Shutdown(a) => tasks::shutdown(&c, a).await,
         Command::Run(a) => tasks::run(&c, a).await,
+        Command::Tail(a) => tail::tail(&c, a).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,
         Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,

@@ -102,7 +102,7 @@ impl CompiledRule {
         let r = &self.rule;
         r.level.is_none_or(|l| e.level >= l)
             && (r.event_types.is_empty() || r.event_types.contains(&e.event_type))
-            && (r.tasks.is_empty() || r.tasks.iter().any(|t| *t == e.task))
+            && (r.tasks.is_empty() || r.tasks.contains(&e.task))
             && self.message.as_ref().is_none_or(|m| m.is_match(&e.message))
     }
 }
@@ -208,7 +208,10 @@ impl Alerts {
                 return Err(if known.is_empty() {
                     format!("no alert rule `{name}`: this daemon has no rules (add [[alerts]] to its config file)")
                 } else {
-                    format!("no alert rule `{name}`; this daemon's rules: {}", known.join(", "))
+                    format!(
+                        "no alert rule `{name}`; this daemon's rules: {}",
+                        known.join(", ")
+                    )
                 });
             };
             (i, inner.rules[i].rule.clone())
@@ -359,11 +362,7 @@ impl Alerts {
 
     /// When the next open group's window closes.
     fn next_close(&self) -> Option<Instant> {
-        self.lock()
-            .groups
-            .values()
-            .map(|g| g.until)
-            .min()
+        self.lock().groups.values().map(|g| g.until).min()
     }
 
     fn message(
@@ -388,7 +387,11 @@ impl Alerts {
             ),
             "resolved" => (
                 format!("corral: resolved: {who} ({})", rule.name),
-                format!("resolved for {who}: it is {} again ({})", status_of(e), e.message),
+                format!(
+                    "resolved for {who}: it is {} again ({})",
+                    status_of(e),
+                    e.message
+                ),
             ),
             _ => (
                 format!("corral: {} {who} ({})", e.level.as_str(), rule.name),
@@ -504,27 +507,59 @@ mod tests {
             tasks = ["a"]
             message = "code [1-9]""#,
         );
-        assert!(r.matches(&ev("a", Level::Warning, EventType::Exit, "exited with code 3")));
+        assert!(r.matches(&ev(
+            "a",
+            Level::Warning,
+            EventType::Exit,
+            "exited with code 3"
+        )));
         assert!(!r.matches(&ev("a", Level::Info, EventType::Exit, "exited with code 3")));
-        assert!(!r.matches(&ev("b", Level::Warning, EventType::Exit, "exited with code 3")));
-        assert!(!r.matches(&ev("a", Level::Warning, EventType::Stop, "exited with code 3")));
-        assert!(!r.matches(&ev("a", Level::Warning, EventType::Exit, "exited with code 0")));
+        assert!(!r.matches(&ev(
+            "b",
+            Level::Warning,
+            EventType::Exit,
+            "exited with code 3"
+        )));
+        assert!(!r.matches(&ev(
+            "a",
+            Level::Warning,
+            EventType::Stop,
+            "exited with code 3"
+        )));
+        assert!(!r.matches(&ev(
+            "a",
+            Level::Warning,
+            EventType::Exit,
+            "exited with code 0"
+        )));
     }
 
     #[test]
     fn bad_rules_say_what_to_fix() {
-        let bad = |t: &str| toml::from_str::<Rule>(t).map_err(|e| e.to_string()).and_then(|r| r.check().map(|_| ()));
+        let bad = |t: &str| {
+            toml::from_str::<Rule>(t)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.check().map(|_| ()))
+        };
         assert!(bad(r#"name = "x"
-            url = "ftp://h/""#).unwrap_err().contains("http:// or https://"));
+            url = "ftp://h/""#)
+        .unwrap_err()
+        .contains("http:// or https://"));
         assert!(bad(r#"name = "x"
             url = "http://h/"
-            message = "(""#).unwrap_err().contains("regular expression"));
+            message = "(""#)
+        .unwrap_err()
+        .contains("regular expression"));
         assert!(bad(r#"name = "x"
             url = "http://h/"
-            group = "soon""#).unwrap_err().contains("duration"));
+            group = "soon""#)
+        .unwrap_err()
+        .contains("duration"));
         assert!(bad(r#"name = "x"
             url = "http://h/"
-            colour = "red""#).unwrap_err().contains("colour"));
+            colour = "red""#)
+        .unwrap_err()
+        .contains("colour"));
     }
 
     #[test]
@@ -557,7 +592,10 @@ mod tests {
         let resolved = a.on_event(&status("a", "ready"), t0 + Duration::from_secs(62));
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].1.kind, "resolved");
-        assert!(a.close_groups(t0 + Duration::from_secs(200)).is_empty(), "resolved once");
+        assert!(
+            a.close_groups(t0 + Duration::from_secs(200)).is_empty(),
+            "resolved once"
+        );
         // Recovered and alerted on again: a new alert at once.
         let again = a.on_event(
             &ev("a", Level::Warning, EventType::Exit, "exit 1"),

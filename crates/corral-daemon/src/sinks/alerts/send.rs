@@ -59,6 +59,12 @@ pub async fn send(http: &reqwest::Client, rule: &Rule, msg: &Message) -> Result<
 /// and ntfy reads the title as one).
 fn ascii_header(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
