@@ -188,6 +188,23 @@ impl Client {
         self.put("/publishers/redis", update).await
     }
 
+    /// The daemon's alert rules and their counters.
+    pub async fn alerts(&self) -> Result<Vec<crate::wire::AlertRuleStatus>, ClientError> {
+        self.get("/alerts").await
+    }
+
+    /// Sends a test message through alert rule `name`.
+    pub async fn alert_test(
+        &self,
+        name: &str,
+    ) -> Result<crate::wire::AlertRuleStatus, ClientError> {
+        self.post(
+            &format!("/alerts/{}/test", enc(name)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// The diagnostics summary of a failed run.
     pub async fn diagnostics(&self, run_id: &str) -> Result<crate::wire::Diagnostics, ClientError> {
         self.get(&format!("/runs/{}/diagnostics", enc(run_id)))

@@ -709,3 +709,20 @@ pub struct Diagnostics {
     /// What could not be collected, and why.
     pub problems: Vec<String>,
 }
+
+/// One alert rule and its counters (`GET /alerts`, `POST /alerts/{name}/test`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AlertRuleStatus {
+    pub name: String,
+    /// `webhook`, `slack` or `ntfy`.
+    pub format: String,
+    /// Events that matched.
+    pub matched: u64,
+    /// Messages delivered (alerts, summaries, resolutions, tests).
+    pub sent: u64,
+    /// Deliveries that failed.
+    pub failed: u64,
+    /// Matches folded into a summary instead of sent one by one.
+    pub grouped: u64,
+    pub last_error: Option<String>,
+}

@@ -48,6 +48,8 @@ pub struct ServeOpts {
     /// The Redis publisher's settings from flags, environment and config file; what
     /// `corral redis` changed at run time (`<home>/redis.json`) is applied over them.
     pub redis: crate::sinks::redis::RedisConfig,
+    /// Alert rules from the config file (`[[alerts]]`); none: nothing is ever sent.
+    pub alerts: Vec<crate::sinks::alerts::Rule>,
 }
 
 pub use crate::home::default_home;
@@ -170,6 +172,16 @@ pub async fn serve_until(
         kinds,
     );
     bus.register(crate::sinks::diagnostics::Diagnostics::new(&sup));
+    let rules = opts
+        .alerts
+        .iter()
+        .map(|r| r.check())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let alerts = crate::sinks::alerts::Alerts::new(&opts.node, rules);
+    if !alerts.is_empty() {
+        bus.register(crate::sinks::alerts::AlertSink(alerts.clone()));
+    }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));
     let lost = sup.recover()?;
@@ -196,6 +208,7 @@ pub async fn serve_until(
         metrics: Arc::new(api::metrics::registry(&sup, &events, &redis)),
         events,
         redis,
+        alerts,
         shutdown: shutdown.clone(),
         auth,
         started_at: crate::util::unix_now(),

@@ -47,6 +47,7 @@ async fn shutdown_ends_open_streams_and_returns_promptly_after_the_tasks_stop() 
         llama: LlamaConfig::default(),
         holder: None,
         redis: Default::default(),
+        alerts: Vec::new(),
     };
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -6,6 +6,7 @@
 //! `{"error":{"code":…,"message":…}}` with the right status (an unknown task is 404).
 //! Every request is checked against the token when one is configured, in constant time.
 
+mod alerts;
 mod auth;
 mod diagnostics;
 mod error;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub started_at: f64,
     /// The Redis publisher, for `/publishers/redis`.
     pub redis: crate::sinks::redis::Redis,
+    /// The alert rules, for `/alerts`.
+    pub alerts: crate::sinks::alerts::Alerts,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
     /// Asks the daemon to stop (`POST /shutdown`).
@@ -79,6 +82,8 @@ pub fn router(state: Shared) -> Router {
         .route("/runs/{run_id}", get(tasks::run))
         .route("/runs/{run_id}/log", get(logs::raw_log))
         .route("/runs/{run_id}/diagnostics", get(diagnostics::summary))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{name}/test", post(alerts::test))
         .route(
             "/runs/{run_id}/diagnostics.tar.gz",
             get(diagnostics::tarball),

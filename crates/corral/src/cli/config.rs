@@ -104,6 +104,8 @@ pub struct FileSettings {
     pub rpc_backends: Option<Vec<String>>,
     pub llama_server_bin: Option<String>,
     pub redis: RedisFile,
+    /// `[[alerts]]`: the alert rules.
+    pub alerts: Vec<corral_daemon::sinks::alerts::Rule>,
 }
 
 /// The Redis keys of a config file (read by `corral serve --config`).
@@ -189,6 +191,19 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
                 })?)
             }
             "channel_prefix" => s.redis.channel_prefix = Some(string()?),
+            "alerts" => {
+                let rules = v
+                    .as_array()
+                    .ok_or_else(|| wrong("a list of tables ([[alerts]] in TOML)"))?;
+                for (i, r) in rules.iter().enumerate() {
+                    let rule: corral_daemon::sinks::alerts::Rule =
+                        serde_json::from_value(r.clone())
+                            .map_err(|e| anyhow::anyhow!("{shown}: alerts[{i}]: {e}"))?;
+                    rule.check()
+                        .map_err(|e| anyhow::anyhow!("{shown}: alerts[{i}]: {e}"))?;
+                    s.alerts.push(rule);
+                }
+            }
             "stream_maxlen" => {
                 s.redis.stream_maxlen = Some(
                     u64::try_from(int()?)
@@ -218,7 +233,7 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
                  llama_model_path, server_args, n_gpu_layers, ctx_size, rpc_backends, llama_server_bin, \
                  redis_logging_enabled, redis_host, redis_port, redis_db, redis_username, \
                  redis_password, redis_url, channel_prefix, stream_maxlen, redis_tls_ca, \
-                 raw_lines, raw_lines_per_second"
+                 raw_lines, raw_lines_per_second, alerts ([[alerts]] tables)"
             ),
         }
     }

@@ -7,6 +7,7 @@
 //! stderr; `serve` and `demo` print through [`say`] (which a reader that went away cannot
 //! fail) and log their diagnostics through `tracing` (see `crate::logging`).
 
+pub mod alerts;
 pub mod config;
 pub mod diag;
 pub mod events;
@@ -99,6 +100,8 @@ pub enum Command {
     Redis(redis::RedisCommand),
     /// Show why a run failed: the diagnostics bundle written when it did (--tar to share it).
     Diag(diag::DiagArgs),
+    /// List the alert rules and their counters, or send a test message through one.
+    Alerts(alerts::AlertsArgs),
     /// The per-run holder process the daemon starts (not for people).
     #[command(hide = true)]
     Hold(HoldCmd),
@@ -344,6 +347,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Llama(cmd) => llama::dispatch(&c, cmd).await,
         Command::Redis(cmd) => redis::dispatch(&c, cmd).await,
         Command::Diag(a) => diag::diag(&c, a).await,
+        Command::Alerts(a) => alerts::alerts(&c, a).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),

@@ -17,6 +17,10 @@ pub fn serve_opts(
     a: &ServeArgs,
     token: Option<String>,
 ) -> anyhow::Result<corral_daemon::ServeOpts> {
+    let file = match &a.config {
+        Some(p) => config::read_file(p)?,
+        None => config::FileSettings::default(),
+    };
     Ok(corral_daemon::ServeOpts {
         listen: a.listen.clone(),
         home: home(a),
@@ -32,13 +36,8 @@ pub fn serve_opts(
         observer: config::observer_config()?,
         node: corral_daemon::serve::node_name(),
         llama: a.llama.config()?,
-        redis: {
-            let file = match &a.config {
-                Some(p) => config::read_file(p)?.redis,
-                None => config::RedisFile::default(),
-            };
-            a.redis.config(&file, |k| std::env::var(k).ok())?
-        },
+        redis: a.redis.config(&file.redis, |k| std::env::var(k).ok())?,
+        alerts: file.alerts,
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })

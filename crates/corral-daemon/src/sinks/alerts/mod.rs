@@ -108,20 +108,7 @@ impl CompiledRule {
 }
 
 /// A rule's counters, for `corral alerts` and `/metrics`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RuleStats {
-    pub name: String,
-    pub format: Format,
-    /// Events that matched.
-    pub matched: u64,
-    /// Messages delivered (alerts, summaries, resolutions, tests).
-    pub sent: u64,
-    /// Deliveries that failed.
-    pub failed: u64,
-    /// Matches folded into a summary instead of sent one by one.
-    pub grouped: u64,
-    pub last_error: Option<String>,
-}
+pub use corral_client::wire::AlertRuleStatus as RuleStats;
 
 /// The rules and their counters, shared by the sink and the API.
 #[derive(Clone, Default)]
@@ -173,7 +160,7 @@ impl Alerts {
             .iter()
             .map(|r| RuleStats {
                 name: r.rule.name.clone(),
-                format: r.rule.format,
+                format: r.rule.format.as_str().to_string(),
                 ..Default::default()
             })
             .collect();
@@ -193,6 +180,10 @@ impl Alerts {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().rules.is_empty()
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {

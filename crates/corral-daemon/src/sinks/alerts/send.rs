@@ -17,6 +17,16 @@ pub enum Format {
     Ntfy,
 }
 
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Webhook => "webhook",
+            Format::Slack => "slack",
+            Format::Ntfy => "ntfy",
+        }
+    }
+}
+
 /// Sends `msg` to `rule`'s destination; the error says what went wrong (never the URL,
 /// which may hold a secret).
 pub async fn send(http: &reqwest::Client, rule: &Rule, msg: &Message) -> Result<(), String> {
