@@ -181,6 +181,7 @@ pub async fn serve_until(
     let alerts = crate::sinks::alerts::Alerts::new(&opts.node, rules);
     if !alerts.is_empty() {
         bus.register(crate::sinks::alerts::AlertSink(alerts.clone()));
+        sup.add_run_watcher(Arc::new(crate::sinks::alerts::LineWatcher(alerts.clone())));
     }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));

@@ -70,6 +70,14 @@ format = "slack"
 event_types = ["error"]
 
 [[alerts]]
+name = "oom"
+url = "http://127.0.0.1:{port}/oom"
+line = "out of memory"
+streams = ["stderr"]
+tasks = ["llm"]
+group = "2s"
+
+[[alerts]]
 name = "phone"
 url = "http://127.0.0.1:{port}/ntfy"
 format = "ntfy"
@@ -195,7 +203,8 @@ async fn alerts_test_reaches_the_destination_and_bad_rules_are_refused() {
     let out = d.cli(&["alerts", "test", "nope"]).await;
     assert_ne!(out.code, Some(0));
     assert!(
-        out.stderr.contains("no alert rule `nope`") && out.stderr.contains("crash, chat, phone"),
+        out.stderr.contains("no alert rule `nope`")
+            && out.stderr.contains("crash, chat, oom, phone"),
         "{}",
         out.stderr
     );
@@ -237,5 +246,53 @@ async fn alerts_test_reaches_the_destination_and_bad_rules_are_refused() {
             && out.stderr.contains("not a valid regular expression"),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_rule_alerts_on_what_a_task_prints_on_its_stream() {
+    let (port, got) = receiver().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), port);
+    let d = Daemon::start_with(DaemonOpts::args(&["--config", &cfg])).await;
+    let run = d
+        .run_task(
+            "llm",
+            &["--restart", "no"],
+            &[
+                "sh",
+                "-c",
+                "echo loading; echo 'out of memory (only on stdout)'; \
+                 for i in 1 2 3; do echo \"CUDA error $i: out of memory\" >&2; done; echo done",
+            ],
+        )
+        .await;
+    d.wait_run_end(&run).await;
+    let kinds = wait_for("an alert, a summary and a resolution", DEADLINE, || async {
+        let msgs: Vec<Value> = at(&got, "/oom")
+            .iter()
+            .map(|g| serde_json::from_str(&g.body).unwrap())
+            .collect();
+        msgs.iter().any(|v| v["kind"] == "resolved").then_some(msgs)
+    })
+    .await;
+    assert_eq!(kinds[0]["kind"], "alert", "{kinds:?}");
+    assert_eq!(kinds[0]["task"], "llm");
+    assert_eq!(kinds[0]["event"]["run_id"], run.as_str());
+    assert!(
+        kinds[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("stderr: CUDA error 1: out of memory"),
+        "{kinds:?}"
+    );
+    let summarized: u64 = kinds
+        .iter()
+        .filter(|v| v["kind"] == "summary")
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        summarized, 2,
+        "the other two stderr lines, not the stdout one: {kinds:?}"
     );
 }

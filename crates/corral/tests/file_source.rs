@@ -29,12 +29,24 @@ fn log_file(d: &Daemon, task: &str, run_id: &str, ext: &str) -> PathBuf {
 /// Waits until the run's `.log` (exactly the file bytes in records) is `len` bytes long.
 async fn wait_log_len(d: &Daemon, task: &str, run_id: &str, len: u64) {
     let path = log_file(d, task, run_id, "log");
-    wait_until(
-        &format!("{} to reach {len} bytes", path.display()),
-        DEADLINE,
-        || std::fs::metadata(&path).map_or(0, |m| m.len()) == len,
-    )
-    .await;
+    let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while size() < len && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let read = |ext: &str| {
+        String::from_utf8_lossy(&std::fs::read(log_file(d, task, run_id, ext)).unwrap_or_default())
+            .into_owned()
+    };
+    assert_eq!(
+        size(),
+        len,
+        "{} should hold {len} bytes: {:?}; the run's notes: {}; the daemon's stderr: {}",
+        path.display(),
+        read("log"),
+        read("sys"),
+        d.stderr()
+    );
 }
 
 /// Waits until the run's `system` notes (its `.sys`) contain `text`.

@@ -1,8 +1,10 @@
 //! Alerts: events that match a rule the user wrote reach people, through a webhook (a
 //! JSON body), a Slack-compatible incoming webhook, or an ntfy topic.
 //!
-//! A rule matches events by level (at least), type, component, task, and words in the
-//! message (a regular expression). Nothing is ever sent without a rule.
+//! A rule matches events by level (at least), type, task, and words in the message (a
+//! regular expression); or, with `line`, the lines a task prints (a regular expression on
+//! its stdout, stderr or followed file, read by a run watcher like any viewer, so
+//! matching never slows capture). Nothing is ever sent without a rule.
 //!
 //! Grouping, so that a crash loop sends one alert and a summary, not hundreds: the first
 //! match of a rule for a task is sent at once; further matches within the rule's `group`
@@ -46,6 +48,13 @@ pub struct Rule {
     /// A regular expression the event's message must match.
     #[serde(default)]
     pub message: Option<String>,
+    /// A regular expression on the task's lines instead of its events: the rule matches
+    /// the lines a run prints (of `streams`, every stream when empty).
+    #[serde(default)]
+    pub line: Option<String>,
+    /// `stdout`, `stderr`, `file`: the streams a `line` rule reads.
+    #[serde(default)]
+    pub streams: Vec<String>,
     /// How long matches of one task are grouped after the first is sent, e.g. `5m`
     /// (default 5 minutes).
     #[serde(default)]
@@ -70,6 +79,26 @@ impl Rule {
             })?),
             None => None,
         };
+        let line = match &self.line {
+            Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                format!("alert rule `{name}`: `line` is not a valid regular expression: {e}")
+            })?),
+            None => None,
+        };
+        if line.is_some() && (!self.event_types.is_empty() || self.message.is_some()) {
+            return Err(format!(
+                "alert rule `{name}`: a `line` rule matches log lines, not events:                  drop `event_types` and `message`, or make two rules"
+            ));
+        }
+        if let Some(bad) = self
+            .streams
+            .iter()
+            .find(|s| !matches!(s.as_str(), "stdout" | "stderr" | "file"))
+        {
+            return Err(format!(
+                "alert rule `{name}`: unknown stream `{bad}` in `streams`; use stdout, stderr or file"
+            ));
+        }
         let group = match &self.group {
             Some(g) => corral_core::duration::parse_duration(g).map_err(|e| {
                 format!("alert rule `{name}`: `group` must be a duration such as 30s or 5m: {e}")
@@ -79,6 +108,7 @@ impl Rule {
         Ok(CompiledRule {
             rule: self.clone(),
             message,
+            line,
             group,
         })
     }
@@ -94,13 +124,16 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CompiledRule {
     pub rule: Rule,
     message: Option<regex::Regex>,
+    line: Option<regex::Regex>,
     group: Duration,
 }
 
 impl CompiledRule {
+    /// Whether an event matches (a `line` rule matches no event).
     pub fn matches(&self, e: &Event) -> bool {
         let r = &self.rule;
-        r.level.is_none_or(|l| e.level >= l)
+        self.line.is_none()
+            && r.level.is_none_or(|l| e.level >= l)
             && (r.event_types.is_empty() || r.event_types.contains(&e.event_type))
             && (r.tasks.is_empty() || r.tasks.contains(&e.task))
             && self.message.as_ref().is_none_or(|m| m.is_match(&e.message))
@@ -238,6 +271,60 @@ impl Alerts {
         }
     }
 
+    /// The `line` rules that read `task`'s runs.
+    fn line_rules(&self, task: &str) -> Vec<(usize, regex::Regex, Vec<String>)> {
+        self.lock()
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let re = r.line.clone()?;
+                (r.rule.tasks.is_empty() || r.rule.tasks.iter().any(|t| t == task))
+                    .then(|| (i, re, r.rule.streams.clone()))
+            })
+            .collect()
+    }
+
+    /// A line that matched rule `i`: what it sends (see the module documentation).
+    fn on_line(&self, i: usize, e: &Arc<Event>, now: Instant) -> Vec<(usize, Message)> {
+        let mut inner = self.lock();
+        inner.stats[i].matched += 1;
+        self.fire(&mut inner, i, e, now).into_iter().collect()
+    }
+
+    /// A match of rule `i`: sent at once when its group is closed, else counted in it.
+    fn fire(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        e: &Arc<Event>,
+        now: Instant,
+    ) -> Option<(usize, Message)> {
+        let key = (i, e.task.clone());
+        let group = inner.rules[i].group;
+        match inner.groups.get_mut(&key) {
+            Some(g) if now < g.until => {
+                g.more += 1;
+                g.last = Some(e.clone());
+                inner.stats[i].grouped += 1;
+                None
+            }
+            _ => {
+                inner.groups.insert(
+                    key,
+                    Group {
+                        until: now + group,
+                        more: 0,
+                        last: None,
+                        firing: true,
+                    },
+                );
+                let rule = &inner.rules[i].rule;
+                Some((i, self.message("alert", rule, &e.task, e, 0, e.level)))
+            }
+        }
+    }
+
     /// Decides what an event sends (see the module documentation); returns the messages.
     fn on_event(&self, e: &Arc<Event>, now: Instant) -> Vec<(usize, Message)> {
         let mut out = Vec::new();
@@ -260,27 +347,7 @@ impl Alerts {
                 continue;
             }
             inner.stats[i].matched += 1;
-            let group = inner.rules[i].group;
-            match inner.groups.get_mut(&key) {
-                Some(g) if now < g.until => {
-                    g.more += 1;
-                    g.last = Some(e.clone());
-                    inner.stats[i].grouped += 1;
-                }
-                _ => {
-                    inner.groups.insert(
-                        key,
-                        Group {
-                            until: now + group,
-                            more: 0,
-                            last: None,
-                            firing: true,
-                        },
-                    );
-                    let rule = &inner.rules[i].rule;
-                    out.push((i, self.message("alert", rule, &e.task, e, 0, e.level)));
-                }
-            }
+            out.extend(self.fire(&mut inner, i, e, now));
         }
         out
     }
@@ -422,6 +489,72 @@ fn status_of(e: &Event) -> &str {
         .get("status")
         .and_then(|s| s.as_str())
         .unwrap_or("up")
+}
+
+/// The run watcher of the `line` rules: follows each run of a task that a `line` rule
+/// reads, from its start, and fires the rules its lines match.
+pub struct LineWatcher(pub Alerts);
+
+impl crate::supervisor::kind::RunWatcher for LineWatcher {
+    fn watch(&self, run: &crate::supervisor::kind::RunContext<'_>) {
+        use crate::logbook::follow::{Follower, RawItem};
+        use corral_core::event::{Component, EventKind};
+        use corral_core::record::Stream;
+        let rules = self.0.line_rules(&run.spec.name);
+        if rules.is_empty() {
+            return;
+        }
+        let alerts = self.0.clone();
+        let log = run.log.clone();
+        let (task, run_id, node) = (
+            run.spec.name.clone(),
+            run.run_id.to_string(),
+            run.bus.node.clone(),
+        );
+        let start = *log.subscribe().borrow() + 1;
+        tokio::spawn(async move {
+            let mut f = Follower::new(log, start, crate::logbook::Format::Ndjson, true);
+            while let Some(item) = f.next_raw().await {
+                let RawItem::Records { batch, from, to } = item else {
+                    if matches!(item, RawItem::End(_)) {
+                        return;
+                    }
+                    continue;
+                };
+                for seq in from..=to {
+                    let i = (seq - batch.first_seq) as usize;
+                    let stream = batch.recs[i].stream;
+                    if stream == Stream::System {
+                        continue;
+                    }
+                    let line = String::from_utf8_lossy(batch.content(i));
+                    for (rule, re, streams) in &rules {
+                        let wanted =
+                            streams.is_empty() || streams.iter().any(|s| s == stream.as_str());
+                        if !wanted || !re.is_match(&line) {
+                            continue;
+                        }
+                        let kind = EventKind::new(
+                            Component::Task,
+                            Level::Warning,
+                            EventType::Status,
+                            format!("{}: {line}", stream.as_str()),
+                        )
+                        .with("seq", seq)
+                        .with("stream", stream.as_str());
+                        let e = Arc::new(Event::from_kind(
+                            kind,
+                            batch.recs[i].ts_micros as f64 / 1e6,
+                            &node,
+                            &task,
+                            &run_id,
+                        ));
+                        alerts.dispatch(alerts.on_line(*rule, &e, Instant::now()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// The sink that feeds [`Alerts`]: registered by `serve` when there are rules.
