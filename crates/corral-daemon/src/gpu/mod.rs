@@ -233,6 +233,22 @@ pub fn attribute(snap: &mut GpuSnapshot, runs: &[RunPid], stat: &dyn Fn(u32) -> 
     }
 }
 
+/// GPU memory per task, run and GPU index (the sum over the run's processes there),
+/// of an attributed snapshot; processes of no task, or of unknown memory, are left out.
+pub fn task_memory(snap: &GpuSnapshot) -> Vec<(String, String, u32, u64)> {
+    let mut sum: std::collections::BTreeMap<(String, String, u32), u64> = Default::default();
+    for g in &snap.gpus {
+        for p in &g.processes {
+            if let (Some(task), Some(bytes)) = (&p.task, p.used_memory_bytes) {
+                let key = (task.clone(), p.run_id.clone().unwrap_or_default(), g.index);
+                let e = sum.entry(key).or_default();
+                *e = e.saturating_add(bytes);
+            }
+        }
+    }
+    sum.into_iter().map(|((t, r, g), b)| (t, r, g, b)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +354,44 @@ mod tests {
         assert_eq!(p[0].task.as_deref(), Some("llama"));
         assert_eq!(p[0].run_id.as_deref(), Some("r100"));
         assert_eq!(p[1].task, None);
+    }
+
+    #[test]
+    fn task_memory_sums_a_runs_processes_per_gpu() {
+        let p = |pid, task: Option<&str>, mem| GpuProcess {
+            pid,
+            used_memory_bytes: mem,
+            task: task.map(String::from),
+            run_id: task.map(|t| format!("r-{t}")),
+        };
+        let snap = GpuSnapshot {
+            available: true,
+            gpus: vec![
+                Gpu {
+                    index: 0,
+                    processes: vec![
+                        p(1, Some("llama"), Some(100)),
+                        p(2, Some("llama"), Some(50)),
+                        p(3, None, Some(7)),
+                        p(4, Some("train"), None),
+                    ],
+                    ..Default::default()
+                },
+                Gpu {
+                    index: 1,
+                    processes: vec![p(1, Some("llama"), Some(10))],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            task_memory(&snap),
+            vec![
+                ("llama".into(), "r-llama".into(), 0, 150),
+                ("llama".into(), "r-llama".into(), 1, 10),
+            ]
+        );
     }
 
     #[test]
