@@ -337,6 +337,66 @@ mod tests {
         assert_eq!(p.used_memory_bytes, Some(1 << 30));
     }
 
+    // Stand-ins for the library's functions, with its exact signatures.
+
+    /// 100 processes: too few slots is NVML_ERROR_INSUFFICIENT_SIZE with the count needed.
+    unsafe extern "C" fn hundred(_: Device, n: *mut c_uint, buf: *mut ProcessInfo) -> Ret {
+        const HAVE: c_uint = 100;
+        // SAFETY: the caller passes `*n` writable slots, as NVML's contract says.
+        unsafe {
+            if *n < HAVE {
+                *n = HAVE;
+                return ERROR_INSUFFICIENT_SIZE;
+            }
+            for i in 0..HAVE {
+                *buf.add(i as usize) = ProcessInfo {
+                    pid: 1000 + i,
+                    used_gpu_memory: 1 << 20,
+                    ..Default::default()
+                };
+            }
+            *n = HAVE;
+        }
+        SUCCESS
+    }
+
+    /// Claims more entries than the buffer it was given.
+    unsafe extern "C" fn lies(_: Device, n: *mut c_uint, _: *mut ProcessInfo) -> Ret {
+        // SAFETY: `n` is a valid pointer from the caller.
+        unsafe { *n = u32::MAX };
+        SUCCESS
+    }
+
+    /// Always NVML_ERROR_NOT_SUPPORTED.
+    unsafe extern "C" fn unsupported(_: Device, _: *mut c_uint, _: *mut ProcessInfo) -> Ret {
+        3
+    }
+
+    /// Fills the whole buffer with no NUL.
+    unsafe extern "C" fn no_nul(_: Device, buf: *mut c_char, len: c_uint) -> Ret {
+        // SAFETY: the caller passes `len` writable bytes.
+        unsafe { std::ptr::write_bytes(buf, b'x', len as usize) };
+        SUCCESS
+    }
+
+    #[test]
+    fn the_process_list_grows_to_what_nvml_asks_and_trusts_no_count() {
+        let dev = std::ptr::null_mut();
+        let ps = processes(hundred, dev);
+        assert_eq!(ps.len(), 100);
+        assert_eq!(
+            (ps[99].pid, ps[99].used_memory_bytes),
+            (1099, Some(1 << 20))
+        );
+        assert_eq!(
+            processes(lies, dev).len(),
+            64,
+            "clamped to the buffer passed"
+        );
+        assert!(processes(unsupported, dev).is_empty());
+        assert_eq!(string(no_nul, dev).unwrap().len(), STRING_BUFFER);
+    }
+
     #[test]
     fn a_missing_library_is_an_error_not_a_panic() {
         // Where the driver is installed this opens; elsewhere it says what is missing.

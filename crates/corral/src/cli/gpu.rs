@@ -53,12 +53,12 @@ fn print(out: &mut impl Write, s: &GpuSnapshot) -> std::io::Result<()> {
         if i > 0 {
             writeln!(out)?;
         }
-        gpu(out, g)?;
+        block(out, g)?;
     }
     Ok(())
 }
 
-fn gpu(out: &mut impl Write, g: &Gpu) -> std::io::Result<()> {
+fn block(out: &mut impl Write, g: &Gpu) -> std::io::Result<()> {
     writeln!(
         out,
         "GPU {}  {}  {}",
