@@ -175,6 +175,11 @@ impl Client {
         resp.json().await.map_err(ClientError::Decode)
     }
 
+    /// `GET /api/v1/gpu`: the GPUs, their processes and the tasks those belong to.
+    pub async fn gpu(&self) -> Result<crate::wire::GpuSnapshot, ClientError> {
+        self.get("/gpu").await
+    }
+
     /// `GET /api/v1/publishers/redis`.
     pub async fn redis_status(&self) -> Result<crate::wire::RedisStatus, ClientError> {
         self.get("/publishers/redis").await

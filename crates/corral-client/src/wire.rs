@@ -726,3 +726,50 @@ pub struct AlertRuleStatus {
     pub grouped: u64,
     pub last_error: Option<String>,
 }
+
+/// The GPUs of the daemon's machine (`GET /api/v1/gpu`), read through NVML (else
+/// `nvidia-smi`) at most once a second and shared by every caller in that second.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GpuSnapshot {
+    /// False where there is no NVIDIA GPU or driver; `reason` says what was missing.
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the numbers came from: `nvml` or `nvidia-smi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// When the driver was asked (Unix seconds).
+    pub taken_at: f64,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+}
+
+/// One GPU. A value the driver would not give (not supported, a failed call) is null.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    /// GPU utilization over the driver's last sample period, in percent.
+    pub utilization_pct: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_c: Option<u32>,
+    /// Power draw in watts.
+    pub power_w: Option<f64>,
+    /// The compute processes on this GPU.
+    #[serde(default)]
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A compute process on a GPU, with the corral task and run it belongs to (its pid is
+/// the run's, or in the run's process group, or a descendant of it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GpuProcess {
+    pub pid: u32,
+    pub used_memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+}

@@ -2,7 +2,8 @@
 //!
 //! - the engine and storage: [`supervisor`] (one actor per task), [`sources`] (where a
 //!   run's bytes come from), [`logbook`] (ingest, ring, followers), [`registry`] (SQLite),
-//!   [`bus`] (events to sinks), [`sinks`] (the observer store, the live stream);
+//!   [`bus`] (events to sinks), [`sinks`] (the observer store, the live stream), [`gpu`]
+//!   (the GPUs, through NVML loaded at run time);
 //! - [`kinds`]: what a task is (llama-server, rpc-server), plugged into the supervisor
 //!   through [`supervisor::kind::TaskKind`];
 //! - [`api`]: HTTP, SSE, WebSocket and `/metrics`;
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod bus;
 pub mod clock;
+pub mod gpu;
 pub mod holder;
 pub mod home;
 pub mod kinds;

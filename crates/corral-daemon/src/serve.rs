@@ -203,10 +203,12 @@ pub async fn serve_until(
         async move { sup.start_desired().await }
     });
     let (down, shutdown) = api::stream::Shutdown::new();
+    let gpus = crate::gpu::Gpus::shared();
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus: bus.clone(),
-        metrics: Arc::new(api::metrics::registry(&sup, &events, &redis)),
+        metrics: Arc::new(api::metrics::registry(&sup, &events, &redis, &gpus)),
+        gpus,
         events,
         redis,
         alerts,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 
 /// The engine and storage: they never import the API, a task kind, or the wiring.
-const ENGINE: [&str; 9] = [
+const ENGINE: [&str; 10] = [
     "supervisor",
     "sources",
     "logbook",
@@ -18,6 +18,7 @@ const ENGINE: [&str; 9] = [
     "metrics",
     "clock",
     "util",
+    "gpu",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

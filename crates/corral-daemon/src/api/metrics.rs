@@ -14,6 +14,8 @@ use corral_core::policy::TaskStatus;
 use std::sync::Arc;
 
 pub async fn handler(State(st): State<Shared>) -> impl IntoResponse {
+    // The GPU series read the cached snapshot; make it at most a second old first.
+    st.gpus.snapshot().await;
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::render(&st.metrics),
@@ -25,6 +27,7 @@ pub fn registry(
     sup: &Arc<Supervisor>,
     events: &Events,
     redis: &crate::sinks::redis::Redis,
+    gpus: &Arc<crate::gpu::Gpus>,
 ) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(crate::metrics::Capture));
@@ -33,6 +36,10 @@ pub fn registry(
         bus: sup.bus.clone(),
         events: events.clone(),
         redis: redis.clone(),
+    }));
+    r.register_collector(Box::new(GpuSeries {
+        sup: sup.clone(),
+        gpus: gpus.clone(),
     }));
     for kind in sup.kinds.all() {
         kind.register_metrics(&mut r);
@@ -199,11 +206,96 @@ impl Collector for Daemon {
     }
 }
 
+/// The GPUs and each task's GPU memory, from the last snapshot (nothing without GPUs).
+struct GpuSeries {
+    sup: Arc<Supervisor>,
+    gpus: Arc<crate::gpu::Gpus>,
+}
+
+impl std::fmt::Debug for GpuSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GpuSeries")
+    }
+}
+
+impl Collector for GpuSeries {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let Some(snap) = self.gpus.latest().filter(|s| s.available) else {
+            return Ok(());
+        };
+        let snap = super::gpu::attributed(&snap, &self.sup);
+        let idx: Vec<String> = snap.gpus.iter().map(|g| g.index.to_string()).collect();
+        let per_gpu = |v: fn(&corral_client::wire::Gpu) -> Option<u64>| {
+            snap.gpus.iter().zip(&idx).filter_map(move |(g, i)| {
+                Some(([("gpu", i.as_str())], v(g)?.min(i64::MAX as u64) as i64))
+            })
+        };
+        gauge(
+            &mut enc,
+            "corral_gpu_utilization_percent",
+            "GPU utilization over the driver's last sample period.",
+            per_gpu(|g| g.utilization_pct.map(u64::from)),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_gpu_memory_used_bytes",
+            "GPU memory in use.",
+            per_gpu(|g| g.memory_used_bytes),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_gpu_memory_total_bytes",
+            "GPU memory in all.",
+            per_gpu(|g| g.memory_total_bytes),
+        )?;
+        let by_task: Vec<(String, String, String, u64)> = crate::gpu::task_memory(&snap)
+            .into_iter()
+            .map(|(task, run, gpu, b)| (task, run, gpu.to_string(), b))
+            .collect();
+        gauge(
+            &mut enc,
+            "corral_gpu_task_memory_bytes",
+            "GPU memory used by each task's run on each GPU.",
+            by_task.iter().map(|(task, run, gpu, b)| {
+                (
+                    [
+                        ("task", task.as_str()),
+                        ("run_id", run.as_str()),
+                        ("gpu", gpu.as_str()),
+                    ],
+                    (*b).min(i64::MAX as u64) as i64,
+                )
+            }),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::bus::{Bus, ObserverConfig};
     use crate::supervisor::{Settings, Supervisor};
     use std::sync::Arc;
+
+    /// Two GPUs, the second without a temperature or processes.
+    struct TwoGpus;
+    impl crate::gpu::Source for TwoGpus {
+        fn read(&self) -> corral_client::wire::GpuSnapshot {
+            use corral_client::wire::{Gpu, GpuSnapshot};
+            GpuSnapshot {
+                available: true,
+                gpus: (0..2)
+                    .map(|index| Gpu {
+                        index,
+                        utilization_pct: Some(37),
+                        memory_used_bytes: Some(1 << 30),
+                        memory_total_bytes: Some(80 << 30),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        }
+    }
 
     #[tokio::test]
     async fn every_series_keeps_its_name_type_and_labels() {
@@ -233,7 +325,12 @@ mod tests {
         );
         events.history(0, &Default::default()).await;
         let (redis, _) = crate::sinks::redis::Redis::new(Default::default(), None, &bus);
-        let text = crate::metrics::render(&super::registry(&sup, &events, &redis));
+        let gpus = Arc::new(crate::gpu::Gpus::new(
+            Arc::new(TwoGpus),
+            std::time::Duration::ZERO,
+        ));
+        gpus.snapshot().await;
+        let text = crate::metrics::render(&super::registry(&sup, &events, &redis, &gpus));
         for (name, ty) in [
             ("corral_tasks", "gauge"),
             ("corral_task_restarts_total", "counter"),
@@ -257,6 +354,10 @@ mod tests {
             ("corral_redis_raw_lines_held_back_total", "counter"),
             ("corral_redis_raw_lines_dropped_total", "counter"),
             ("corral_redis_connected", "gauge"),
+            ("corral_gpu_utilization_percent", "gauge"),
+            ("corral_gpu_memory_used_bytes", "gauge"),
+            ("corral_gpu_memory_total_bytes", "gauge"),
+            ("corral_gpu_task_memory_bytes", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
@@ -269,6 +370,8 @@ mod tests {
             "corral_sink_events_dropped_total{sink=\"observer\"} 0",
             "corral_sink_events_dropped_total{sink=\"live\"} 0",
             "corral_sink_queue_capacity{sink=\"live\"} 4096",
+            "corral_gpu_utilization_percent{gpu=\"1\"} 37",
+            "corral_gpu_memory_total_bytes{gpu=\"0\"} 85899345920",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

@@ -11,6 +11,7 @@ mod auth;
 mod diagnostics;
 mod error;
 mod events;
+mod gpu;
 mod llama;
 mod logs;
 pub mod metrics;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub alerts: crate::sinks::alerts::Alerts,
     /// The llama kinds' state, for `/backends`.
     pub llama: crate::kinds::llama::Llama,
+    /// The GPUs, for `/gpu` and `/metrics`.
+    pub gpus: Arc<crate::gpu::Gpus>,
     /// Asks the daemon to stop (`POST /shutdown`).
     pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
 }
@@ -91,6 +94,7 @@ pub fn router(state: Shared) -> Router {
         .route("/llama/{name}/status", get(llama::status))
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
+        .route("/gpu", get(gpu::gpu))
         .route(
             "/publishers/redis",
             get(publishers::redis_status).put(publishers::redis_update),

@@ -1,6 +1,6 @@
 //! The command line: argument parsing and dispatch. Every command but `serve` and `demo`
 //! is a thin client of the daemon's HTTP API, one file per command group: `tasks` (run,
-//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`; `serve` wires the
+//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`, `gpu`; `serve` wires the
 //! daemon. Every listing has `--json`.
 //!
 //! Output: client commands print results on stdout and their errors as `corral: …` on
@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod config;
 pub mod diag;
 pub mod events;
+pub mod gpu;
 pub mod llama;
 pub mod logs;
 pub mod monitor;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Turn the Redis publisher on or off, or show its status.
     #[command(subcommand)]
     Redis(redis::RedisCommand),
+    /// Show the GPUs, their processes and the tasks and runs those belong to.
+    #[command(after_help = gpu::AFTER_HELP)]
+    Gpu(JsonArg),
     /// Show why a run failed: the diagnostics bundle written when it did (--tar to share it).
     Diag(diag::DiagArgs),
     /// List the alert rules and their counters, or send a test message through one.
@@ -348,6 +352,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Redis(cmd) => redis::dispatch(&c, cmd).await,
         Command::Diag(a) => diag::diag(&c, a).await,
         Command::Alerts(a) => alerts::alerts(&c, a).await,
+        Command::Gpu(a) => gpu::gpu(&c, a.json).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),

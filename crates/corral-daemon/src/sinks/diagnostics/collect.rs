@@ -92,11 +92,10 @@ pub(super) async fn collect(
             .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())),
         &mut problems,
     );
-    let gpu = tokio::task::spawn_blocking(system::gpu_snapshot).await;
+    let gpu = crate::gpu::Gpus::shared().snapshot().await;
     put(
         "gpu.json",
-        gpu.map_err(|e| e.to_string())
-            .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())),
+        gpu_json(&gpu).map_err(|e| e.to_string()),
         &mut problems,
     );
 
@@ -210,4 +209,14 @@ fn prune(task_dir: &Path) {
             let _ = std::fs::remove_dir_all(old);
         }
     }
+}
+
+/// The GPUs as `/api/v1/gpu` shows them; an unavailable answer also says why under
+/// `error`, the key bundles have always used.
+fn gpu_json(snap: &corral_client::wire::GpuSnapshot) -> serde_json::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(snap)?;
+    if let (Some(reason), Some(o)) = (&snap.reason, v.as_object_mut()) {
+        o.insert("error".into(), reason.clone().into());
+    }
+    serde_json::to_vec_pretty(&v)
 }
