@@ -68,6 +68,29 @@ struct LiveRun {
     watcher: Option<tokio::task::JoinHandle<Option<String>>>,
 }
 
+impl LiveRun {
+    /// A run with its log ready and nothing started yet.
+    fn new(
+        run_id: String,
+        ingest: Ingest,
+        log: Arc<RunLog>,
+        watcher: Option<tokio::task::JoinHandle<Option<String>>>,
+    ) -> LiveRun {
+        LiveRun {
+            run_id,
+            handle: None,
+            ingest,
+            capture: Capture::nothing(),
+            log,
+            kill_at: None,
+            grace_ms: 0,
+            probe: None,
+            failing: None,
+            watcher,
+        }
+    }
+}
+
 struct Actor {
     sup: Arc<Supervisor>,
     spec: TaskSpec,
@@ -397,18 +420,7 @@ impl Actor {
             v.adopted = false;
         }
         let watcher = self.sup.watch_run(&self.spec, &row.run_id, &log);
-        self.run = Some(LiveRun {
-            run_id: row.run_id.clone(),
-            handle: None,
-            ingest,
-            capture: Capture::nothing(),
-            log,
-            kill_at: None,
-            grace_ms: 0,
-            probe: None,
-            failing: None,
-            watcher,
-        });
+        self.run = Some(LiveRun::new(row.run_id.clone(), ingest, log, watcher));
         let _ = self.lc.start();
         self.start_launched(launched, "took back");
     }
@@ -575,18 +587,7 @@ impl Actor {
             v.adopted = false;
         }
         let watcher = sup.watch_run(&self.spec, &run_id, &log);
-        Some(LiveRun {
-            run_id,
-            handle: None,
-            ingest,
-            capture: Capture::nothing(),
-            log,
-            kill_at: None,
-            grace_ms: 0,
-            probe: None,
-            failing: None,
-            watcher,
-        })
+        Some(LiveRun::new(run_id, ingest, log, watcher))
     }
 
     /// Adopts a healthy server already answering on the task's address, when the task
