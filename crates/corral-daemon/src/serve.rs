@@ -193,6 +193,9 @@ pub async fn serve_until(
             lost.len()
         );
     }
+    for run_id in &lost {
+        crate::sinks::diagnostics::collect_lost(&sup, run_id);
+    }
     let bound = listener.local_addr()?;
     for kind in sup.kinds.all() {
         kind.start(&sup);

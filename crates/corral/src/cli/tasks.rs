@@ -182,7 +182,9 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
         )?;
         return Ok(0);
     }
-    let rows: Vec<Vec<String>> = tasks
+    // With GPUs, a GPU MEM column: what each task's processes hold on them.
+    let gpu_mem = gpu_memory_by_task(c).await;
+    let mut rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t| {
             vec![
@@ -199,13 +201,19 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    table::print(
-        &mut out,
-        &[
-            "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
-        ],
-        &rows,
-    )?;
+    let mut headers = vec![
+        "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
+    ];
+    if let Some(mem) = &gpu_mem {
+        headers.insert(6, "GPU MEM");
+        for (row, t) in rows.iter_mut().zip(&tasks) {
+            let cell = mem
+                .get(&t.name)
+                .map_or("-".to_string(), |b| format!("{} MiB", b / (1024 * 1024)));
+            row.insert(6, cell);
+        }
+    }
+    table::print(&mut out, &headers, &rows)?;
     Ok(0)
 }
 
@@ -264,4 +272,20 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
         &table_rows,
     )?;
     Ok(0)
+}
+
+/// GPU memory held by each task's processes, when the daemon's machine has GPUs (`None`
+/// without, or when the daemon cannot say: `ps` then has no GPU column).
+async fn gpu_memory_by_task(c: &Client) -> Option<std::collections::HashMap<String, u64>> {
+    let snap = c.gpu().await.ok()?;
+    if !snap.available || snap.gpus.is_empty() {
+        return None;
+    }
+    let mut by_task = std::collections::HashMap::new();
+    for p in snap.gpus.iter().flat_map(|g| g.processes.iter()) {
+        if let (Some(task), Some(b)) = (&p.task, p.used_memory_bytes) {
+            *by_task.entry(task.clone()).or_insert(0) += b;
+        }
+    }
+    Some(by_task)
 }

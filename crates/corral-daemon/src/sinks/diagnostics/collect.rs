@@ -34,7 +34,18 @@ pub fn tar_gz(dir: &Path, run_id: &str) -> std::io::Result<Vec<u8>> {
     tar.into_inner()?.finish()
 }
 
-/// Collects the bundle of `run_id` if that run failed; see the module documentation.
+/// Collects the bundle of a run an earlier daemon left that is now `lost` (its events
+/// went with that daemon; the rest is collected as for a failed run).
+pub fn collect_lost(sup: &Arc<Supervisor>, run_id: &str) {
+    let task = match sup.registry.run(run_id) {
+        Ok(Some(row)) => row.task,
+        _ => return,
+    };
+    tokio::spawn(collect(sup.clone(), task, run_id.to_string(), Vec::new()));
+}
+
+/// Collects the bundle of `run_id` if that run failed (or was lost); see the module
+/// documentation.
 pub(super) async fn collect(
     sup: Arc<Supervisor>,
     task: String,
@@ -42,7 +53,7 @@ pub(super) async fn collect(
     events: Vec<Arc<Event>>,
 ) {
     let row = match sup.registry.run(&run_id) {
-        Ok(Some(row)) if row.status == RunStatus::Failed => row,
+        Ok(Some(row)) if matches!(row.status, RunStatus::Failed | RunStatus::Lost) => row,
         Ok(_) => return,
         Err(e) => {
             tracing::warn!(%run_id, "diagnostics: reading the run's registry row: {e}");

@@ -2,7 +2,7 @@
 //!
 //! A sink: it keeps the recent events of each task, and when it sees a task's `exit`
 //! event for a run whose registry row says `failed` (a non-zero exit, a signal, a failed
-//! health check), it writes a bundle to `<home>/runs/<task>/diagnostics/<run_id>/`:
+//! health check), or when a starting daemon finds a run `lost`, it writes a bundle to `<home>/runs/<task>/diagnostics/<run_id>/`:
 //!
 //! - `summary.json`: the run (status, exit code or signal, its message, times, counts),
 //!   what was collected and what could not be;
@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-pub use collect::{bundle_dir, read_summary, tar_gz, Summary};
+pub use collect::{bundle_dir, collect_lost, read_summary, tar_gz, Summary};
 pub use corral_core::secrets::{is_secret_name, redact_argv as redact, redact_url};
 
 /// Records of the run kept in its bundle.
