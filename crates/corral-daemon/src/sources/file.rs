@@ -65,6 +65,9 @@ pub struct Identity {
     pub fp: u64,
 }
 
+/// What a read says when the file's first bytes changed under it.
+const REWRITTEN: &str = "the file was rewritten while it was read";
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -206,6 +209,7 @@ impl Source for FileSource {
             dir_wd: None,
             file_wd: None,
             waiting_noted: false,
+            rewritten: false,
             stopping: Default::default(),
         };
         let stopping = follower.stopping.clone();
@@ -236,6 +240,9 @@ struct Follower {
     dir_wd: Option<i32>,
     file_wd: Option<i32>,
     waiting_noted: bool,
+    /// A read found the file rewritten in place: the next look follows the truncation
+    /// at once (the write that did it may have woken us already).
+    rewritten: bool,
     /// The run is being stopped: a long read ends at the next chunk (the next run goes
     /// on from there), and no new file is switched to.
     stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -498,6 +505,9 @@ impl Follower {
             }
             self.follow_truncation()?;
             self.read_to_end().await?;
+            if std::mem::take(&mut self.rewritten) {
+                continue;
+            }
             if self.stopping() {
                 return Ok(());
             }
@@ -645,15 +655,28 @@ impl Follower {
                 buf.resize(need, 0);
                 let file = &cur.file;
                 let offset = cur.offset;
+                let ident = cur.ident;
                 ch.read_with(buf, |room| {
                     let len = READ_SIZE.min(room.len());
                     let room = &mut room[..len];
-                    file.read_at(room, offset)
+                    let n = file.read_at(room, offset)?;
+                    // Rewritten in place (truncated and written again) between the look
+                    // and this read, the bytes read may be the new content's: checked
+                    // after the read, so that they are never taken for the old one's.
+                    if n > 0 && fingerprint(file, ident.fp_len)? != Some(ident.fp) {
+                        return Err(std::io::Error::other(REWRITTEN));
+                    }
+                    Ok(n)
                 })
             });
             let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The next look follows the truncation.
+                Err(e) if e.to_string() == REWRITTEN => {
+                    self.rewritten = true;
+                    return Ok(());
+                }
                 Err(e) => return Err(self.unreadable(&e)),
             };
             if n == 0 {
