@@ -55,6 +55,15 @@ pub struct Rule {
     /// `stdout`, `stderr`, `file`: the streams a `line` rule reads.
     #[serde(default)]
     pub streams: Vec<String>,
+    /// A number in the details of a llama server's request metrics
+    /// (`eval_tokens_per_second`, `prompt_tokens_per_second`): the rule matches when
+    /// every request for `for` (default 1m) had it below `below`.
+    #[serde(default)]
+    pub metric: Option<String>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<String>,
     /// How long matches of one task are grouped after the first is sent, e.g. `5m`
     /// (default 5 minutes).
     #[serde(default)]
@@ -99,6 +108,32 @@ impl Rule {
                 "alert rule `{name}`: unknown stream `{bad}` in `streams`; use stdout, stderr or file"
             ));
         }
+        let held_for = match (&self.metric, self.below, &self.for_) {
+            (None, None, None) => None,
+            (Some(m), Some(_), f) => {
+                if !matches!(m.as_str(), "eval_tokens_per_second" | "prompt_tokens_per_second") {
+                    return Err(format!(
+                        "alert rule `{name}`: unknown metric `{m}`; use eval_tokens_per_second or prompt_tokens_per_second"
+                    ));
+                }
+                if line.is_some() || !self.event_types.is_empty() || self.message.is_some() {
+                    return Err(format!(
+                        "alert rule `{name}`: a `metric` rule matches request metrics: drop `line`, `event_types` and `message`"
+                    ));
+                }
+                Some(match f {
+                    Some(f) => corral_core::duration::parse_duration(f).map_err(|e| {
+                        format!("alert rule `{name}`: `for` must be a duration such as 30s or 2m: {e}")
+                    })?,
+                    None => Duration::from_secs(60),
+                })
+            }
+            _ => {
+                return Err(format!(
+                    "alert rule `{name}`: a metric rule needs both `metric` and `below` (and optionally `for`)"
+                ))
+            }
+        };
         let group = match &self.group {
             Some(g) => corral_core::duration::parse_duration(g).map_err(|e| {
                 format!("alert rule `{name}`: `group` must be a duration such as 30s or 5m: {e}")
@@ -109,6 +144,7 @@ impl Rule {
             rule: self.clone(),
             message,
             line,
+            held_for,
             group,
         })
     }
@@ -125,6 +161,8 @@ pub struct CompiledRule {
     pub rule: Rule,
     message: Option<regex::Regex>,
     line: Option<regex::Regex>,
+    /// For a `metric` rule: how long the value must stay below the floor.
+    held_for: Option<Duration>,
     group: Duration,
 }
 
@@ -133,6 +171,7 @@ impl CompiledRule {
     pub fn matches(&self, e: &Event) -> bool {
         let r = &self.rule;
         self.line.is_none()
+            && self.held_for.is_none()
             && r.level.is_none_or(|l| e.level >= l)
             && (r.event_types.is_empty() || r.event_types.contains(&e.event_type))
             && (r.tasks.is_empty() || r.tasks.contains(&e.task))
@@ -157,6 +196,8 @@ struct Inner {
     stats: Vec<RuleStats>,
     /// Per (rule, task): an open group.
     groups: HashMap<(usize, String), Group>,
+    /// Per (metric rule, task): since when every request was below the floor.
+    below_since: HashMap<(usize, String), Instant>,
 }
 
 struct Group {
@@ -202,6 +243,7 @@ impl Alerts {
                 rules,
                 stats,
                 groups: HashMap::new(),
+                below_since: HashMap::new(),
             })),
             http: reqwest::Client::builder()
                 .timeout(SEND_TIMEOUT)
@@ -340,6 +382,21 @@ impl Alerts {
                         i,
                         self.message("resolved", rule, &e.task, e, g.more, Level::Info),
                     ));
+                }
+                continue;
+            }
+            if let Some(held_for) = inner.rules[i].held_for {
+                if let Some(below) = metric_below(&inner.rules[i].rule, e) {
+                    let since = if below {
+                        *inner.below_since.entry(key.clone()).or_insert(now)
+                    } else {
+                        inner.below_since.remove(&key);
+                        continue;
+                    };
+                    if now.duration_since(since) >= held_for {
+                        inner.stats[i].matched += 1;
+                        out.extend(self.fire(&mut inner, i, e, now));
+                    }
                 }
                 continue;
             }
@@ -482,6 +539,19 @@ impl Alerts {
             });
         }
     }
+}
+
+/// For a `metric` rule and a request-metrics event of one of its tasks: whether the
+/// metric is below the floor (`None` when the event says nothing of it).
+fn metric_below(rule: &Rule, e: &Event) -> Option<bool> {
+    if e.event_type != EventType::Metrics
+        || corral_core::event::shape(&e.details) != "request"
+        || !(rule.tasks.is_empty() || rule.tasks.contains(&e.task))
+    {
+        return None;
+    }
+    let v = e.details.get(rule.metric.as_deref()?)?.as_f64()?;
+    Some(v < rule.below?)
 }
 
 fn status_of(e: &Event) -> &str {
@@ -684,6 +754,68 @@ mod tests {
             colour = "red""#)
         .unwrap_err()
         .contains("colour"));
+    }
+
+    fn request(task: &str, tps: f64) -> Arc<Event> {
+        Arc::new(Event::from_kind(
+            EventKind::new(
+                Component::Coordinator,
+                Level::Info,
+                EventType::Metrics,
+                "req",
+            )
+            .with("kind", "request")
+            .with("eval_tokens_per_second", tps),
+            0.0,
+            "n",
+            task,
+            "r",
+        ))
+    }
+
+    #[test]
+    fn a_metric_rule_fires_when_every_request_stays_below_the_floor_for_its_duration() {
+        let a = Alerts::new(
+            "n",
+            vec![rule(
+                r#"name = "slow"
+                url = "http://127.0.0.1:1/"
+                metric = "eval_tokens_per_second"
+                below = 10.0
+                for = "2m""#,
+            )],
+        );
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(a.on_event(&request("c", 4.0), at(0)).is_empty());
+        assert!(a.on_event(&request("c", 5.0), at(60)).is_empty());
+        // One fast request starts the count again.
+        assert!(a.on_event(&request("c", 30.0), at(90)).is_empty());
+        assert!(a.on_event(&request("c", 5.0), at(100)).is_empty());
+        assert!(a.on_event(&request("c", 5.0), at(200)).is_empty());
+        let fired = a.on_event(&request("c", 5.0), at(221));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].1.kind, "alert");
+        // Other events never match a metric rule.
+        assert!(a
+            .on_event(&ev("c", Level::Error, EventType::Error, "boom"), at(222))
+            .is_empty());
+        let bad = |t: &str| {
+            toml::from_str::<Rule>(t)
+                .unwrap()
+                .check()
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            metric = "eval_tokens_per_second""#)
+        .contains("needs both"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            metric = "gpu"
+            below = 1.0"#)
+        .contains("unknown metric"));
     }
 
     #[test]
