@@ -17,10 +17,12 @@
 //!
 //! **Wake-ups.** inotify on the file's directory (names created, moved, deleted) and on
 //! the open file itself (writes, truncation, its own move or deletion), read by one small
-//! async task per followed file: an idle file costs a registered descriptor, no thread and
-//! no wake-up. The only timer is a check every [`NO_DIR_POLL`] while the file's directory
-//! does not exist (inotify cannot watch what is not there). Writes inotify does not see
-//! (another machine writing over NFS) are not followed.
+//! async task per followed file: an idle file costs a registered descriptor and no thread.
+//! Timers: a check every [`NO_DIR_POLL`] while the file's directory does not exist
+//! (inotify cannot watch what is not there), and, as a safety net, a look every
+//! [`SAFETY_LOOK`] when no event came (a stat and a fingerprint; it catches a wake-up
+//! lost in a fast rotation under load, seen once in a million-line test, and writes
+//! inotify does not see, such as another machine writing over NFS).
 //!
 //! **Position.** The run keeps the ingest stage's checkpoint (`run_<id>.pos`, see
 //! [`crate::logbook::checkpoint`]; its first stream counts the file bytes in records) and,
@@ -50,6 +52,8 @@ const READ_SIZE: usize = 1 << 20;
 pub const FP_MAX: usize = 256;
 /// How often a path whose directory does not exist is looked for.
 const NO_DIR_POLL: Duration = Duration::from_secs(1);
+/// How long a followed file goes without a look when no event comes.
+const SAFETY_LOOK: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// The read buffer of the runtime worker that serves a followed file now.
@@ -301,6 +305,7 @@ impl Follower {
                     Err(e) => fatal = Some(format!("watching {} failed: {e}", self.path.display())),
                 },
                 _ = tokio::time::sleep(NO_DIR_POLL), if self.dir_wd.is_none() => look = true,
+                _ = tokio::time::sleep(SAFETY_LOOK) => look = true,
             }
             if !events.is_empty() {
                 look = self.relevant(&events);
