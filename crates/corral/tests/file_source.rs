@@ -345,3 +345,30 @@ async fn the_next_run_goes_on_where_the_last_stopped_and_reads_a_cut_line_whole(
         .iter()
         .any(|n| n.contains("from byte 8, where the last reading stopped")));
 }
+
+/// Regression: a reader that fell two rotations behind (here, the daemon is stopped while
+/// the file rotates twice) went from the first file straight to the one at the path, and
+/// skipped the one between. It reads the one between first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_two_rotations_behind_skips_no_file() {
+    let d = Daemon::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("app.log");
+    append(&f, &lines(0, 3, "a"));
+    let run = tail(&d, "behind", &f).await;
+    wait_log_len(&d, "behind", &run, lines(0, 3, "a").len() as u64).await;
+    assert!(signal(d.pid as i32, libc::SIGSTOP));
+    append(&f, &lines(3, 5, "a"));
+    std::fs::rename(&f, dir.path().join("app.log.1")).unwrap();
+    append(&f, &lines(0, 4, "b"));
+    std::fs::rename(&f, dir.path().join("app.log.2")).unwrap();
+    append(&f, &lines(0, 2, "c"));
+    assert!(signal(d.pid as i32, libc::SIGCONT));
+    let want = lines(0, 5, "a") + &lines(0, 4, "b") + &lines(0, 2, "c");
+    wait_log_len(&d, "behind", &run, want.len() as u64).await;
+    let (records, _) = stop_and_read(&d, "behind").await;
+    assert_eq!(file_lines(&records), want);
+    assert!(system_lines(&records)
+        .iter()
+        .any(|n| n.contains("app.log.2") && n.starts_with("reading ")));
+}

@@ -213,6 +213,7 @@ impl Source for FileSource {
             dir_wd: None,
             file_wd: None,
             waiting_noted: false,
+            read_files: Vec::new(),
             rewritten: false,
             stopping: Default::default(),
         };
@@ -244,6 +245,8 @@ struct Follower {
     dir_wd: Option<i32>,
     file_wd: Option<i32>,
     waiting_noted: bool,
+    /// Files this run read to their end (device, inode), newest last: never read again.
+    read_files: Vec<(u64, u64)>,
     /// A read found the file rewritten in place: the next look follows the truncation
     /// at once (the write that did it may have woken us already).
     rewritten: bool,
@@ -519,14 +522,38 @@ impl Follower {
             let Some(cur) = &self.cur else { return Ok(()) };
             match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == cur.ident.dev && m.ino() == cur.ident.ino => return Ok(()),
-                Ok(_) => {
+                Ok(at_path) => {
                     // A new file at the path: the writer is done with the old one, which
                     // is read to its end once more before the switch.
                     self.read_to_end().await?;
                     if self.stopping() {
                         return Ok(());
                     }
+                    let finished = self.cur.as_ref().map(|c| {
+                        let mtime = c.file.metadata().and_then(|m| m.modified()).ok();
+                        ((c.ident.dev, c.ident.ino), mtime)
+                    });
                     self.rotated();
+                    let Some((done, mtime)) = finished else {
+                        continue;
+                    };
+                    self.read_files.push(done);
+                    if self.read_files.len() > 64 {
+                        self.read_files.remove(0);
+                    }
+                    // A reader that fell more than one rotation behind: the files rotated
+                    // out after the one just finished come before the one at the path.
+                    if let Some((name, file)) =
+                        self.next_rotated((at_path.dev(), at_path.ino()), mtime)
+                    {
+                        let ident = Identity::of(&file).map_err(|e| self.unreadable(&e))?;
+                        self.ingest.system(&format!(
+                            "reading {} first: it was rotated out after the file just read and before the one now at {}",
+                            name.display(),
+                            self.path.display()
+                        ));
+                        self.set_current(file, ident, 0);
+                    }
                 }
                 // Renamed away (or deleted) and not re-created yet: the old one may still
                 // be written; it is read until a new file appears.
@@ -629,6 +656,45 @@ impl Follower {
             ch.end(None);
         }
         self.ch = Some(self.ingest.channel(Stream::File));
+    }
+
+    /// The oldest file beside the followed one, named after it (`app.log.1`, `app.log-2026…`,
+    /// not compressed), that this run has not read, is not the one at the path now, and was
+    /// written to since `after` (the modification time of the file just finished).
+    fn next_rotated(
+        &self,
+        at_path: (u64, u64),
+        after: Option<std::time::SystemTime>,
+    ) -> Option<(PathBuf, File)> {
+        let base = self.path.file_name()?.as_bytes().to_vec();
+        let after = after?;
+        let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+        for e in std::fs::read_dir(&self.dir).ok()?.flatten() {
+            let name = e.file_name();
+            let name = name.as_bytes();
+            if name.len() <= base.len() || !name.starts_with(&base) {
+                continue;
+            }
+            if [".gz", ".zst", ".xz", ".bz2", ".zip", ".lz4"]
+                .iter()
+                .any(|z| name.ends_with(z.as_bytes()))
+            {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let id = (m.dev(), m.ino());
+            if !m.is_file() || id == at_path || self.read_files.contains(&id) {
+                continue;
+            }
+            let Ok(mtime) = m.modified() else { continue };
+            if mtime < after || best.as_ref().is_some_and(|(t, _)| *t <= mtime) {
+                continue;
+            }
+            best = Some((mtime, e.path()));
+        }
+        let (_, path) = best?;
+        let file = File::open(&path).ok()?;
+        Some((path, file))
     }
 
     fn rotated(&mut self) {
