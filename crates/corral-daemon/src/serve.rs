@@ -50,6 +50,12 @@ pub struct ServeOpts {
     pub redis: crate::sinks::redis::RedisConfig,
     /// Alert rules from the config file (`[[alerts]]`); none: nothing is ever sent.
     pub alerts: Vec<crate::sinks::alerts::Rule>,
+    /// How often this node writes its registration in Redis while the publisher is on
+    /// (`--node-heartbeat`); the key lives three of them. A hub scans the registrations
+    /// as often.
+    pub node_heartbeat: Duration,
+    /// Also read the fleet from Redis (`--hub`): the nodes' events and registrations.
+    pub hub: bool,
 }
 
 pub use crate::home::default_home;
@@ -185,6 +191,34 @@ pub async fn serve_until(
     }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));
+    let bound = listener.local_addr()?;
+    // This node's registration, written every heartbeat while the publisher is on.
+    redis.register_node(crate::sinks::redis::Registration {
+        node: opts.node.clone(),
+        api: format!("http://{bound}"),
+        interval: opts.node_heartbeat,
+        tasks: Arc::new({
+            let sup = Arc::downgrade(&sup);
+            move || {
+                sup.upgrade()
+                    .map(|s| s.list().into_iter().map(node_task).collect())
+                    .unwrap_or_default()
+            }
+        }),
+    });
+    let hub = if opts.hub {
+        let hub = crate::hub::Hub::start(redis.config(), bus.clone(), opts.node_heartbeat)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "corral serve --hub reads the fleet from Redis with the publisher's \
+                     settings, and they are not usable: {e}"
+                )
+            })?;
+        tracing::info!(server = %redis.config().server(), "hub: reading the fleet from Redis");
+        Some(hub)
+    } else {
+        None
+    };
     let lost = sup.recover()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     if !lost.is_empty() {
@@ -193,7 +227,6 @@ pub async fn serve_until(
             lost.len()
         );
     }
-    let bound = listener.local_addr()?;
     for kind in sup.kinds.all() {
         kind.start(&sup);
     }
@@ -217,6 +250,7 @@ pub async fn serve_until(
         started_at: crate::util::unix_now(),
         llama,
         stop: stop_tx,
+        hub: hub.clone(),
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));
@@ -240,6 +274,9 @@ pub async fn serve_until(
             late.join(", ")
         );
     }
+    if let Some(hub) = &hub {
+        hub.stop();
+    }
     let _ = down.send(true);
     match tokio::time::timeout(STREAMS_END, &mut server).await {
         Ok(r) => served(r),
@@ -248,6 +285,17 @@ pub async fn serve_until(
             server.abort();
             Ok(())
         }
+    }
+}
+
+/// A task as this node's registration lists it.
+fn node_task(t: corral_client::wire::TaskInfo) -> corral_client::wire::NodeTask {
+    corral_client::wire::NodeTask {
+        name: t.name,
+        status: t.status,
+        kind: t.kind,
+        pid: t.pid,
+        restarts: t.restarts,
     }
 }
 

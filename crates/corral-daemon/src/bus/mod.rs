@@ -7,10 +7,14 @@
 //! - publishing never waits for a sink: a full queue drops its oldest event and counts
 //!   it, per sink (`corral_sink_events_dropped_total`), and no other sink notices;
 //! - ids are dense and increase in publishing order, and every queue holds its events in
-//!   id order, so a sink (or a viewer behind one) that lost some sees the gap by id;
+//!   id order, so a sink (or a viewer behind one) that lost some sees the gap by id (the
+//!   store and the live stream get every id; a sink that takes no remote events sees
+//!   their ids as gaps, and none of those reads ids);
 //! - sampling only marks events ([`Stored::kept`]): it thins what history sinks keep,
 //!   never what a sink receives. Only high-volume info events are sampled away, and they
 //!   are counted;
+//! - events of other nodes (a hub's, [`Bus::publish_remote`]) go only to the sinks that
+//!   take them ([`Sink::remote`]): the store and the live stream, never the publisher;
 //! - after [`Bus::close`] nothing more is queued; each sink gets what was queued before,
 //!   then the end of its queue, and the close waits (bounded) for them to flush.
 
@@ -108,7 +112,7 @@ impl Bus {
     /// Gives a sink its queue and starts it in a task of its own (on the current tokio
     /// runtime). It receives every event published from now on.
     pub fn register<S: Sink>(&self, sink: S) {
-        let shared = sink::Shared::new(sink.name(), sink.capacity());
+        let shared = sink::Shared::new(sink.name(), sink.capacity(), sink.remote());
         {
             let mut s = self.lock();
             if s.closed {
@@ -135,6 +139,18 @@ impl Bus {
     /// Returns whether history keeps it. Never waits for a sink; after [`Bus::close`] it
     /// drops the event.
     pub fn publish(&self, event: Event) -> bool {
+        self.publish_to(event, false)
+    }
+
+    /// Publishes an event of another node, as a hub read it from Redis (its `node`,
+    /// timestamp and run kept): numbered and sampled like any event, but handed only to
+    /// the sinks that take remote events ([`Sink::remote`]), so that it reaches the
+    /// store and the live stream and never this node's publisher (no loop through Redis).
+    pub fn publish_remote(&self, event: Event) -> bool {
+        self.publish_to(event, true)
+    }
+
+    fn publish_to(&self, event: Event, remote: bool) -> bool {
         let mut s = self.lock();
         if s.closed {
             return false;
@@ -165,7 +181,7 @@ impl Bus {
         };
         // Queued under the bus lock, so that every queue is in id order. A push only
         // takes the queue's own lock for a moment: no sink can hold this up.
-        for q in &s.sinks {
+        for q in s.sinks.iter().filter(|q| !remote || q.remote) {
             q.push(stored.clone());
         }
         kept

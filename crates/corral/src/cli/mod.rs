@@ -1,6 +1,6 @@
 //! The command line: argument parsing and dispatch. Every command but `serve` and `demo`
 //! is a thin client of the daemon's HTTP API, one file per command group: `tasks` (run,
-//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`, `gpu`; `serve` wires the
+//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`, `gpu`, `nodes`; `serve` wires the
 //! daemon. Every listing has `--json`.
 //!
 //! Output: client commands print results on stdout and their errors as `corral: …` on
@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod llama;
 pub mod logs;
 pub mod monitor;
+pub mod nodes;
 pub mod redis;
 pub mod serve;
 pub mod service;
@@ -99,6 +100,9 @@ pub enum Command {
     /// Turn the Redis publisher on or off, or show its status.
     #[command(subcommand)]
     Redis(redis::RedisCommand),
+    /// On a hub: the fleet's nodes, up or gone, with their tasks by status.
+    #[command(after_help = nodes::AFTER_HELP)]
+    Nodes(JsonArg),
     /// Show the GPUs, their processes and the tasks and runs those belong to.
     #[command(after_help = gpu::AFTER_HELP)]
     Gpu(JsonArg),
@@ -150,6 +154,23 @@ pub struct ServeArgs {
     /// (redis_logging_enabled, redis_host, …); flags and environment override it.
     #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// This machine's name in the fleet: the `node` of every event and of its Redis
+    /// registration [default: the hostname].
+    #[arg(long, env = "CORRAL_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+    /// How often this node refreshes its registration in Redis while the publisher is
+    /// on (the key lives three of them); a hub scans the registrations as often.
+    #[arg(
+        long,
+        env = "CORRAL_NODE_HEARTBEAT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub node_heartbeat: String,
+    /// Also be the fleet's hub: read every node's events and registrations from Redis
+    /// (the publisher's settings), for `corral events` and `corral nodes`.
+    #[arg(long)]
+    pub hub: bool,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]
@@ -353,6 +374,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Diag(a) => diag::diag(&c, a).await,
         Command::Alerts(a) => alerts::alerts(&c, a).await,
         Command::Gpu(a) => gpu::gpu(&c, a.json).await,
+        Command::Nodes(a) => nodes::nodes(&c, a.json).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),
