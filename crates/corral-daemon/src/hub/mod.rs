@@ -5,7 +5,7 @@
 //! - `timeline`: every node's events (`{prefix}:logs`, and the stream's recent history
 //!   at each connection) onto this daemon's bus as remote events, so `/api/v1/events`
 //!   shows the fleet's merged timeline; never back to Redis;
-//! - `fleet`: the nodes' registrations (`{prefix}:nodes:*`, scanned every heartbeat):
+//! - `fleet`: the nodes' registrations (`{prefix}:nodes:*`, scanned twice a heartbeat):
 //!   `up` while a node's key lives, `gone` once it expired, each change a `status` event
 //!   (component `system`) of the hub.
 //!
@@ -52,9 +52,9 @@ pub struct Hub {
 
 impl Hub {
     /// Starts reading the fleet from the Redis of `cfg` (its connection and prefix; its
-    /// `enabled` does not matter: that is this node's publisher). `interval` is how
-    /// often the registrations are scanned (the node heartbeat). An unusable setting is
-    /// an error; an unreachable server is retried in the background.
+    /// `enabled` does not matter: that is this node's publisher). `interval` is the node
+    /// heartbeat; the registrations are scanned twice per heartbeat. An unusable setting
+    /// is an error; an unreachable server is retried in the background.
     pub fn start(cfg: RedisConfig, bus: Arc<Bus>, interval: Duration) -> Result<Hub, String> {
         cfg.validate()?;
         let hub = Hub {
@@ -67,7 +67,9 @@ impl Hub {
                 tasks: Mutex::new(Vec::new()),
             }),
         };
-        let interval = interval.max(Duration::from_millis(100));
+        // Two scans a heartbeat: a node's key expires three heartbeats after its last
+        // write, and is seen gone at most half a heartbeat later.
+        let interval = (interval / 2).max(Duration::from_millis(100));
         let timeline = tokio::spawn({
             let (hub, cfg, bus) = (hub.clone(), cfg.clone(), bus.clone());
             async move { hub.follow(cfg, bus).await }

@@ -1,0 +1,349 @@
+//! The fleet against a real `redis-server` (one per test, on a free loopback port, no
+//! persistence, killed at the end): two daemons with their own homes, ports and `--node`
+//! names publish and register; a hub (`serve --hub`) shows their events (history and
+//! live) with their node names, lists them with `corral nodes`, sees a killed node go
+//! and come back, and never republishes what it read.
+//!
+//! `redis-server` must be installed (`apt-get install redis-server`; `scripts/test.sh`
+//! does it): without it these tests fail, they are not skipped.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "corral:fleet_test";
+/// The nodes' heartbeat in these tests: their keys live three of them.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A redis-server of this test.
+struct Server {
+    port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    l.local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::fs::File::create(dir.path().join("redis.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it: apt-get install redis-server")
+            });
+        let mut s = Server { port, child, dir };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(s.dir.path().join("redis.log")).unwrap_or_default();
+                panic!("redis-server ended ({st}): {log}");
+            }
+            if s.try_conn().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for redis-server"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        s.port = port;
+        s
+    }
+
+    fn try_conn(&self) -> Option<redis::Connection> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut c).ok()?;
+        Some(c)
+    }
+
+    /// Every event in the stream, oldest first.
+    fn stream(&self) -> Vec<Value> {
+        let mut c = self
+            .try_conn()
+            .expect("connecting to the test's redis-server");
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("{PREFIX}:stream"))
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, f)| serde_json::from_str(&f[1]).expect("event JSON"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon publishing to `s` as `node`, with the tests' heartbeat, and `args` more.
+async fn node(s: &Server, node: &str, args: &[&str]) -> Daemon {
+    let mut all = vec!["--node", node, "--node-heartbeat", "1s"];
+    all.extend(args);
+    Daemon::start_with(DaemonOpts {
+        env: env(s),
+        ..DaemonOpts::args(&all)
+    })
+    .await
+}
+
+fn env(s: &Server) -> Vec<(String, String)> {
+    vec![
+        ("CORRAL_REDIS_ENABLED".into(), "true".into()),
+        ("REDIS_HOST".into(), "127.0.0.1".into()),
+        ("REDIS_PORT".into(), s.port.to_string()),
+        ("CORRAL_REDIS_CHANNEL_PREFIX".into(), PREFIX.into()),
+    ]
+}
+
+/// `corral nodes --json` on the hub: node name → the node's object.
+async fn nodes(hub: &Daemon) -> BTreeMap<String, Value> {
+    let v = hub.cli(&["nodes", "--json"]).await.ok().json();
+    v["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes array in {v}"))
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                n.clone(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_node_status(hub: &Daemon, name: &str, status: &str) -> Value {
+    wait_for(
+        &format!("node {name} {status} on the hub"),
+        DEADLINE,
+        || async {
+            nodes(hub)
+                .await
+                .remove(name)
+                .filter(|n| n["status"] == status)
+        },
+    )
+    .await
+}
+
+/// Whether `events` hold `task`'s event of type `t` from `node`.
+fn has(events: &[Value], node: &str, task: &str, t: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["node"] == node && e["task"] == task && e["event_type"] == t)
+}
+
+/// Events that occur more than once: (node, timestamp, task, type, message).
+fn duplicates(events: &[Value]) -> Vec<String> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events {
+        let key = format!(
+            "{} {} {} {} {}",
+            e["node"], e["timestamp"], e["task"], e["event_type"], e["message"]
+        );
+        *count.entry(key).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, n)| format!("{n}x {k}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_come_back() {
+    let server = Server::start();
+    let mut alpha = node(&server, "alpha", &[]).await;
+    let beta = node(&server, "beta", &[]).await;
+    // Before the hub starts: the hub must find these in the stream's history.
+    let a1 = alpha
+        .run_task("early-a", &[], &["sh", "-c", "echo a"])
+        .await;
+    let b1 = beta.run_task("early-b", &[], &["sh", "-c", "echo b"]).await;
+    alpha.wait_run_end(&a1).await;
+    beta.wait_run_end(&b1).await;
+    wait_for("both nodes' exits in the stream", DEADLINE, || async {
+        let s = server.stream();
+        (has(&s, "alpha", "early-a", "exit") && has(&s, "beta", "early-b", "exit")).then_some(())
+    })
+    .await;
+
+    // The hub publishes its own events too (its publisher is on), as node `hub`.
+    let hub = node(&server, "hub", &["--hub"]).await;
+    let evs = hub
+        .wait_events("", "the history of both nodes on the hub", |e| {
+            has(e, "alpha", "early-a", "exit") && has(e, "beta", "early-b", "exit")
+        })
+        .await;
+    assert!(has(&evs, "alpha", "early-a", "start"), "{evs:?}");
+
+    // Live: published after the hub started.
+    let a2 = alpha
+        .run_task("live-a", &[], &["sh", "-c", "echo a2"])
+        .await;
+    let b2 = beta.run_task("live-b", &[], &["sh", "-c", "echo b2"]).await;
+    alpha.wait_run_end(&a2).await;
+    beta.wait_run_end(&b2).await;
+    let evs = hub
+        .wait_events("", "both nodes' live events on the hub", |e| {
+            has(e, "alpha", "live-a", "exit") && has(e, "beta", "live-b", "exit")
+        })
+        .await;
+    let remote: Vec<Value> = evs.iter().filter(|e| e["node"] != "hub").cloned().collect();
+    assert!(duplicates(&remote).is_empty(), "{:?}", duplicates(&remote));
+    // `corral events` prints the node of each event.
+    let out = hub.cli(&["events", "--task", "live-b"]).await.ok().stdout();
+    assert!(out.contains("beta"), "{out}");
+
+    // Every node registered, with its version, API address and tasks by status.
+    for n in ["alpha", "beta", "hub"] {
+        wait_node_status(&hub, n, "up").await;
+    }
+    // The next heartbeat after the runs carries the tasks.
+    let listed = wait_for(
+        "alpha's two completed tasks on the hub",
+        DEADLINE,
+        || async {
+            let l = nodes(&hub).await;
+            (l["alpha"]["tasks"]["completed"] == 2).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(listed["alpha"]["api"], alpha.addr.as_str());
+    let names: Vec<&str> = listed["alpha"]["task_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["early-a", "live-a"], "{listed:?}");
+    assert!(listed["alpha"]["version"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    let table = hub.cli(&["nodes"]).await.ok().stdout();
+    assert!(table.contains("alpha") && table.contains("up"), "{table}");
+
+    // Killed: its key expires within three heartbeats, and the hub says so.
+    alpha.kill9();
+    let killed = Instant::now();
+    wait_node_status(&hub, "alpha", "gone").await;
+    let took = killed.elapsed();
+    // Three heartbeats of TTL, half a heartbeat until the next scan, and slack for a
+    // loaded machine.
+    assert!(
+        took <= HEARTBEAT * 3 + HEARTBEAT / 2 + Duration::from_secs(2),
+        "alpha took {took:?} to be seen gone"
+    );
+    assert_eq!(nodes(&hub).await["beta"]["status"], "up");
+    let gone = hub
+        .wait_events(
+            "component=system&type=status",
+            "the hub's gone event",
+            |e| {
+                e.iter()
+                    .any(|e| e["details"]["node"] == "alpha" && e["details"]["status"] == "gone")
+            },
+        )
+        .await;
+    let g = gone
+        .iter()
+        .find(|e| e["details"]["status"] == "gone")
+        .unwrap();
+    assert_eq!(
+        (&g["node"], &g["level"]),
+        (&Value::from("hub"), &Value::from("warning"))
+    );
+
+    // Back: up again, with an event.
+    let alpha = alpha
+        .start_again(DaemonOpts {
+            env: env(&server),
+            ..DaemonOpts::args(&["--node", "alpha", "--node-heartbeat", "1s"])
+        })
+        .await;
+    wait_node_status(&hub, "alpha", "up").await;
+    hub.wait_events(
+        "component=system&type=status",
+        "the hub's up-again event",
+        |e| {
+            e.iter().any(|e| {
+                e["details"]["node"] == "alpha"
+                    && e["details"]["status"] == "up"
+                    && e["message"].as_str().is_some_and(|m| m.contains("again"))
+            })
+        },
+    )
+    .await;
+    drop(alpha);
+
+    // The hub never republished what it read: the stream holds each event once, and
+    // every event of the hub's own node is the hub's.
+    let stream = server.stream();
+    assert!(duplicates(&stream).is_empty(), "{:?}", duplicates(&stream));
+    assert!(
+        stream.iter().any(|e| e["node"] == "hub"),
+        "the hub's own events are published"
+    );
+    let hub_status: Value = hub.get("/publishers/redis").await.1;
+    let published = hub_status["published"].as_u64().unwrap();
+    let own = stream.iter().filter(|e| e["node"] == "hub").count() as u64;
+    assert!(
+        published <= own,
+        "the hub published {published} events, the stream holds {own} of its node"
+    );
+}
+
+#[tokio::test]
+async fn a_hub_without_redis_says_so_and_a_plain_daemon_is_not_a_hub() {
+    let closed = free_port();
+    let hub = Daemon::start_with(DaemonOpts {
+        env: vec![
+            ("REDIS_HOST".into(), "127.0.0.1".into()),
+            ("REDIS_PORT".into(), closed.to_string()),
+        ],
+        ..DaemonOpts::args(&["--hub", "--node-heartbeat", "1s"])
+    })
+    .await;
+    let v = wait_for("the hub's Redis error", DEADLINE, || async {
+        let v = hub.cli(&["nodes", "--json"]).await.ok().json();
+        v["last_error"].is_string().then_some(v)
+    })
+    .await;
+    assert_eq!(v["connected"], false, "{v}");
+    assert!(v["last_error"].as_str().unwrap().contains("refused"), "{v}");
+    let text = hub.cli(&["nodes"]).await.ok().stdout();
+    assert!(
+        text.contains("not connected to Redis") && text.contains(&closed.to_string()),
+        "{text}"
+    );
+
+    let plain = Daemon::start().await;
+    let out = plain.cli(&["nodes"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("not a hub"), "{}", out.stderr);
+}
