@@ -247,6 +247,31 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
         .is_some_and(|v| !v.is_empty()));
     let table = hub.cli(&["nodes"]).await.ok().stdout();
     assert!(table.contains("alpha") && table.contains("up"), "{table}");
+    // Every node's tasks, from the registrations.
+    let all = hub.cli(&["ps", "--all-nodes", "--json"]).await.ok().json();
+    let rows: Vec<(String, String, String)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["node"] != "hub")
+        .map(|t| {
+            (
+                t["node"].as_str().unwrap().to_string(),
+                t["name"].as_str().unwrap().to_string(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = |n: &str, t: &str| (n.to_string(), t.to_string(), "completed".to_string());
+    wait_for("beta's tasks in its registration", DEADLINE, || async {
+        let l = nodes(&hub).await;
+        (l["beta"]["tasks"]["completed"] == 2).then_some(())
+    })
+    .await;
+    assert!(rows.contains(&want("alpha", "early-a")), "{rows:?}");
+    assert!(rows.contains(&want("alpha", "live-a")), "{rows:?}");
+    let text = hub.cli(&["ps", "--all-nodes"]).await.ok().stdout();
+    assert!(text.contains("NODE") && text.contains("early-b"), "{text}");
 
     // Killed: its key expires within three heartbeats, and the hub says so.
     alpha.kill9();

@@ -337,6 +337,51 @@ mod tests {
         );
     }
 
+    /// Takes remote events too.
+    struct Everything(tokio::sync::mpsc::UnboundedSender<Batch>);
+
+    impl Sink for Everything {
+        fn name(&self) -> &'static str {
+            "everything"
+        }
+
+        fn remote(&self) -> bool {
+            true
+        }
+
+        async fn run(self, mut queue: Queue) {
+            while let Some(batch) = queue.next().await {
+                let _ = self.0.send(batch);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_events_reach_only_the_sinks_that_take_them() {
+        let bus = Bus::new("hub".into(), &ObserverConfig::default());
+        let (local_tx, mut local) = tokio::sync::mpsc::unbounded_channel();
+        let (all_tx, mut all) = tokio::sync::mpsc::unbounded_channel();
+        bus.register(Collect(local_tx));
+        bus.register(Everything(all_tx));
+        let remote = Event::from_kind(kind(Level::Info, EventType::Start), 1.0, "gpu-01", "t", "r");
+        bus.publish_remote(remote);
+        bus.emit(kind(Level::Info, EventType::Stop), "t", "r");
+        bus.close(Duration::from_secs(60)).await;
+        let ids = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Batch>| {
+            let mut out = Vec::new();
+            while let Ok(b) = rx.try_recv() {
+                out.extend(b.events.iter().map(|s| (s.id, s.event.node.clone())));
+            }
+            out
+        };
+        assert_eq!(
+            ids(&mut all),
+            [(1, "gpu-01".to_string()), (2, "hub".to_string())]
+        );
+        // The publisher's kind of sink never sees the remote event: no loop through Redis.
+        assert_eq!(ids(&mut local), [(2, "hub".to_string())]);
+    }
+
     /// Never takes anything and never returns.
     struct Stuck;
 

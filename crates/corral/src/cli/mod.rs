@@ -72,8 +72,8 @@ pub enum Command {
     /// Follow a local file like `tail -F`: a task whose run is the file's lines.
     #[command(after_help = tail::AFTER_HELP)]
     Tail(tail::TailArgs),
-    /// List the tasks.
-    Ps(JsonArg),
+    /// List the tasks (on a hub, with --all-nodes, every node's).
+    Ps(PsArgs),
     /// List runs, newest first (of one task when NAME is given).
     Runs(RunsArgs),
     /// Show a task's recent records, then follow it live until the run ends.
@@ -200,6 +200,17 @@ pub struct JsonArg {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// On a hub: every node's tasks, from the nodes' registrations in Redis (as of their
+    /// last heartbeat).
+    #[arg(long)]
+    pub all_nodes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -361,6 +372,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Shutdown(a) => tasks::shutdown(&c, a).await,
         Command::Run(a) => tasks::run(&c, a).await,
         Command::Tail(a) => tail::tail(&c, a).await,
+        Command::Ps(a) if a.all_nodes => nodes::ps_all(&c, a.json).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,
         Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,

@@ -1,6 +1,7 @@
 //! `corral nodes`: the fleet as a hub reads it from Redis (`/api/v1/nodes`): each node,
 //! `up` while its registration lives and `gone` once it expired, its version, tasks by
-//! status and last heartbeat. Only a hub (`corral serve --hub`) answers.
+//! status and last heartbeat; and `corral ps --all-nodes`: every node's tasks from the
+//! same answer. Only a hub (`corral serve --hub`) answers.
 
 use super::table;
 use corral_client::wire::{NodeStatus, NodesAnswer};
@@ -21,6 +22,62 @@ pub async fn nodes(c: &Client, json: bool) -> anyhow::Result<i32> {
         print(&mut out, &answer, corral_daemon::util::unix_now())?;
     }
     Ok(0)
+}
+
+/// `corral ps --all-nodes`: one row per task of every node, as of the node's last
+/// heartbeat (a gone node's tasks as it last registered them, marked so).
+pub async fn ps_all(c: &Client, json: bool) -> anyhow::Result<i32> {
+    let answer = c.nodes().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let rows: Vec<serde_json::Value> = answer
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.record.task_list.iter().map(move |t| {
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    v["node"] = n.record.node.clone().into();
+                    v["node_status"] = n.status.as_str().into();
+                    v
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(0);
+    }
+    print_tasks(&mut out, &answer)?;
+    Ok(0)
+}
+
+fn print_tasks(out: &mut impl Write, a: &NodesAnswer) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = a
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            let node = match n.status {
+                NodeStatus::Up => clean(&n.record.node),
+                NodeStatus::Gone => format!("{} (gone)", clean(&n.record.node)),
+            };
+            n.record.task_list.iter().map(move |t| {
+                vec![
+                    node.clone(),
+                    clean(&t.name),
+                    t.status.to_string(),
+                    clean(t.kind.as_deref().unwrap_or("-")),
+                    table::opt(t.pid),
+                    t.restarts.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return writeln!(out, "no tasks on any node the hub knows");
+    }
+    table::print(
+        out,
+        &["NODE", "NAME", "STATUS", "KIND", "PID", "RESTARTS"],
+        &rows,
+    )
 }
 
 fn clean(t: &str) -> String {
@@ -123,6 +180,46 @@ mod tests {
         );
         assert!(
             lines[2].contains("gone") && !text.contains('\u{1b}'),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_nodes_tasks_with_gone_nodes_marked() {
+        use corral_client::wire::{NodeTask, TaskStatus};
+        let task = |name: &str, status| NodeTask {
+            name: name.into(),
+            status,
+            kind: Some("llama".into()),
+            pid: Some(7),
+            restarts: 1,
+        };
+        let node = |name: &str, status, tasks| NodeInfo {
+            status,
+            record: NodeRecord {
+                node: name.into(),
+                task_list: tasks,
+                ..Default::default()
+            },
+        };
+        let a = NodesAnswer {
+            nodes: vec![
+                node("a", NodeStatus::Up, vec![task("x", TaskStatus::Ready)]),
+                node("b", NodeStatus::Gone, vec![task("y", TaskStatus::Crashed)]),
+            ],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        print_tasks(&mut out, &a).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].starts_with("a ") && lines[1].contains("ready"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b (gone)") && lines[2].contains("crashed"),
             "{text}"
         );
     }
