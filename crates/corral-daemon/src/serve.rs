@@ -193,7 +193,7 @@ pub async fn serve_until(
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));
     let bound = listener.local_addr()?;
     // This node's registration, written every heartbeat while the publisher is on.
-    redis.register_node(crate::sinks::redis::Registration {
+    let registered = redis.register_node(crate::sinks::redis::Registration {
         node: opts.node.clone(),
         api: format!("http://{bound}"),
         interval: opts.node_heartbeat,
@@ -262,10 +262,12 @@ pub async fn serve_until(
     if leave_running {
         tracing::info!("shutting down, leaving every task running for the next daemon");
         sup.detach_all().await;
+        registered.abandon();
     } else {
         tracing::info!("shutting down: stopping every task");
         // Stopping the tasks ends their runs, which ends the log streams following them.
         sup.stop_all().await;
+        registered.leave().await;
     }
     let late = bus.close(SINK_FLUSH).await;
     if !late.is_empty() {

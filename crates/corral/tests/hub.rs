@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 
 const PREFIX: &str = "corral:fleet_test";
 /// The nodes' heartbeat in these tests: their keys live three of them.
@@ -74,6 +75,17 @@ impl Server {
             .ok()?;
         redis::cmd("PING").query::<String>(&mut c).ok()?;
         Some(c)
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        let mut c = self
+            .try_conn()
+            .expect("connecting to the test's redis-server");
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<u64>(&mut c)
+            .expect("EXISTS")
+            == 1
     }
 
     /// Every event in the stream, oldest first.
@@ -180,6 +192,10 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
     let server = Server::start();
     let mut alpha = node(&server, "alpha", &[]).await;
     let beta = node(&server, "beta", &[]).await;
+    wait_until("beta's registration", DEADLINE, || {
+        server.exists(&format!("{PREFIX}:nodes:beta"))
+    })
+    .await;
     // Before the hub starts: the hub must find these in the stream's history.
     let a1 = alpha
         .run_task("early-a", &[], &["sh", "-c", "echo a"])
@@ -202,7 +218,10 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
         .await;
     assert!(has(&evs, "alpha", "early-a", "start"), "{evs:?}");
 
-    // Live: published after the hub started.
+    // Live: published after the hub started, also to a follower of the hub's events.
+    let mut follower = hub.spawn_cli(&["events", "--follow", "--json"]);
+    let mut lines =
+        tokio::io::BufReader::new(follower.stdout.take().expect("the follower's stdout")).lines();
     let a2 = alpha
         .run_task("live-a", &[], &["sh", "-c", "echo a2"])
         .await;
@@ -214,8 +233,22 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
             has(e, "alpha", "live-a", "exit") && has(e, "beta", "live-b", "exit")
         })
         .await;
-    let remote: Vec<Value> = evs.iter().filter(|e| e["node"] != "hub").cloned().collect();
-    assert!(duplicates(&remote).is_empty(), "{:?}", duplicates(&remote));
+    let mut followed = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !(has(&followed, "alpha", "live-a", "exit")
+            && has(&followed, "beta", "live-b", "exit"))
+        {
+            let line = lines.next_line().await.expect("reading the follower");
+            let line = line.expect("corral events --follow ended early");
+            followed.push(serde_json::from_str::<Value>(&line).expect("an event line"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("corral events --follow on the hub: {followed:?}"));
+    drop(follower);
+    // Each once: history and live overlap, and the hub's own events come back through
+    // the channel; neither is shown twice.
+    assert!(duplicates(&evs).is_empty(), "{:?}", duplicates(&evs));
     // `corral events` prints the node of each event.
     let out = hub.cli(&["events", "--task", "live-b"]).await.ok().stdout();
     assert!(out.contains("beta"), "{out}");
@@ -325,6 +358,15 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
     )
     .await;
     drop(alpha);
+
+    // A daemon that stops removes its key at once (it would live up to three heartbeats).
+    let mut beta = beta;
+    assert_eq!(beta.terminate(), Some(0));
+    assert!(
+        !server.exists(&format!("{PREFIX}:nodes:beta")),
+        "beta's registration outlived its daemon"
+    );
+    wait_node_status(&hub, "beta", "gone").await;
 
     // The hub never republished what it read: the stream holds each event once, and
     // every event of the hub's own node is the hub's.

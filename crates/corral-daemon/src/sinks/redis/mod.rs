@@ -24,7 +24,7 @@ mod raw;
 mod sink;
 
 pub use encode::Channels;
-pub use node::Registration;
+pub use node::{Registered, Registration};
 pub use raw::{important, RawLine, RawWatcher, IMPORTANT_WORDS};
 pub use sink::{backoff, describe, RedisSink};
 pub(crate) use sink::{client, open, CONNECT_TIMEOUT};

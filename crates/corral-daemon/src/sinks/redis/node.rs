@@ -7,7 +7,9 @@
 //!
 //! The heartbeat is a timer the user configures (`--node-heartbeat`); it has its own
 //! connection, so a slow publisher never delays it and the reverse. Turning the
-//! publisher off removes the key at once (the node left on purpose).
+//! publisher off, or stopping the daemon, removes the key at once (the node left on
+//! purpose); a daemon stopped with its tasks left running for the next one leaves the
+//! key to expire.
 
 use super::{sink, Redis, RedisConfig};
 use corral_client::wire::{NodeRecord, NodeTask};
@@ -17,6 +19,8 @@ use std::time::Duration;
 
 /// The default heartbeat of the registration.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a stopping daemon tries to remove its registration.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A registration lives this many heartbeats unless it is written again.
 pub const TTL_HEARTBEATS: u32 = 3;
 
@@ -67,11 +71,60 @@ pub fn record(reg: &Registration, tasks: Vec<NodeTask>, now: f64) -> NodeRecord 
     }
 }
 
+/// The running registration; [`Registered::leave`] ends it.
+pub struct Registered {
+    redis: Redis,
+    node: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registered {
+    /// Stops the heartbeat and removes the key (trying for at most [`LEAVE_TIMEOUT`]),
+    /// so that a hub sees this node gone at once rather than after three heartbeats. A
+    /// failure is logged: the key then expires by itself.
+    pub async fn leave(self) {
+        self.task.abort();
+        let cfg = self.redis.config();
+        if !cfg.enabled {
+            return;
+        }
+        let del = async {
+            let mut c = sink::open(&cfg).await?;
+            redis::cmd("DEL")
+                .arg(key(&cfg.channel_prefix, &self.node))
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| sink::describe(&e, cfg.is_tls()))
+        };
+        let done = tokio::time::timeout(LEAVE_TIMEOUT, del)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()));
+        if let Err(e) = done {
+            tracing::warn!(
+                server = %cfg.server(),
+                "could not remove this node's registration from Redis: {e}; it expires by itself"
+            );
+        }
+    }
+
+    /// Stops the heartbeat and leaves the key to expire (the next daemon of this node,
+    /// started within three heartbeats, takes it over with no `gone` in between).
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+}
+
 impl Redis {
-    /// Starts the registration heartbeat (a task of its own, for the daemon's life).
-    pub fn register_node(&self, reg: Registration) -> tokio::task::JoinHandle<()> {
+    /// Starts the registration heartbeat (a task of its own, until [`Registered::leave`]).
+    pub fn register_node(&self, reg: Registration) -> Registered {
         let redis = self.clone();
-        tokio::spawn(async move { redis.heartbeat(reg).await })
+        let node = reg.node.clone();
+        let task = tokio::spawn(async move { redis.heartbeat(reg).await });
+        Registered {
+            redis: self.clone(),
+            node,
+            task,
+        }
     }
 
     async fn heartbeat(&self, reg: Registration) {
