@@ -36,27 +36,44 @@ impl Server {
     fn start() -> Server {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
+        let child = Server::spawn(port, dir.path());
+        let mut s = Server { port, child, dir };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::fs::File::create(dir.path().join("redis.log")).unwrap())
+            .arg(dir)
+            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}); install it: apt-get install redis-server")
-            });
-        let mut s = Server { port, child, dir };
+            })
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Server::spawn(self.port, self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(Some(st)) = s.child.try_wait() {
+            if let Ok(Some(st)) = self.child.try_wait() {
                 let log =
-                    std::fs::read_to_string(s.dir.path().join("redis.log")).unwrap_or_default();
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 panic!("redis-server ended ({st}): {log}");
             }
-            if s.try_conn().is_some() {
-                break;
+            if self.try_conn().is_some() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -64,8 +81,6 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
-        s.port = port;
-        s
     }
 
     fn try_conn(&self) -> Option<redis::Connection> {
@@ -413,4 +428,50 @@ async fn a_hub_without_redis_says_so_and_a_plain_daemon_is_not_a_hub() {
     let out = plain.cli(&["nodes"]).await;
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("not a hub"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_hub_reads_on_after_redis_restarts() {
+    let mut server = Server::start();
+    let alpha = node(&server, "alpha", &[]).await;
+    let hub = node(&server, "hub", &["--hub"]).await;
+    let r = alpha.run_task("before", &[], &["sh", "-c", "echo 1"]).await;
+    alpha.wait_run_end(&r).await;
+    hub.wait_events("task=before", "alpha's event before the restart", |e| {
+        has(e, "alpha", "before", "exit")
+    })
+    .await;
+
+    // A new, empty server on the same port: the hub reconnects and subscribes again, and
+    // the node registers again at its next heartbeat.
+    server.restart();
+    wait_until("alpha's registration in the new server", DEADLINE, || {
+        server.exists(&format!("{PREFIX}:nodes:alpha"))
+    })
+    .await;
+    // The publisher finds out that its connection broke when a publish fails, and drops
+    // what it could not send meanwhile: run the task until one run's events arrive.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = alpha.run_task("after", &[], &["sh", "-c", "echo 2"]).await;
+        alpha.wait_run_end(&r).await;
+        let got = tokio::time::timeout(HEARTBEAT * 2, async {
+            hub.wait_events("task=after", "alpha's event after the restart", |e| {
+                has(e, "alpha", "after", "exit")
+            })
+            .await
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub shows no event of alpha after Redis restarted: {:?}",
+            hub.cli(&["nodes", "--json"]).await.stdout()
+        );
+    }
+    wait_node_status(&hub, "alpha", "up").await;
+    let evs = hub.events("").await;
+    assert!(duplicates(&evs).is_empty(), "{:?}", duplicates(&evs));
 }
