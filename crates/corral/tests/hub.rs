@@ -264,9 +264,18 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
     // Each once: history and live overlap, and the hub's own events come back through
     // the channel; neither is shown twice.
     assert!(duplicates(&evs).is_empty(), "{:?}", duplicates(&evs));
-    // `corral events` prints the node of each event.
+    // `corral events` prints the node of each event, and `--node` picks one node's.
     let out = hub.cli(&["events", "--task", "live-b"]).await.ok().stdout();
     assert!(out.contains("beta"), "{out}");
+    let only = hub
+        .cli(&["events", "--node", "beta", "--json"])
+        .await
+        .ok()
+        .ndjson();
+    assert!(
+        !only.is_empty() && only.iter().all(|e| e["node"] == "beta"),
+        "{only:?}"
+    );
 
     // Every node registered, with its version, API address and tasks by status.
     for n in ["alpha", "beta", "hub"] {

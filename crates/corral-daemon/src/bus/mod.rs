@@ -155,7 +155,10 @@ impl Bus {
         if s.closed {
             return false;
         }
-        *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+        // `corral_events_total` counts this node's events: what its publisher is handed.
+        if !remote {
+            *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+        }
         let mut kept = true;
         if Sampler::is_high_volume(event.level, event.event_type) {
             let (on, rate) = (s.sampling, s.sample_rate);
@@ -233,6 +236,8 @@ pub struct Filter {
     pub min_level: Option<Level>,
     pub task: Option<String>,
     pub event_type: Option<EventType>,
+    /// Only events of this node (on a hub, whose timeline holds the fleet's).
+    pub node: Option<String>,
 }
 
 impl Filter {
@@ -241,6 +246,7 @@ impl Filter {
             && self.min_level.is_none_or(|l| e.level >= l)
             && self.task.as_deref().is_none_or(|t| t == e.task)
             && self.event_type.is_none_or(|t| t == e.event_type)
+            && self.node.as_deref().is_none_or(|n| n == e.node)
     }
 }
 
@@ -380,6 +386,7 @@ mod tests {
         );
         // The publisher's kind of sink never sees the remote event: no loop through Redis.
         assert_eq!(ids(&mut local), [(2, "hub".to_string())]);
+        assert_eq!(bus.stats().by_type.values().sum::<u64>(), 1);
     }
 
     /// Never takes anything and never returns.

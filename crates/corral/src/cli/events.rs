@@ -44,6 +44,7 @@ fn path(a: &EventsArgs) -> String {
         ("component", &a.component),
         ("level", &a.level),
         ("task", &a.task),
+        ("node", &a.node),
     ] {
         if let Some(v) = v {
             path.push_str(&format!("&{k}={}", enc(v)));
