@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timeline::Seen;
 
+/// How often the subscription's connection is checked, and how long its PING may take.
+const LIVENESS: Duration = Duration::from_secs(15);
+
 #[derive(Default)]
 struct Conn {
     /// Whether each loop (timeline, registrations) is connected now.
@@ -188,8 +191,10 @@ impl Hub {
                 Ok(Err(e)) => return publisher::describe(&e, tls),
                 Err(_) => return "no answer in time while connecting".into(),
             };
-        if let Err(e) = pubsub.subscribe(&ch.logs).await {
-            return publisher::describe(&e, tls);
+        match tokio::time::timeout(publisher::CONNECT_TIMEOUT, pubsub.subscribe(&ch.logs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return publisher::describe(&e, tls),
+            Err(_) => return format!("no answer in time to SUBSCRIBE {}", ch.logs),
         }
         // Subscribed: what is published from now on waits in the subscription while
         // the history is read.
@@ -226,11 +231,26 @@ impl Hub {
         for payload in history.iter().rev() {
             self.take(bus, seen, payload);
         }
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            self.take(bus, seen, msg.get_payload_bytes());
+        // A subscription only receives: a connection that died quietly (a host gone, a
+        // cut network) would look idle for ever, so it is asked for a PING now and then.
+        let (mut sink, mut messages) = pubsub.split();
+        let mut liveness = tokio::time::interval(LIVENESS);
+        liveness.tick().await;
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => self.take(bus, seen, msg.get_payload_bytes()),
+                    None => return "the connection to Redis was closed".into(),
+                },
+                _ = liveness.tick() => {
+                    match tokio::time::timeout(LIVENESS, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return publisher::describe(&e, tls),
+                        Err(_) => return "no answer to PING in time on the subscription".into(),
+                    }
+                }
+            }
         }
-        "the connection to Redis was closed".into()
     }
 
     fn take(&self, bus: &Bus, seen: &mut Seen, payload: &[u8]) {
