@@ -195,7 +195,7 @@ pub async fn serve_until(
     // This node's registration, written every heartbeat while the publisher is on.
     let registered = redis.register_node(crate::sinks::redis::Registration {
         node: opts.node.clone(),
-        api: format!("http://{bound}"),
+        api: api_address(bound, &opts.node),
         interval: opts.node_heartbeat,
         tasks: Arc::new({
             let sup = Arc::downgrade(&sup);
@@ -290,6 +290,16 @@ pub async fn serve_until(
     }
 }
 
+/// The API address other machines are told: the listen address, or with the node's name
+/// in place of an address that means every interface (`0.0.0.0`, `::`).
+fn api_address(bound: SocketAddr, node: &str) -> String {
+    if bound.ip().is_unspecified() {
+        format!("http://{node}:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    }
+}
+
 /// A task as this node's registration lists it.
 fn node_task(t: corral_client::wire::TaskInfo) -> corral_client::wire::NodeTask {
     corral_client::wire::NodeTask {
@@ -310,4 +320,24 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> 
     listener
         .local_addr()
         .context("reading the listener's address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registered_api_address_names_the_node_for_every_interface() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            api_address(a("127.0.0.1:7070"), "n"),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            api_address(a("0.0.0.0:7070"), "gpu-01"),
+            "http://gpu-01:7070"
+        );
+        assert_eq!(api_address(a("[::]:7070"), "gpu-01"), "http://gpu-01:7070");
+        assert_eq!(api_address(a("[::1]:7070"), "n"), "http://[::1]:7070");
+    }
 }

@@ -108,3 +108,36 @@ fn ignore_hangup() -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["corral", "serve"];
+        argv.extend(extra);
+        match crate::cli::Cli::parse_from(argv).cmd {
+            crate::cli::Command::Serve(a) => a,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn node_names_and_heartbeats_are_checked() {
+        assert_eq!(node_name(&args(&["--node", "gpu-01"])).unwrap(), "gpu-01");
+        for bad in ["", "two words", "tab\there"] {
+            let e = node_name(&args(&["--node", bad])).unwrap_err().to_string();
+            assert!(e.contains("--node"), "{e}");
+        }
+        assert_eq!(heartbeat("1s").unwrap(), std::time::Duration::from_secs(1));
+        assert!(heartbeat("50ms")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 100ms"));
+        assert!(heartbeat("soon")
+            .unwrap_err()
+            .to_string()
+            .contains("--node-heartbeat"));
+    }
+}

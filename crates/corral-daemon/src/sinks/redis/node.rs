@@ -83,7 +83,9 @@ impl Registered {
     /// so that a hub sees this node gone at once rather than after three heartbeats. A
     /// failure is logged: the key then expires by itself.
     pub async fn leave(self) {
+        // Ended before the key is removed, so that no write of its own comes after.
         self.task.abort();
+        let _ = self.task.await;
         let cfg = self.redis.config();
         if !cfg.enabled {
             return;
