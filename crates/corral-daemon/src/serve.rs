@@ -237,10 +237,14 @@ pub async fn serve_until(
     });
     let (down, shutdown) = api::stream::Shutdown::new();
     let gpus = crate::gpu::Gpus::shared();
+    let mut metrics = api::metrics::registry(&sup, &events, &redis, &gpus);
+    if let Some(hub) = &hub {
+        hub.register_metrics(&mut metrics);
+    }
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus: bus.clone(),
-        metrics: Arc::new(api::metrics::registry(&sup, &events, &redis, &gpus)),
+        metrics: Arc::new(metrics),
         gpus,
         events,
         redis,

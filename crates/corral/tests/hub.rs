@@ -342,6 +342,19 @@ async fn a_hub_shows_the_fleets_events_and_nodes_and_sees_a_killed_node_go_and_c
         "alpha took {took:?} to be seen gone"
     );
     assert_eq!(nodes(&hub).await["beta"]["status"], "up");
+    let m = hub.metrics().await;
+    for line in [
+        "corral_hub_nodes{status=\"gone\"} 1",
+        "corral_hub_nodes{status=\"up\"} 2",
+        "corral_hub_connected 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no `{line}` in\n{m}");
+    }
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("corral_hub_events_received_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
     let gone = hub
         .wait_events(
             "component=system&type=status",

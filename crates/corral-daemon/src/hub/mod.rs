@@ -18,7 +18,7 @@ pub mod timeline;
 
 use crate::bus::Bus;
 use crate::sinks::redis::{self as publisher, Channels, RedisConfig};
-use corral_client::wire::{NodeRecord, NodesAnswer};
+use corral_client::wire::{NodeRecord, NodeStatus, NodesAnswer};
 use corral_core::event::{Component, EventKind, EventType, Level};
 use fleet::{Change, Fleet};
 use futures_util::StreamExt;
@@ -299,6 +299,49 @@ impl Hub {
             }
             tokio::time::sleep(interval).await;
         }
+    }
+}
+
+impl Hub {
+    /// Adds the hub's series to `/metrics`: `corral_hub_nodes{status}`,
+    /// `corral_hub_events_received_total`, `corral_hub_connected`.
+    pub fn register_metrics(&self, r: &mut crate::metrics::Registry) {
+        r.register_collector(Box::new(HubSeries(self.clone())));
+    }
+}
+
+/// The hub's counters, read at scrape time.
+struct HubSeries(Hub);
+
+impl std::fmt::Debug for HubSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubSeries")
+    }
+}
+
+impl crate::metrics::Collector for HubSeries {
+    fn encode(&self, mut enc: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{counter, gauge, NO_LABELS};
+        let a = self.0.nodes();
+        let count = |st: NodeStatus| a.nodes.iter().filter(|n| n.status == st).count() as i64;
+        gauge(
+            &mut enc,
+            "corral_hub_nodes",
+            "Nodes the hub has seen, by status (up: registration live; gone: expired).",
+            [NodeStatus::Up, NodeStatus::Gone].map(|st| ([("status", st.as_str())], count(st))),
+        )?;
+        counter(
+            &mut enc,
+            "corral_hub_events_received",
+            "Events of other nodes the hub took onto its timeline.",
+            [(NO_LABELS, a.events_received)],
+        )?;
+        gauge(
+            &mut enc,
+            "corral_hub_connected",
+            "1 while the hub reads the fleet from Redis.",
+            [(NO_LABELS, i64::from(a.connected))],
+        )
     }
 }
 
