@@ -496,4 +496,15 @@ async fn a_hub_reads_on_after_redis_restarts() {
     wait_node_status(&hub, "alpha", "up").await;
     let evs = hub.events("").await;
     assert!(duplicates(&evs).is_empty(), "{:?}", duplicates(&evs));
+
+    // Turning the publisher off leaves the fleet at once (the key would live up to three
+    // heartbeats); on again, it registers again.
+    alpha.cli(&["redis", "off"]).await.ok();
+    wait_until("alpha's key removed", HEARTBEAT, || {
+        !server.exists(&format!("{PREFIX}:nodes:alpha"))
+    })
+    .await;
+    wait_node_status(&hub, "alpha", "gone").await;
+    alpha.cli(&["redis", "on"]).await.ok();
+    wait_node_status(&hub, "alpha", "up").await;
 }

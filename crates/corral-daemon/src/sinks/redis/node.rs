@@ -190,19 +190,37 @@ impl Redis {
                     if r.is_err() {
                         return;
                     }
-                    // New settings: leave under the old ones (the node was turned off, or
-                    // moves to another server or prefix), then register afresh.
+                    // New settings: leave under the old ones when the node was turned
+                    // off or moves to another server or prefix, then register afresh; a
+                    // change of anything else (raw lines, stream length) keeps the key.
+                    let new = rx.borrow().clone();
                     if let Some((mut c, old)) = conn.take() {
-                        let _ = redis::cmd("DEL")
-                            .arg(key(&old.channel_prefix, &reg.node))
-                            .query_async::<()>(&mut c)
-                            .await;
+                        if new.enabled && same_place(&old, &new) {
+                            conn = Some((c, old));
+                        } else {
+                            let _ = redis::cmd("DEL")
+                                .arg(key(&old.channel_prefix, &reg.node))
+                                .query_async::<()>(&mut c)
+                                .await;
+                            failing = false;
+                        }
                     }
-                    failing = false;
                 }
             }
         }
     }
+}
+
+/// Whether two settings name the same key on the same server, as the same user.
+fn same_place(a: &RedisConfig, b: &RedisConfig) -> bool {
+    a.url == b.url
+        && a.host == b.host
+        && a.port == b.port
+        && a.db == b.db
+        && a.username == b.username
+        && a.password == b.password
+        && a.tls_ca == b.tls_ca
+        && a.channel_prefix == b.channel_prefix
 }
 
 #[cfg(test)]
@@ -243,6 +261,32 @@ mod tests {
         );
         assert_eq!((r.last_seen, r.heartbeat_s), (5.0, 10.0));
         assert_eq!(r.task_list.len(), 3);
+    }
+
+    #[test]
+    fn only_a_change_of_server_or_prefix_moves_the_key() {
+        let a = RedisConfig::default();
+        let raw = RedisConfig {
+            stream_maxlen: 5,
+            ..a.clone()
+        };
+        assert!(same_place(&a, &raw));
+        for b in [
+            RedisConfig {
+                channel_prefix: "x".into(),
+                ..a.clone()
+            },
+            RedisConfig {
+                port: 7000,
+                ..a.clone()
+            },
+            RedisConfig {
+                url: Some("redis://h:1/0".into()),
+                ..a.clone()
+            },
+        ] {
+            assert!(!same_place(&a, &b), "{b:?}");
+        }
     }
 
     #[test]
