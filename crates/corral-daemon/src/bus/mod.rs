@@ -60,10 +60,11 @@ pub struct Stored {
 
 struct State {
     next_id: u64,
-    /// One sampler per (task, event type, details.kind), so that a chatty stream (a
-    /// heartbeat every second, live `n_gen` progress) cannot thin another one (a
-    /// server's request metrics) out of the store.
-    samplers: HashMap<(String, EventType, String), Sampler>,
+    /// One sampler per (node, task, event type, details.kind), so that a chatty stream
+    /// (a heartbeat every second, live `n_gen` progress) cannot thin another one (a
+    /// server's request metrics, or on a hub another node's task of the same name) out
+    /// of the store.
+    samplers: HashMap<(String, String, EventType, String), Sampler>,
     sampling: bool,
     sample_rate: f64,
     sampled_out: u64,
@@ -165,6 +166,7 @@ impl Bus {
             kept = s
                 .samplers
                 .entry((
+                    event.node.clone(),
                     event.task.clone(),
                     event.event_type,
                     corral_core::event::shape(&event.details).to_string(),
