@@ -30,6 +30,13 @@ use timeline::Seen;
 /// How often the subscription's connection is checked, and how long its PING may take.
 const LIVENESS: Duration = Duration::from_secs(15);
 
+/// The hub's two loops, each with its own connection.
+#[derive(Clone, Copy)]
+enum Loop {
+    Timeline,
+    Nodes,
+}
+
 #[derive(Default)]
 struct Conn {
     /// Whether each loop (timeline, registrations) is connected now.
@@ -124,13 +131,12 @@ impl Hub {
 
     /// Records a loop's state; logs an outage once (when the hub was connected, or at
     /// the first failure), and the way back.
-    fn set_state(&self, which: &str, result: Result<(), String>) {
+    fn set_state(&self, which: Loop, result: Result<(), String>) {
         let mut conn = self.conn();
         let was = conn.timeline && conn.nodes;
-        let flag = if which == "timeline" {
-            &mut conn.timeline
-        } else {
-            &mut conn.nodes
+        let flag = match which {
+            Loop::Timeline => &mut conn.timeline,
+            Loop::Nodes => &mut conn.nodes,
         };
         let before = *flag;
         match result {
@@ -164,7 +170,7 @@ impl Hub {
         loop {
             tokio::time::sleep(publisher::backoff(failures)).await;
             let e = self.follow_once(&cfg, &bus, &mut seen, &mut failures).await;
-            self.set_state("timeline", Err(e));
+            self.set_state(Loop::Timeline, Err(e));
             failures = failures.saturating_add(1);
         }
     }
@@ -225,7 +231,7 @@ impl Hub {
             }
         };
         drop(conn);
-        self.set_state("timeline", Ok(()));
+        self.set_state(Loop::Timeline, Ok(()));
         *failures = 0;
         // XREVRANGE is newest first: put them on the timeline oldest first.
         for payload in history.iter().rev() {
@@ -279,20 +285,20 @@ impl Hub {
             if conn.is_none() {
                 match publisher::open(&cfg).await {
                     Ok(c) => conn = Some(c),
-                    Err(e) => self.set_state("nodes", Err(e)),
+                    Err(e) => self.set_state(Loop::Nodes, Err(e)),
                 }
             }
             if let Some(c) = conn.as_mut() {
                 match scan(c, &cfg).await {
                     Ok(found) => {
-                        self.set_state("nodes", Ok(()));
+                        self.set_state(Loop::Nodes, Ok(()));
                         let changes = self.fleet().observe(found);
                         for ch in changes {
                             announce(&bus, ch);
                         }
                     }
                     Err(e) => {
-                        self.set_state("nodes", Err(publisher::describe(&e, cfg.is_tls())));
+                        self.set_state(Loop::Nodes, Err(publisher::describe(&e, cfg.is_tls())));
                         conn = None;
                     }
                 }
