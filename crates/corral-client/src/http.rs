@@ -180,6 +180,11 @@ impl Client {
         self.get("/gpu").await
     }
 
+    /// `GET /api/v1/nodes`: the fleet as a hub reads it (a hub only).
+    pub async fn nodes(&self) -> Result<crate::wire::NodesAnswer, ClientError> {
+        self.get("/nodes").await
+    }
+
     /// `GET /api/v1/publishers/redis`.
     pub async fn redis_status(&self) -> Result<crate::wire::RedisStatus, ClientError> {
         self.get("/publishers/redis").await

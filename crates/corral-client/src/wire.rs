@@ -773,3 +773,82 @@ pub struct GpuProcess {
     #[serde(default)]
     pub run_id: Option<String>,
 }
+
+/// A task as a node's registration lists it (enough for a fleet-wide `ps`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeTask {
+    pub name: String,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// The value of a node's registration key `{prefix}:nodes:{node}` (JSON), written by its
+/// Redis publisher every heartbeat with a TTL of three heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeRecord {
+    pub node: String,
+    /// corral's version on the node.
+    pub version: String,
+    /// The node's API address (`http://HOST:PORT`).
+    pub api: String,
+    /// How many tasks the node has in each status.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, u64>,
+    /// The node's tasks, sorted by name.
+    #[serde(default)]
+    pub task_list: Vec<NodeTask>,
+    /// When the node last wrote the key (Unix seconds, the node's clock).
+    pub last_seen: f64,
+    /// The node's heartbeat interval in seconds (the key lives three of them).
+    #[serde(default)]
+    pub heartbeat_s: f64,
+}
+
+/// Whether a node's registration is live.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Its key exists: it refreshed it within three heartbeats.
+    Up,
+    /// The hub saw it before, and its key expired (or was removed).
+    Gone,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Gone => "gone",
+        }
+    }
+}
+
+/// One node as a hub shows it: its last registration and whether it is still live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub status: NodeStatus,
+    #[serde(flatten)]
+    pub record: NodeRecord,
+}
+
+/// `GET /api/v1/nodes` (a hub only): the fleet as the hub reads it from Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodesAnswer {
+    /// Whether the hub is connected to Redis now.
+    pub connected: bool,
+    /// `host:port` of the Redis server (never a credential).
+    pub server: String,
+    /// Why the hub is not connected, when it is not.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Every node seen since the hub started, sorted by name.
+    pub nodes: Vec<NodeInfo>,
+    /// Remote events the hub took onto its timeline.
+    #[serde(default)]
+    pub events_received: u64,
+}

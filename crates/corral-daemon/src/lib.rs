@@ -3,7 +3,8 @@
 //! - the engine and storage: [`supervisor`] (one actor per task), [`sources`] (where a
 //!   run's bytes come from), [`logbook`] (ingest, ring, followers), [`registry`] (SQLite),
 //!   [`bus`] (events to sinks), [`sinks`] (the observer store, the live stream), [`gpu`]
-//!   (the GPUs, through NVML loaded at run time);
+//!   (the GPUs, through NVML loaded at run time), [`hub`] (the fleet read from Redis,
+//!   on a hub);
 //! - [`kinds`]: what a task is (llama-server, rpc-server), plugged into the supervisor
 //!   through [`supervisor::kind::TaskKind`];
 //! - [`api`]: HTTP, SSE, WebSocket and `/metrics`;
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod gpu;
 pub mod holder;
 pub mod home;
+pub mod hub;
 pub mod kinds;
 pub mod logbook;
 pub mod metrics;

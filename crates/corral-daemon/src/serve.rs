@@ -50,6 +50,12 @@ pub struct ServeOpts {
     pub redis: crate::sinks::redis::RedisConfig,
     /// Alert rules from the config file (`[[alerts]]`); none: nothing is ever sent.
     pub alerts: Vec<crate::sinks::alerts::Rule>,
+    /// How often this node writes its registration in Redis while the publisher is on
+    /// (`--node-heartbeat`); the key lives three of them. A hub scans the registrations
+    /// as often.
+    pub node_heartbeat: Duration,
+    /// Also read the fleet from Redis (`--hub`): the nodes' events and registrations.
+    pub hub: bool,
 }
 
 pub use crate::home::default_home;
@@ -185,6 +191,34 @@ pub async fn serve_until(
     }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));
+    let bound = listener.local_addr()?;
+    // This node's registration, written every heartbeat while the publisher is on.
+    let registered = redis.register_node(crate::sinks::redis::Registration {
+        node: opts.node.clone(),
+        api: api_address(bound, &opts.node),
+        interval: opts.node_heartbeat,
+        tasks: Arc::new({
+            let sup = Arc::downgrade(&sup);
+            move || {
+                sup.upgrade()
+                    .map(|s| s.list().into_iter().map(node_task).collect())
+                    .unwrap_or_default()
+            }
+        }),
+    });
+    let hub = if opts.hub {
+        let hub = crate::hub::Hub::start(redis.config(), bus.clone(), opts.node_heartbeat)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "corral serve --hub reads the fleet from Redis with the publisher's \
+                     settings, and they are not usable: {e}"
+                )
+            })?;
+        tracing::info!(server = %redis.config().server(), "hub: reading the fleet from Redis");
+        Some(hub)
+    } else {
+        None
+    };
     let lost = sup.recover()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     if !lost.is_empty() {
@@ -196,7 +230,6 @@ pub async fn serve_until(
     for run_id in &lost {
         crate::sinks::diagnostics::collect_lost(&sup, run_id);
     }
-    let bound = listener.local_addr()?;
     for kind in sup.kinds.all() {
         kind.start(&sup);
     }
@@ -207,10 +240,14 @@ pub async fn serve_until(
     });
     let (down, shutdown) = api::stream::Shutdown::new();
     let gpus = crate::gpu::Gpus::shared();
+    let mut metrics = api::metrics::registry(&sup, &events, &redis, &gpus);
+    if let Some(hub) = &hub {
+        hub.register_metrics(&mut metrics);
+    }
     let state = Arc::new(AppState {
         sup: sup.clone(),
         bus: bus.clone(),
-        metrics: Arc::new(api::metrics::registry(&sup, &events, &redis, &gpus)),
+        metrics: Arc::new(metrics),
         gpus,
         events,
         redis,
@@ -220,6 +257,7 @@ pub async fn serve_until(
         started_at: crate::util::unix_now(),
         llama,
         stop: stop_tx,
+        hub: hub.clone(),
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));
@@ -231,10 +269,12 @@ pub async fn serve_until(
     if leave_running {
         tracing::info!("shutting down, leaving every task running for the next daemon");
         sup.detach_all().await;
+        registered.abandon();
     } else {
         tracing::info!("shutting down: stopping every task");
         // Stopping the tasks ends their runs, which ends the log streams following them.
         sup.stop_all().await;
+        registered.leave().await;
     }
     let late = bus.close(SINK_FLUSH).await;
     if !late.is_empty() {
@@ -242,6 +282,9 @@ pub async fn serve_until(
             "shutting down without waiting longer for the event sinks {}",
             late.join(", ")
         );
+    }
+    if let Some(hub) = &hub {
+        hub.stop();
     }
     let _ = down.send(true);
     match tokio::time::timeout(STREAMS_END, &mut server).await {
@@ -254,6 +297,27 @@ pub async fn serve_until(
     }
 }
 
+/// The API address other machines are told: the listen address, or with the node's name
+/// in place of an address that means every interface (`0.0.0.0`, `::`).
+fn api_address(bound: SocketAddr, node: &str) -> String {
+    if bound.ip().is_unspecified() {
+        format!("http://{node}:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    }
+}
+
+/// A task as this node's registration lists it.
+fn node_task(t: corral_client::wire::TaskInfo) -> corral_client::wire::NodeTask {
+    corral_client::wire::NodeTask {
+        name: t.name,
+        status: t.status,
+        kind: t.kind,
+        pid: t.pid,
+        restarts: t.restarts,
+    }
+}
+
 fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     r.context("the API server failed")?
         .context("serving the API")
@@ -263,4 +327,24 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> 
     listener
         .local_addr()
         .context("reading the listener's address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registered_api_address_names_the_node_for_every_interface() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            api_address(a("127.0.0.1:7070"), "n"),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            api_address(a("0.0.0.0:7070"), "gpu-01"),
+            "http://gpu-01:7070"
+        );
+        assert_eq!(api_address(a("[::]:7070"), "gpu-01"), "http://gpu-01:7070");
+        assert_eq!(api_address(a("[::1]:7070"), "n"), "http://[::1]:7070");
+    }
 }

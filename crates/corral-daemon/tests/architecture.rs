@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 
 /// The engine and storage: they never import the API, a task kind, or the wiring.
-const ENGINE: [&str; 10] = [
+const ENGINE: [&str; 11] = [
     "supervisor",
     "sources",
     "logbook",
@@ -19,6 +19,7 @@ const ENGINE: [&str; 10] = [
     "clock",
     "util",
     "gpu",
+    "hub",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

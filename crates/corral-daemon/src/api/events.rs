@@ -23,6 +23,7 @@ pub struct EventQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     follow: Option<bool>,
+    node: Option<String>,
 }
 
 fn filter(q: &EventQuery) -> Result<Filter, ApiError> {
@@ -40,6 +41,7 @@ fn filter(q: &EventQuery) -> Result<Filter, ApiError> {
             .transpose()
             .map_err(ApiError::bad_request)?,
         task: q.task.clone(),
+        node: q.node.clone(),
         event_type: q
             .event_type
             .as_deref()

@@ -15,6 +15,7 @@ mod gpu;
 mod llama;
 mod logs;
 pub mod metrics;
+mod nodes;
 mod publishers;
 pub mod stream;
 mod tasks;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub gpus: Arc<crate::gpu::Gpus>,
     /// Asks the daemon to stop (`POST /shutdown`).
     pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
+    /// The fleet, on a hub (`serve --hub`), for `/nodes`.
+    pub hub: Option<crate::hub::Hub>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -95,6 +98,7 @@ pub fn router(state: Shared) -> Router {
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
         .route("/gpu", get(gpu::gpu))
+        .route("/nodes", get(nodes::nodes))
         .route(
             "/publishers/redis",
             get(publishers::redis_status).put(publishers::redis_update),

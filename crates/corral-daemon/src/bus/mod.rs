@@ -7,10 +7,14 @@
 //! - publishing never waits for a sink: a full queue drops its oldest event and counts
 //!   it, per sink (`corral_sink_events_dropped_total`), and no other sink notices;
 //! - ids are dense and increase in publishing order, and every queue holds its events in
-//!   id order, so a sink (or a viewer behind one) that lost some sees the gap by id;
+//!   id order, so a sink (or a viewer behind one) that lost some sees the gap by id (the
+//!   store and the live stream get every id; a sink that takes no remote events sees
+//!   their ids as gaps, and none of those reads ids);
 //! - sampling only marks events ([`Stored::kept`]): it thins what history sinks keep,
 //!   never what a sink receives. Only high-volume info events are sampled away, and they
 //!   are counted;
+//! - events of other nodes (a hub's, [`Bus::publish_remote`]) go only to the sinks that
+//!   take them ([`Sink::remote`]): the store and the live stream, never the publisher;
 //! - after [`Bus::close`] nothing more is queued; each sink gets what was queued before,
 //!   then the end of its queue, and the close waits (bounded) for them to flush.
 
@@ -56,10 +60,11 @@ pub struct Stored {
 
 struct State {
     next_id: u64,
-    /// One sampler per (task, event type, details.kind), so that a chatty stream (a
-    /// heartbeat every second, live `n_gen` progress) cannot thin another one (a
-    /// server's request metrics) out of the store.
-    samplers: HashMap<(String, EventType, String), Sampler>,
+    /// One sampler per (node, task, event type, details.kind), so that a chatty stream
+    /// (a heartbeat every second, live `n_gen` progress) cannot thin another one (a
+    /// server's request metrics, or on a hub another node's task of the same name) out
+    /// of the store.
+    samplers: HashMap<(String, String, EventType, String), Sampler>,
     sampling: bool,
     sample_rate: f64,
     sampled_out: u64,
@@ -108,7 +113,7 @@ impl Bus {
     /// Gives a sink its queue and starts it in a task of its own (on the current tokio
     /// runtime). It receives every event published from now on.
     pub fn register<S: Sink>(&self, sink: S) {
-        let shared = sink::Shared::new(sink.name(), sink.capacity());
+        let shared = sink::Shared::new(sink.name(), sink.capacity(), sink.remote());
         {
             let mut s = self.lock();
             if s.closed {
@@ -135,17 +140,33 @@ impl Bus {
     /// Returns whether history keeps it. Never waits for a sink; after [`Bus::close`] it
     /// drops the event.
     pub fn publish(&self, event: Event) -> bool {
+        self.publish_to(event, false)
+    }
+
+    /// Publishes an event of another node, as a hub read it from Redis (its `node`,
+    /// timestamp and run kept): numbered and sampled like any event, but handed only to
+    /// the sinks that take remote events ([`Sink::remote`]), so that it reaches the
+    /// store and the live stream and never this node's publisher (no loop through Redis).
+    pub fn publish_remote(&self, event: Event) -> bool {
+        self.publish_to(event, true)
+    }
+
+    fn publish_to(&self, event: Event, remote: bool) -> bool {
         let mut s = self.lock();
         if s.closed {
             return false;
         }
-        *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+        // `corral_events_total` counts this node's events: what its publisher is handed.
+        if !remote {
+            *s.by_type.entry(event.event_type.as_str()).or_default() += 1;
+        }
         let mut kept = true;
         if Sampler::is_high_volume(event.level, event.event_type) {
             let (on, rate) = (s.sampling, s.sample_rate);
             kept = s
                 .samplers
                 .entry((
+                    event.node.clone(),
                     event.task.clone(),
                     event.event_type,
                     corral_core::event::shape(&event.details).to_string(),
@@ -165,7 +186,7 @@ impl Bus {
         };
         // Queued under the bus lock, so that every queue is in id order. A push only
         // takes the queue's own lock for a moment: no sink can hold this up.
-        for q in &s.sinks {
+        for q in s.sinks.iter().filter(|q| !remote || q.remote) {
             q.push(stored.clone());
         }
         kept
@@ -217,6 +238,8 @@ pub struct Filter {
     pub min_level: Option<Level>,
     pub task: Option<String>,
     pub event_type: Option<EventType>,
+    /// Only events of this node (on a hub, whose timeline holds the fleet's).
+    pub node: Option<String>,
 }
 
 impl Filter {
@@ -225,6 +248,7 @@ impl Filter {
             && self.min_level.is_none_or(|l| e.level >= l)
             && self.task.as_deref().is_none_or(|t| t == e.task)
             && self.event_type.is_none_or(|t| t == e.event_type)
+            && self.node.as_deref().is_none_or(|n| n == e.node)
     }
 }
 
@@ -319,6 +343,52 @@ mod tests {
             rx.recv().await.is_none(),
             "the sink returned and dropped its sender"
         );
+    }
+
+    /// Takes remote events too.
+    struct Everything(tokio::sync::mpsc::UnboundedSender<Batch>);
+
+    impl Sink for Everything {
+        fn name(&self) -> &'static str {
+            "everything"
+        }
+
+        fn remote(&self) -> bool {
+            true
+        }
+
+        async fn run(self, mut queue: Queue) {
+            while let Some(batch) = queue.next().await {
+                let _ = self.0.send(batch);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_events_reach_only_the_sinks_that_take_them() {
+        let bus = Bus::new("hub".into(), &ObserverConfig::default());
+        let (local_tx, mut local) = tokio::sync::mpsc::unbounded_channel();
+        let (all_tx, mut all) = tokio::sync::mpsc::unbounded_channel();
+        bus.register(Collect(local_tx));
+        bus.register(Everything(all_tx));
+        let remote = Event::from_kind(kind(Level::Info, EventType::Start), 1.0, "gpu-01", "t", "r");
+        bus.publish_remote(remote);
+        bus.emit(kind(Level::Info, EventType::Stop), "t", "r");
+        bus.close(Duration::from_secs(60)).await;
+        let ids = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Batch>| {
+            let mut out = Vec::new();
+            while let Ok(b) = rx.try_recv() {
+                out.extend(b.events.iter().map(|s| (s.id, s.event.node.clone())));
+            }
+            out
+        };
+        assert_eq!(
+            ids(&mut all),
+            [(1, "gpu-01".to_string()), (2, "hub".to_string())]
+        );
+        // The publisher's kind of sink never sees the remote event: no loop through Redis.
+        assert_eq!(ids(&mut local), [(2, "hub".to_string())]);
+        assert_eq!(bus.stats().by_type.values().sum::<u64>(), 1);
     }
 
     /// Never takes anything and never returns.

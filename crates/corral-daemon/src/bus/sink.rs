@@ -34,6 +34,14 @@ pub trait Sink: Send + 'static {
         DEFAULT_CAPACITY
     }
 
+    /// Whether it also takes events of other nodes that a hub reads from Redis
+    /// ([`Bus::publish_remote`](super::Bus::publish_remote)): the observer store and the
+    /// live stream do, to show the fleet's timeline; sinks that act for this node (Redis,
+    /// alerts, diagnostics, a kind's state) do not, so a hub never republishes them.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// Consumes the queue until it ends; see the trait's documentation.
     fn run(self, queue: Queue) -> impl Future<Output = ()> + Send;
 }
@@ -70,6 +78,8 @@ struct Pending {
 pub(crate) struct Shared {
     name: &'static str,
     capacity: usize,
+    /// Whether it takes remote events ([`Sink::remote`]).
+    pub(crate) remote: bool,
     pending: Mutex<Pending>,
     ready: Notify,
     delivered: AtomicU64,
@@ -77,10 +87,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(name: &'static str, capacity: usize) -> Arc<Shared> {
+    pub(crate) fn new(name: &'static str, capacity: usize, remote: bool) -> Arc<Shared> {
         Arc::new(Shared {
             name,
             capacity: capacity.max(1),
+            remote,
             pending: Mutex::new(Pending {
                 events: VecDeque::new(),
                 dropped: 0,

@@ -131,6 +131,11 @@ impl Subscription {
 }
 
 impl Sink for LiveSink {
+    /// History shows the fleet's events on a hub.
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "live"
     }

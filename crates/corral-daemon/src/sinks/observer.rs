@@ -107,6 +107,11 @@ impl Drop for Finished {
 }
 
 impl Sink for ObserverSink {
+    /// History shows the fleet's events on a hub.
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "observer"
     }

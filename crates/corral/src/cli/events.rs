@@ -44,6 +44,7 @@ fn path(a: &EventsArgs) -> String {
         ("component", &a.component),
         ("level", &a.level),
         ("task", &a.task),
+        ("node", &a.node),
     ] {
         if let Some(v) = v {
             path.push_str(&format!("&{k}={}", enc(v)));
@@ -60,7 +61,8 @@ fn raw(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
     out.write_all(b"\n")
 }
 
-/// `TIME LEVEL component/type task: message`.
+/// `TIME LEVEL node component/type task: message` (the node: on a hub, events of the
+/// whole fleet are shown together).
 fn print(out: &mut impl Write, rec: &EventRecord, strip: bool) -> std::io::Result<()> {
     let e = &rec.event;
     let msg = if strip {
@@ -70,9 +72,10 @@ fn print(out: &mut impl Write, rec: &EventRecord, strip: bool) -> std::io::Resul
     };
     writeln!(
         out,
-        "{} {:<8} {}/{} {}: {msg}",
+        "{} {:<8} {} {}/{} {}: {msg}",
         table::time(e.timestamp),
         e.level.as_str(),
+        corral_core::term::sanitize(&e.node),
         e.component,
         e.event_type,
         corral_core::term::sanitize(&e.task),

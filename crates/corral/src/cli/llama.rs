@@ -131,6 +131,9 @@ pub struct EventsArgs {
     /// Only events of this task.
     #[arg(long)]
     pub task: Option<String>,
+    /// Only events of this node (on a hub, which shows the whole fleet's).
+    #[arg(long)]
+    pub node: Option<String>,
     /// Only events after this id.
     #[arg(long)]
     pub since: Option<u64>,

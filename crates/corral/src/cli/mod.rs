@@ -1,6 +1,6 @@
 //! The command line: argument parsing and dispatch. Every command but `serve` and `demo`
 //! is a thin client of the daemon's HTTP API, one file per command group: `tasks` (run,
-//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`, `gpu`; `serve` wires the
+//! ps, runs, stop, restart, rm), `tail`, `logs`, `monitor`, `events`, `llama`, `gpu`, `nodes`; `serve` wires the
 //! daemon. Every listing has `--json`.
 //!
 //! Output: client commands print results on stdout and their errors as `corral: …` on
@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod llama;
 pub mod logs;
 pub mod monitor;
+pub mod nodes;
 pub mod redis;
 pub mod serve;
 pub mod service;
@@ -71,8 +72,8 @@ pub enum Command {
     /// Follow a local file like `tail -F`: a task whose run is the file's lines.
     #[command(after_help = tail::AFTER_HELP)]
     Tail(tail::TailArgs),
-    /// List the tasks.
-    Ps(JsonArg),
+    /// List the tasks (on a hub, with --all-nodes, every node's).
+    Ps(PsArgs),
     /// List runs, newest first (of one task when NAME is given).
     Runs(RunsArgs),
     /// Show a task's recent records, then follow it live until the run ends.
@@ -99,6 +100,9 @@ pub enum Command {
     /// Turn the Redis publisher on or off, or show its status.
     #[command(subcommand)]
     Redis(redis::RedisCommand),
+    /// On a hub: the fleet's nodes, up or gone, with their tasks by status.
+    #[command(after_help = nodes::AFTER_HELP)]
+    Nodes(JsonArg),
     /// Show the GPUs, their processes and the tasks and runs those belong to.
     #[command(after_help = gpu::AFTER_HELP)]
     Gpu(JsonArg),
@@ -150,6 +154,23 @@ pub struct ServeArgs {
     /// (redis_logging_enabled, redis_host, …); flags and environment override it.
     #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// This machine's name in the fleet: the `node` of every event and of its Redis
+    /// registration [default: the hostname].
+    #[arg(long, env = "CORRAL_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+    /// How often this node refreshes its registration in Redis while the publisher is
+    /// on (the key lives three of them); a hub scans the registrations as often.
+    #[arg(
+        long,
+        env = "CORRAL_NODE_HEARTBEAT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub node_heartbeat: String,
+    /// Also be the fleet's hub: read every node's events and registrations from Redis
+    /// (the publisher's settings), for `corral events` and `corral nodes`.
+    #[arg(long)]
+    pub hub: bool,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]
@@ -179,6 +200,17 @@ pub struct JsonArg {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// On a hub: every node's tasks, from the nodes' registrations in Redis (as of their
+    /// last heartbeat).
+    #[arg(long)]
+    pub all_nodes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -340,6 +372,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Shutdown(a) => tasks::shutdown(&c, a).await,
         Command::Run(a) => tasks::run(&c, a).await,
         Command::Tail(a) => tail::tail(&c, a).await,
+        Command::Ps(a) if a.all_nodes => nodes::ps_all(&c, a.json).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,
         Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,
@@ -353,6 +386,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Diag(a) => diag::diag(&c, a).await,
         Command::Alerts(a) => alerts::alerts(&c, a).await,
         Command::Gpu(a) => gpu::gpu(&c, a.json).await,
+        Command::Nodes(a) => nodes::nodes(&c, a.json).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),
         Command::SimRpcServer(a) => crate::demo::sim::rpc_server(a).await.map(|_| 0),

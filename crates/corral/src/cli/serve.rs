@@ -34,13 +34,42 @@ pub fn serve_opts(
             ..Default::default()
         },
         observer: config::observer_config()?,
-        node: corral_daemon::serve::node_name(),
+        node: node_name(a)?,
         llama: a.llama.config()?,
         redis: a.redis.config(&file.redis, |k| std::env::var(k).ok())?,
         alerts: file.alerts,
+        node_heartbeat: heartbeat(&a.node_heartbeat)?,
+        hub: a.hub,
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })
+}
+
+/// `--node` / `CORRAL_NODE`, else the hostname. It names a Redis key and is shown on
+/// every event, so it must be printable and have no spaces.
+fn node_name(a: &ServeArgs) -> anyhow::Result<String> {
+    let Some(n) = a.node.as_deref() else {
+        return Ok(corral_daemon::serve::node_name());
+    };
+    if n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "--node (CORRAL_NODE) `{}` is not a usable node name: give 1 to 253 printable \
+             characters without spaces, e.g. gpu-01",
+            corral_core::term::sanitize(n)
+        );
+    }
+    Ok(n.to_string())
+}
+
+/// `--node-heartbeat` / `CORRAL_NODE_HEARTBEAT`: at least 100 ms.
+fn heartbeat(s: &str) -> anyhow::Result<std::time::Duration> {
+    let d = corral_core::duration::parse_duration(s).map_err(|e| {
+        anyhow::anyhow!("--node-heartbeat (CORRAL_NODE_HEARTBEAT) `{s}`: {e}; e.g. 10s or 500ms")
+    })?;
+    if d < std::time::Duration::from_millis(100) {
+        anyhow::bail!("--node-heartbeat (CORRAL_NODE_HEARTBEAT) must be at least 100ms, not {s}");
+    }
+    Ok(d)
 }
 
 pub async fn serve(a: ServeArgs, token: Option<String>) -> anyhow::Result<i32> {
@@ -78,4 +107,37 @@ fn ignore_hangup() -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["corral", "serve"];
+        argv.extend(extra);
+        match crate::cli::Cli::parse_from(argv).cmd {
+            crate::cli::Command::Serve(a) => a,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn node_names_and_heartbeats_are_checked() {
+        assert_eq!(node_name(&args(&["--node", "gpu-01"])).unwrap(), "gpu-01");
+        for bad in ["", "two words", "tab\there"] {
+            let e = node_name(&args(&["--node", bad])).unwrap_err().to_string();
+            assert!(e.contains("--node"), "{e}");
+        }
+        assert_eq!(heartbeat("1s").unwrap(), std::time::Duration::from_secs(1));
+        assert!(heartbeat("50ms")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 100ms"));
+        assert!(heartbeat("soon")
+            .unwrap_err()
+            .to_string()
+            .contains("--node-heartbeat"));
+    }
 }

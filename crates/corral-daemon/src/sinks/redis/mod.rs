@@ -9,7 +9,9 @@
 //! - `sink`: the [`Sink`](crate::bus::Sink) that connects, reconnects and publishes;
 //! - `encode`: the channels of an event, its JSON, the pipeline of a batch;
 //! - `raw`: the runs' lines for `{prefix}:raw`: which are important, the rate cap, and
-//!   the [`RawWatcher`] the supervisor calls for every run.
+//!   the [`RawWatcher`] the supervisor calls for every run;
+//! - `node`: this node's registration (`{prefix}:nodes:{node}`, a TTL of three
+//!   heartbeats), which a hub (`crate::hub`) reads.
 //!
 //! Invariants: with the publisher off nothing connects; publishing never blocks the bus
 //! (the sink's own bounded queue); every event taken while on is counted once as
@@ -17,12 +19,15 @@
 //! line, the status, an event or an error message.
 
 mod encode;
+pub mod node;
 mod raw;
 mod sink;
 
 pub use encode::Channels;
+pub use node::{Registered, Registration};
 pub use raw::{important, RawLine, RawWatcher, IMPORTANT_WORDS};
-pub use sink::RedisSink;
+pub use sink::{backoff, describe, RedisSink};
+pub(crate) use sink::{client, open, CONNECT_TIMEOUT};
 
 pub use corral_client::wire::RawLines;
 use corral_client::wire::{RedisStatus, RedisUpdate};

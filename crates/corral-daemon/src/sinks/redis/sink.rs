@@ -29,7 +29,7 @@ pub const FIRST_GAP: Duration = Duration::from_secs(1);
 /// The longest wait between two tries to reconnect.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long connecting, and any one reply, may take before it counts as a failure.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events per pipeline: a long backlog goes as several, so that no reply waits too long.
 const PIPELINE_EVENTS: usize = 1000;
@@ -402,14 +402,12 @@ impl RedisSink {
     }
 }
 
-/// Connects and checks the connection with a `PING` (which also proves the credentials).
-/// A `rediss://` URL is TLS or nothing: a failed handshake is an error, never a reason
-/// to try plaintext.
-async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, String> {
+/// A client for the settings (not yet connected). A `rediss://` URL is TLS or nothing:
+/// a failed handshake is an error, never a reason to try plaintext.
+pub(crate) fn client(cfg: &RedisConfig) -> Result<redis::Client, String> {
     let info = cfg.connection_info()?;
     let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
-    let describe = |e: redis::RedisError| describe(&e, tls);
-    let client = match (&cfg.tls_ca, tls) {
+    match (&cfg.tls_ca, tls) {
         (Some(path), true) => {
             let pem = std::fs::read(path).map_err(|e| {
                 format!(
@@ -430,10 +428,16 @@ async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, St
                         .map(str::to_string)
                         .unwrap_or_else(|| e.to_string())
                 )
-            })?
+            })
         }
-        _ => redis::Client::open(info).map_err(describe)?,
-    };
+        _ => redis::Client::open(info).map_err(|e| describe(&e, tls)),
+    }
+}
+
+/// Connects and checks the connection with a `PING` (which also proves the credentials).
+pub(crate) async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = client(cfg)?;
+    let describe = |e: redis::RedisError| describe(&e, cfg.is_tls());
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT);
