@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::Shared;
-use crate::sinks::alerts::RuleStats;
+use crate::sinks::alerts::{RuleStats, TestError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -16,19 +16,13 @@ pub async fn test(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<RuleStats>, ApiError> {
-    if !st.alerts.stats().iter().any(|r| r.name == name) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_rule",
-            st.alerts.test(&name).await.err().unwrap_or_default(),
-        ));
-    }
-    st.alerts.test(&name).await.map(Json).map_err(|e| {
+    st.alerts.test(&name).await.map(Json).map_err(|e| match e {
+        TestError::UnknownRule(m) => ApiError::new(StatusCode::NOT_FOUND, "unknown_rule", m),
         // The daemon is fine; the destination is not.
-        ApiError::new(
+        TestError::NotDelivered(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "delivery_failed",
             format!("the test message of rule `{name}` was not delivered: {e}"),
-        )
+        ),
     })
 }

@@ -106,5 +106,20 @@ fn trim() {
     // The logs are dropped here, outside the list's lock (a last reference ends a run's
     // log, which takes it off the list).
     drop(logs);
-    crate::util::give_back_memory();
+    // Trimming runs on the thread that published, which may be capture's: the allocator
+    // is asked to give memory back at most every few seconds, not on every trim of a
+    // busy daemon.
+    let now = crate::clock::now_millis();
+    let last = LAST_GIVE_BACK.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= GIVE_BACK_EVERY_MS
+        && LAST_GIVE_BACK
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        crate::util::give_back_memory();
+    }
 }
+
+/// When the allocator was last asked to give memory back after a trim (ms since the epoch).
+static LAST_GIVE_BACK: AtomicU64 = AtomicU64::new(0);
+const GIVE_BACK_EVERY_MS: u64 = 5000;

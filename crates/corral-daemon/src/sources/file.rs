@@ -70,7 +70,16 @@ pub struct Identity {
 }
 
 /// What a read says when the file's first bytes changed under it.
-const REWRITTEN: &str = "the file was rewritten while it was read";
+#[derive(Debug)]
+struct Rewritten;
+
+impl std::fmt::Display for Rewritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the file was rewritten while it was read")
+    }
+}
+
+impl std::error::Error for Rewritten {}
 
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -735,7 +744,7 @@ impl Follower {
                     // and this read, the bytes read may be the new content's: checked
                     // after the read, so that they are never taken for the old one's.
                     if n > 0 && fingerprint(file, ident.fp_len)? != Some(ident.fp) {
-                        return Err(std::io::Error::other(REWRITTEN));
+                        return Err(std::io::Error::other(Rewritten));
                     }
                     Ok(n)
                 })
@@ -744,7 +753,7 @@ impl Follower {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // The next look follows the truncation.
-                Err(e) if e.to_string() == REWRITTEN => {
+                Err(e) if e.get_ref().is_some_and(|i| i.is::<Rewritten>()) => {
                     self.rewritten = true;
                     return Ok(());
                 }

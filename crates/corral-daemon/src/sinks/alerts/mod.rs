@@ -182,6 +182,15 @@ impl CompiledRule {
 /// A rule's counters, for `corral alerts` and `/metrics`.
 pub use corral_client::wire::AlertRuleStatus as RuleStats;
 
+/// Why a test message was not sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestError {
+    /// There is no such rule; the message names the rules there are.
+    UnknownRule(String),
+    /// The destination did not take it.
+    NotDelivered(String),
+}
+
 /// The rules and their counters, shared by the sink and the API.
 #[derive(Clone, Default)]
 pub struct Alerts {
@@ -266,19 +275,19 @@ impl Alerts {
     }
 
     /// Sends a test message through rule `name`; the error says why it could not.
-    pub async fn test(&self, name: &str) -> Result<RuleStats, String> {
+    pub async fn test(&self, name: &str) -> Result<RuleStats, TestError> {
         let (i, rule) = {
             let inner = self.lock();
             let Some(i) = inner.rules.iter().position(|r| r.rule.name == name) else {
                 let known: Vec<&str> = inner.rules.iter().map(|r| r.rule.name.as_str()).collect();
-                return Err(if known.is_empty() {
+                return Err(TestError::UnknownRule(if known.is_empty() {
                     format!("no alert rule `{name}`: this daemon has no rules (add [[alerts]] to its config file)")
                 } else {
                     format!(
                         "no alert rule `{name}`; this daemon's rules: {}",
                         known.join(", ")
                     )
-                });
+                }));
             };
             (i, inner.rules[i].rule.clone())
         };
@@ -299,6 +308,7 @@ impl Alerts {
         let r = send(&self.http, &rule, &msg).await;
         self.delivered(i, &r);
         r.map(|()| self.lock().stats[i].clone())
+            .map_err(TestError::NotDelivered)
     }
 
     fn delivered(&self, i: usize, r: &Result<(), String>) {
