@@ -107,19 +107,21 @@ fn trim() {
     // log, which takes it off the list).
     drop(logs);
     // Trimming runs on the thread that published, which may be capture's: the allocator
-    // is asked to give memory back at most every few seconds, not on every trim of a
-    // busy daemon.
-    let now = crate::clock::now_millis();
-    let last = LAST_GIVE_BACK.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= GIVE_BACK_EVERY_MS
-        && LAST_GIVE_BACK
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        crate::util::give_back_memory();
+    // is asked to give the memory back on a blocking thread of the runtime, one request
+    // at a time (requests made meanwhile are covered by the one in flight).
+    if !GIVING_BACK.swap(true, Ordering::AcqRel) {
+        let give_back = || {
+            GIVING_BACK.store(false, Ordering::Release);
+            crate::util::give_back_memory();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(give_back);
+            }
+            Err(_) => give_back(),
+        }
     }
 }
 
-/// When the allocator was last asked to give memory back after a trim (ms since the epoch).
-static LAST_GIVE_BACK: AtomicU64 = AtomicU64::new(0);
-const GIVE_BACK_EVERY_MS: u64 = 5000;
+/// Whether a request to give memory back is in flight.
+static GIVING_BACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
