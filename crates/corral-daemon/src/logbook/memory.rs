@@ -9,6 +9,9 @@
 //! that needs it reads it (see `follow`): the files are the source of truth, memory only
 //! a window.
 //!
+//! The run that published last always keeps its newest batch, so the rings together
+//! hold at most the budget plus that one batch.
+//!
 //! A batch is charged what the block cache charges it: its raw bytes and room for the
 //! two encodings followers may ask of it.
 //!
@@ -74,13 +77,17 @@ pub(super) fn unregister(id: u64) {
     RINGS.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
 }
 
-/// A run published: its tick, and a trim when the rings are over budget.
+/// A run published: its tick (to be stored as the run's `published` before
+/// [`trim_if_over`] orders the runs by it).
 pub(super) fn published() -> u64 {
-    let tick = TICK.fetch_add(1, Ordering::Relaxed);
+    TICK.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Trims when the rings are over budget.
+pub(super) fn trim_if_over() {
     if held() > BUDGET.load(Ordering::Relaxed) {
         trim();
     }
-    tick
 }
 
 /// Lets go of the oldest batches of the least recently published runs until the rings
@@ -97,11 +104,16 @@ fn trim() {
         .filter_map(Weak::upgrade)
         .collect();
     logs.sort_by_key(|l| l.published.load(Ordering::Relaxed));
-    for log in &logs {
+    let newest = logs.len().saturating_sub(1);
+    for (i, log) in logs.iter().enumerate() {
         if held() <= target {
             break;
         }
-        log.trim_ring(|| held() > target);
+        // The run that published last keeps its newest batch, whatever its size: the
+        // rings never all go empty while runs print (one batch can be most of a small
+        // budget when a busy run's output arrives in one read).
+        let keep = usize::from(i == newest);
+        log.trim_ring(keep, || held() > target);
     }
     // The logs are dropped here, outside the list's lock (a last reference ends a run's
     // log, which takes it off the list).

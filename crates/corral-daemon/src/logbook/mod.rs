@@ -463,6 +463,7 @@ impl RunLog {
         self.seq_tx.send_replace(last);
         self.published
             .store(memory::published(), std::sync::atomic::Ordering::Relaxed);
+        memory::trim_if_over();
         crate::metrics::RECORDS.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         crate::metrics::BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
@@ -477,11 +478,11 @@ impl RunLog {
         }
     }
 
-    /// Lets go of the ring's oldest batches while `more` says so (the ring budget is
-    /// exceeded); followers read what they need of them from the files.
-    fn trim_ring(&self, more: impl Fn() -> bool) {
+    /// Lets go of the ring's oldest batches, all but `keep`, while `more` says so (the
+    /// ring budget is exceeded); followers read what they need of them from the files.
+    fn trim_ring(&self, keep: usize, more: impl Fn() -> bool) {
         let mut s = self.lock();
-        while !s.ring.is_empty() && more() {
+        while s.ring.len() > keep && more() {
             Self::pop_front(&mut s);
         }
     }
