@@ -243,6 +243,25 @@ impl Client {
     }
 }
 
+/// The API path of a task: `/tasks/NAME`, or for `NODE/NAME` (a task on another node,
+/// through a hub) `/nodes/NODE/tasks/NAME`. Task names never hold a `/`.
+pub fn task_path(name: &str) -> String {
+    match name.split_once('/') {
+        Some((node, task)) => format!("/nodes/{}/tasks/{}", enc(node), enc(task)),
+        None => format!("/tasks/{}", enc(name)),
+    }
+}
+
+/// The API path of runs (`/runs?`, then query parameters), for a task name as
+/// [`task_path`] takes it: `NODE/NAME` asks the hub for that node's runs.
+pub fn runs_path(name: Option<&str>) -> String {
+    match name.map(|n| (n, n.split_once('/'))) {
+        Some((_, Some((node, task)))) => format!("/nodes/{}/runs?task={}&", enc(node), enc(task)),
+        Some((n, None)) => format!("/runs?task={}&", enc(n)),
+        None => "/runs?".to_string(),
+    }
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn enc(s: &str) -> String {
     let mut out = String::new();

@@ -4,10 +4,11 @@
 //! **Architecture invariant:** nothing here knows the daemon's internals; the wire types
 //! are the JSON contract, shared by the daemon's handlers and every client.
 
+pub mod grpc;
 pub mod http;
 pub mod wire;
 
-pub use http::{enc, load_token, Client, ClientError};
+pub use http::{enc, load_token, runs_path, task_path, Client, ClientError};
 
 use std::path::PathBuf;
 

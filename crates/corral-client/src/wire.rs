@@ -796,6 +796,10 @@ pub struct NodeRecord {
     pub version: String,
     /// The node's API address (`http://HOST:PORT`).
     pub api: String,
+    /// The node's gRPC address (the API's port: gRPC and HTTP share it); empty from a
+    /// node older than the gRPC API.
+    #[serde(default)]
+    pub grpc: String,
     /// How many tasks the node has in each status.
     #[serde(default)]
     pub tasks: BTreeMap<String, u64>,

@@ -36,6 +36,9 @@ pub struct ServeOpts {
     pub token: Option<String>,
     /// Serve the API with no token at all (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// The fleet's shared token (`--fleet-token-file`): this daemon accepts it besides its
+    /// own, and as a hub sends it to the nodes' gRPC APIs to follow and drive their tasks.
+    pub fleet_token: Option<String>,
     /// Names besides the listen address that clients may use in `Host` (`--allow-host`).
     pub allow_hosts: Vec<String>,
     pub log: LogConfig,
@@ -207,13 +210,18 @@ pub async fn serve_until(
         }),
     });
     let hub = if opts.hub {
-        let hub = crate::hub::Hub::start(redis.config(), bus.clone(), opts.node_heartbeat)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "corral serve --hub reads the fleet from Redis with the publisher's \
+        let hub = crate::hub::Hub::start(
+            redis.config(),
+            bus.clone(),
+            opts.node_heartbeat,
+            opts.fleet_token.as_deref(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "corral serve --hub reads the fleet from Redis with the publisher's \
                      settings, and they are not usable: {e}"
-                )
-            })?;
+            )
+        })?;
         tracing::info!(server = %redis.config().server(), "hub: reading the fleet from Redis");
         Some(hub)
     } else {

@@ -40,6 +40,7 @@ async fn shutdown_ends_open_streams_and_returns_promptly_after_the_tasks_stop() 
         home: tmp.path().join("home"),
         token: Some("shutdown-test-token".into()),
         insecure_no_auth: false,
+        fleet_token: None,
         allow_hosts: Vec::new(),
         log: LogConfig::default(),
         observer: ObserverConfig::default(),

@@ -28,6 +28,8 @@ pub const LOGIN_LINK_TTL: Duration = Duration::from_secs(120);
 pub struct Auth {
     /// `None` under `--insecure-no-auth`.
     token: Option<String>,
+    /// The fleet's shared token, accepted besides `token` (`--fleet-token-file`).
+    fleet_token: Option<String>,
     bound: SocketAddr,
     allow_hosts: Vec<String>,
     sessions: Mutex<HashSet<String>>,
@@ -50,6 +52,7 @@ impl Auth {
         };
         Ok(Auth {
             token,
+            fleet_token: opts.fleet_token.clone(),
             bound,
             allow_hosts: opts
                 .allow_hosts
@@ -103,8 +106,10 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if let Some(token) = &self.token {
-            let by_token =
-                bearer.is_some_and(|g| super::constant_time_eq(g.as_bytes(), token.as_bytes()));
+            let matches = |t: &str| {
+                bearer.is_some_and(|g| super::constant_time_eq(g.as_bytes(), t.as_bytes()))
+            };
+            let by_token = matches(token) || self.fleet_token.as_deref().is_some_and(matches);
             if !by_token && !self.has_session(headers) {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,

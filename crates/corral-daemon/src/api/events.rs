@@ -16,17 +16,17 @@ use serde_json::Value;
 
 #[derive(Deserialize, Default)]
 pub struct EventQuery {
-    since: Option<u64>,
-    component: Option<String>,
-    level: Option<String>,
-    task: Option<String>,
+    pub(super) since: Option<u64>,
+    pub(super) component: Option<String>,
+    pub(super) level: Option<String>,
+    pub(super) task: Option<String>,
     #[serde(rename = "type")]
-    event_type: Option<String>,
-    follow: Option<bool>,
-    node: Option<String>,
+    pub(super) event_type: Option<String>,
+    pub(super) follow: Option<bool>,
+    pub(super) node: Option<String>,
 }
 
-fn filter(q: &EventQuery) -> Result<Filter, ApiError> {
+pub(super) fn filter(q: &EventQuery) -> Result<Filter, ApiError> {
     Ok(Filter {
         component: q
             .component

@@ -58,12 +58,14 @@ fn open(st: &Shared, name: &str, q: &LogQuery) -> Result<Arc<RunLog>, ApiError> 
     Ok(log)
 }
 
-fn start_seq(log: &RunLog, q: &LogQuery, last_event_id: Option<u64>) -> u64 {
-    if let Some(id) = last_event_id.or(q.since) {
+/// Where a stream starts: after `since` (the last seq the client has), else `tail`
+/// records (default 1000) before the end.
+pub(super) fn start_seq(log: &RunLog, since: Option<u64>, tail: Option<u64>) -> u64 {
+    if let Some(id) = since {
         return id.saturating_add(1);
     }
     let last = log.stats().last_seq;
-    let tail = q.tail.unwrap_or(DEFAULT_TAIL);
+    let tail = tail.unwrap_or(DEFAULT_TAIL);
     (last + 1).saturating_sub(tail).max(1)
 }
 
@@ -100,7 +102,7 @@ pub async fn task_logs(
     let framing = Framing::of(&headers);
     let last_event_id = stream::last_event_id(&headers)?;
     let log = open(&st, &name, &q)?;
-    let start = start_seq(&log, &q, last_event_id);
+    let start = start_seq(&log, last_event_id.or(q.since), q.tail);
     let fmt = match framing {
         Framing::Sse => Format::Sse,
         Framing::Ndjson => Format::Ndjson,
@@ -133,7 +135,7 @@ pub async fn task_logs_ws(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let log = open(&st, &name, &q)?;
-    let start = start_seq(&log, &q, None);
+    let start = start_seq(&log, q.since, q.tail);
     let follow = q.follow.unwrap_or(true);
     let follower = Follower::new(log, start, Format::Ndjson, follow);
     let shutdown = st.shutdown.clone();

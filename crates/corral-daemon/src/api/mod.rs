@@ -12,6 +12,7 @@ mod diagnostics;
 mod error;
 mod events;
 mod gpu;
+pub mod grpc;
 mod llama;
 mod logs;
 pub mod metrics;
@@ -99,6 +100,11 @@ pub fn router(state: Shared) -> Router {
         .route("/backends", get(llama::backends))
         .route("/gpu", get(gpu::gpu))
         .route("/nodes", get(nodes::nodes))
+        .route("/nodes/{node}/tasks", get(nodes::tasks))
+        .route("/nodes/{node}/runs", get(nodes::runs))
+        .route("/nodes/{node}/tasks/{name}/logs", get(nodes::logs))
+        .route("/nodes/{node}/tasks/{name}/stop", post(nodes::stop))
+        .route("/nodes/{node}/tasks/{name}/restart", post(nodes::restart))
         .route(
             "/publishers/redis",
             get(publishers::redis_status).put(publishers::redis_update),
@@ -109,10 +115,11 @@ pub fn router(state: Shared) -> Router {
         .nest("/api/v1", api)
         .route("/login/{code}", get(login))
         .route("/metrics", get(metrics::handler))
+        .route_service(grpc::PATH, grpc::service(state.clone()))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
 }
 
 async fn health(State(st): State<Shared>) -> Json<corral_client::wire::Health> {
@@ -149,7 +156,17 @@ async fn not_found() -> ApiError {
 }
 
 /// Who may ask (see [`auth`]) and the body-size check, before any handler runs.
-async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
+async fn guard(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
+    // HTTP/2 (gRPC) names the host in `:authority`, not in a `Host` header.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     let checked = if req.uri().path().starts_with("/login/") {
         // The one-time code in the path is the credential.
         st.auth.check_host_and_origin(req.headers())
@@ -157,6 +174,9 @@ async fn guard(State(st): State<Shared>, req: Request, next: Next) -> Response {
         st.auth.check(req.method(), req.headers())
     };
     if let Err(e) = checked {
+        if grpc::is_grpc(req.headers()) {
+            return grpc::status(e).into_http();
+        }
         return e.into_response();
     }
     let declared = req

@@ -86,14 +86,24 @@ pub async fn runs(
     State(st): State<Shared>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Vec<RunInfo>>, ApiError> {
+    Ok(Json(list_runs(&st, q.task.as_deref(), q.limit)?))
+}
+
+/// The newest `limit` runs (default 1000), of one task or all, with running runs' live
+/// counters.
+pub(super) fn list_runs(
+    st: &Shared,
+    task: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<RunInfo>, ApiError> {
     let rows = st
         .sup
         .registry
-        .runs(q.task.as_deref(), q.limit.unwrap_or(1000))
+        .runs(task, limit.unwrap_or(1000))
         .map_err(SupError::from)?;
-    if let Some(task) = &q.task {
+    if let Some(task) = task {
         if rows.is_empty() && st.sup.get(task).is_err() {
-            return Err(SupError::UnknownTask(task.clone()).into());
+            return Err(SupError::UnknownTask(task.to_string()).into());
         }
     }
     let live = st.sup.live_stats();
@@ -103,7 +113,7 @@ pub async fn runs(
             overlay_live(r, s);
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 pub async fn run(

@@ -54,6 +54,10 @@ impl Fleet {
         changes
     }
 
+    pub fn get(&self, node: &str) -> Option<&NodeInfo> {
+        self.nodes.get(node)
+    }
+
     /// Every node, sorted by name.
     pub fn list(&self) -> Vec<NodeInfo> {
         self.nodes.values().cloned().collect()

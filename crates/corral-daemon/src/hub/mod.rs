@@ -14,6 +14,7 @@
 //! the log; they never stop the daemon.
 
 pub mod fleet;
+pub mod remote;
 pub mod timeline;
 
 use crate::bus::Bus;
@@ -52,6 +53,7 @@ struct Inner {
     received: AtomicU64,
     malformed: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    remote: remote::Remote,
 }
 
 /// The hub's handle. Cheap to clone.
@@ -65,7 +67,14 @@ impl Hub {
     /// `enabled` does not matter: that is this node's publisher). `interval` is the node
     /// heartbeat; the registrations are scanned twice per heartbeat. An unusable setting
     /// is an error; an unreachable server is retried in the background.
-    pub fn start(cfg: RedisConfig, bus: Arc<Bus>, interval: Duration) -> Result<Hub, String> {
+    ///
+    /// With the fleet token the hub also reaches the nodes' gRPC APIs ([`Hub::client`]).
+    pub fn start(
+        cfg: RedisConfig,
+        bus: Arc<Bus>,
+        interval: Duration,
+        fleet_token: Option<&str>,
+    ) -> Result<Hub, String> {
         cfg.validate()?;
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -75,6 +84,7 @@ impl Hub {
                 received: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
                 tasks: Mutex::new(Vec::new()),
+                remote: remote::Remote::new(fleet_token),
             }),
         };
         // Two scans a heartbeat: a node's key expires three heartbeats after its last
@@ -115,6 +125,17 @@ impl Hub {
 
     fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
         self.inner.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A gRPC client of `node`'s API, to follow and drive its tasks. A node that is
+    /// gone is still tried (it may be back before its next registration).
+    pub fn client(&self, node: &str) -> Result<remote::NodeClient, remote::RemoteError> {
+        let addr = self
+            .fleet()
+            .get(node)
+            .map(|n| n.record.grpc.clone())
+            .ok_or_else(|| remote::RemoteError::UnknownNode(node.to_string()))?;
+        self.inner.remote.client(node, &addr)
     }
 
     /// The fleet, for `GET /api/v1/nodes`.

@@ -39,7 +39,10 @@ async fn run_id(c: &Client, a: &LogsArgs) -> anyhow::Result<String> {
         return Ok(r.clone());
     }
     let rows: Vec<RunInfo> = c
-        .get(&format!("/runs?task={}&limit=1", enc(&a.name)))
+        .get(&format!(
+            "{}limit=1",
+            corral_client::runs_path(Some(&a.name))
+        ))
         .await?;
     match rows.first() {
         Some(r) => Ok(r.run_id.clone()),
@@ -137,7 +140,11 @@ async fn fetch(
     tail: Option<u64>,
     filter: &Filter,
 ) -> anyhow::Result<bytes::Bytes> {
-    let base = format!("/tasks/{}/logs?follow=false&run={}", enc(task), enc(run_id));
+    let base = format!(
+        "{}/logs?follow=false&run={}",
+        corral_client::task_path(task),
+        enc(run_id)
+    );
     match tail {
         Some(t) if filter.is_none() => tail_records(c, &base, t).await,
         _ => get_body(c, &format!("{base}&since=0")).await,

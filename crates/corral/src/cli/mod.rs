@@ -168,9 +168,15 @@ pub struct ServeArgs {
     )]
     pub node_heartbeat: String,
     /// Also be the fleet's hub: read every node's events and registrations from Redis
-    /// (the publisher's settings), for `corral events` and `corral nodes`.
+    /// (the publisher's settings), for `corral events` and `corral nodes`; with
+    /// `--fleet-token-file`, follow and drive tasks on the nodes (`monitor NODE/TASK`).
     #[arg(long)]
     pub hub: bool,
+    /// A file whose first line is the fleet's shared token: every daemon of the fleet
+    /// accepts it besides its own token, and a hub uses it to reach the nodes' gRPC API.
+    /// Give every node and the hub the same file.
+    #[arg(long, env = "CORRAL_FLEET_TOKEN_FILE", value_name = "FILE")]
+    pub fleet_token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]

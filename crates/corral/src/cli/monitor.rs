@@ -74,7 +74,7 @@ struct Cursor {
 impl Cursor {
     /// The request for the stream from here.
     fn path(&self) -> String {
-        let mut path = format!("/tasks/{}/logs?follow=true", enc(&self.task));
+        let mut path = format!("{}/logs?follow=true", corral_client::task_path(&self.task));
         if let Some(r) = &self.run {
             path.push_str(&format!("&run={}", enc(r)));
         }

@@ -26,6 +26,7 @@ pub fn serve_opts(
         home: home(a),
         token,
         insecure_no_auth: a.insecure_no_auth,
+        fleet_token: fleet_token(a)?,
         allow_hosts: a.allow_hosts.clone(),
         log: corral_daemon::logbook::LogConfig {
             ring_records: a.ring_records.max(1),
@@ -43,6 +44,26 @@ pub fn serve_opts(
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })
+}
+
+/// The fleet token from `--fleet-token-file`: the file's first line, at least 16
+/// characters (a secret, so never taken from a flag's value or the environment itself).
+fn fleet_token(a: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &a.fleet_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the fleet token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "the fleet token in {} is shorter than 16 characters; put a long random line there, \
+             e.g. `openssl rand -hex 32 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Some(token))
 }
 
 /// `--node` / `CORRAL_NODE`, else the hostname. It names a Redis key and is shown on

@@ -90,7 +90,10 @@ pub async fn stop(c: &Client, a: StopArgs) -> anyhow::Result<i32> {
         },
     };
     let info: TaskInfo = c
-        .post(&format!("/tasks/{}/stop", enc(&a.name)), &body)
+        .post(
+            &format!("{}/stop", corral_client::task_path(&a.name)),
+            &body,
+        )
         .await?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -146,7 +149,10 @@ pub async fn shutdown(c: &Client, a: ShutdownArgs) -> anyhow::Result<i32> {
 
 pub async fn restart(c: &Client, a: NameArg) -> anyhow::Result<i32> {
     let v: Started = c
-        .post(&format!("/tasks/{}/restart", enc(&a.name)), &json!({}))
+        .post(
+            &format!("{}/restart", corral_client::task_path(&a.name)),
+            &json!({}),
+        )
         .await?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -218,10 +224,11 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
 }
 
 pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
-    let mut path = format!("/runs?limit={}", a.limit);
-    if let Some(n) = &a.name {
-        path.push_str(&format!("&task={}", enc(n)));
-    }
+    let path = format!(
+        "{}limit={}",
+        corral_client::runs_path(a.name.as_deref()),
+        a.limit
+    );
     let rows: Vec<RunInfo> = c.get(&path).await?;
     let mut out = std::io::stdout().lock();
     if a.json {

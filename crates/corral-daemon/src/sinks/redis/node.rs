@@ -64,6 +64,7 @@ pub fn record(reg: &Registration, tasks: Vec<NodeTask>, now: f64) -> NodeRecord 
         node: reg.node.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         api: reg.api.clone(),
+        grpc: reg.api.clone(),
         tasks: by_status,
         task_list: tasks,
         last_seen: now,
