@@ -508,3 +508,166 @@ async fn a_hub_reads_on_after_redis_restarts() {
     alpha.cli(&["redis", "on"]).await.ok();
     wait_node_status(&hub, "alpha", "up").await;
 }
+
+/// A hub stream of node `node`'s task (`query` without the `?`).
+async fn remote_stream(hub: &Daemon, node: &str, task: &str, query: &str) -> NdjsonStream {
+    let path = format!("/nodes/{node}/tasks/{task}/logs?{query}");
+    let resp = hub
+        .request(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on the hub: {e}"));
+    assert_eq!(resp.status(), 200, "GET {path} on the hub");
+    NdjsonStream::new(resp)
+}
+
+/// Reads records until one whose line is `want`; returns every record read.
+async fn read_until_line(s: &mut NdjsonStream, want: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let v = tokio::time::timeout(DEADLINE, s.next())
+            .await
+            .unwrap_or_else(|_| panic!("no line {want:?} in time; read {out:?}"))
+            .unwrap_or_else(|| panic!("the stream ended before {want:?}; read {out:?}"));
+        if v.get("heartbeat").is_some() {
+            continue;
+        }
+        let done = v["line"] == want;
+        out.push(v);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hub_follows_a_nodes_log_over_grpc_resumes_after_it_restarts_and_drives_another_node() {
+    let server = Server::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet = secrets.path().join("fleet-token");
+    std::fs::write(&fleet, "fleet-token-of-the-hub-tests-0123456789\n").unwrap();
+    let fleet = fleet.to_str().unwrap();
+    let alpha = node(&server, "alpha", &["--fleet-token-file", fleet]).await;
+    let beta = node(&server, "beta", &["--fleet-token-file", fleet]).await;
+    let hub_args = ["--hub", "--fleet-token-file", fleet];
+    let mut hub = node(&server, "hub", &hub_args).await;
+    wait_node_status(&hub, "alpha", "up").await;
+    wait_node_status(&hub, "beta", "up").await;
+
+    // On beta: 100 lines, then (once the gate exists) 100 more, then exit 3.
+    let gate = beta.tmp.path().join("gate");
+    let script = format!(
+        "i=1; while [ $i -le 100 ]; do echo $i; i=$((i+1)); done; \
+         while [ ! -e {g} ]; do sleep 0.05; done; \
+         while [ $i -le 200 ]; do echo $i; i=$((i+1)); done; exit 3",
+        g = gate.display()
+    );
+    let run = beta.run_task("ticker", &[], &["sh", "-c", &script]).await;
+
+    // Through the hub, live: the first 100 lines, with the node's run id and seqs.
+    let mut s = remote_stream(&hub, "beta", "ticker", "follow=true").await;
+    assert_eq!(s.run_id.as_deref(), Some(run.as_str()));
+    let first = read_until_line(&mut s, "100").await;
+    let seqs: Vec<u64> = first.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=first.len() as u64).collect::<Vec<_>>(),
+        "{first:?}"
+    );
+    assert!(first.iter().all(|r| r["run_id"] == run.as_str()));
+    let last_seq = first.last().unwrap()["seq"].as_u64().unwrap();
+
+    // The hub restarts (its viewers lose their stream); a viewer resumes from its seq.
+    drop(s);
+    assert_eq!(hub.terminate(), Some(0));
+    let all: Vec<&str> = ["--node", "hub", "--node-heartbeat", "1s"]
+        .into_iter()
+        .chain(hub_args)
+        .collect();
+    hub = hub
+        .start_again(DaemonOpts {
+            env: env(&server),
+            ..DaemonOpts::args(&all)
+        })
+        .await;
+    wait_node_status(&hub, "beta", "up").await;
+    let mut s = remote_stream(
+        &hub,
+        "beta",
+        "ticker",
+        &format!("follow=true&run={run}&since={last_seq}"),
+    )
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let rest = s.read_to_end().await;
+    let (records, end) = check_dense(&rest, last_seq + 1);
+    let lines: Vec<&str> = records
+        .iter()
+        .filter(|r| r["stream"] == "stdout")
+        .map(|r| r["line"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (101..=200).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want);
+    assert_eq!(end["exit_code"], 3, "{end}");
+
+    // The CLI with a NODE/TASK name: the run's log through the hub, and its exit status.
+    let out = hub.cli(&["monitor", "beta/ticker", "--tail", "5"]).await;
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert!(out.stdout().contains("200"), "{}", out.stdout());
+    let runs = hub
+        .cli(&["runs", "beta/ticker", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(runs[0]["run_id"], run.as_str(), "{runs}");
+
+    // Driving alpha through the hub: restart, then stop.
+    let first_run = alpha.run_task("svc", &[], &["sleep", "600"]).await;
+    alpha.wait_task_status("svc", "ready").await;
+    let restarted = hub
+        .cli(&["restart", "alpha/svc", "--json"])
+        .await
+        .ok()
+        .json();
+    let second_run = restarted["run_id"].as_str().unwrap().to_string();
+    assert_ne!(second_run, first_run);
+    let t = alpha.wait_task_status("svc", "ready").await;
+    assert_eq!(t["run_id"], second_run.as_str());
+    hub.cli(&["stop", "alpha/svc"]).await.ok();
+    alpha.wait_task_status("svc", "stopped").await;
+    let (status, tasks) = hub.get("/nodes/alpha/tasks").await;
+    assert_eq!(status, 200, "{tasks}");
+    let svc = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "svc")
+        .unwrap_or_else(|| panic!("svc is not in alpha's tasks: {tasks}"));
+    assert_eq!(svc["status"], "stopped");
+
+    // What cannot be reached says so.
+    let (status, body) = hub.get("/nodes/nowhere/tasks").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("corral nodes"));
+    let (status, body) = alpha.get("/nodes/beta/tasks").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_a_hub");
+}
+
+#[tokio::test]
+async fn a_hub_without_the_fleet_token_says_how_to_reach_the_nodes() {
+    let server = Server::start();
+    let _alpha = node(&server, "alpha", &[]).await;
+    let hub = node(&server, "hub", &["--hub"]).await;
+    wait_node_status(&hub, "alpha", "up").await;
+    let (status, body) = hub.get("/nodes/alpha/tasks").await;
+    assert_eq!(status, 503, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--fleet-token-file"), "{msg}");
+    let out = hub.cli(&["restart", "alpha/anything"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("--fleet-token-file"), "{}", out.stderr);
+}
