@@ -187,13 +187,25 @@ pub async fn serve_until(
         .map(|r| r.check())
         .collect::<Result<Vec<_>, String>>()
         .map_err(anyhow::Error::msg)?;
-    let alerts = crate::sinks::alerts::Alerts::new(&opts.node, rules);
+    let alerts = crate::sinks::alerts::Alerts::new(&opts.node, rules).for_fleet(opts.hub);
     if !alerts.is_empty() {
         bus.register(crate::sinks::alerts::AlertSink(alerts.clone()));
         sup.add_run_watcher(Arc::new(crate::sinks::alerts::LineWatcher(alerts.clone())));
+        let sup = Arc::downgrade(&sup);
+        tokio::spawn(alerts.clone().watch_gpus(crate::gpu::Gpus::shared(), move |snap| {
+            match sup.upgrade() {
+                Some(sup) => crate::gpu::attributed(snap, &sup),
+                None => snap.clone(),
+            }
+        }));
     }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));
+    // The GPUs' state as a GPU task's run starts and ends.
+    sup.add_run_watcher(Arc::new(crate::gpu::watch::GpuWatcher {
+        gpus: crate::gpu::Gpus::shared(),
+        sup: Arc::downgrade(&sup),
+    }));
     let bound = listener.local_addr()?;
     // This node's registration, written every heartbeat while the publisher is on.
     let registered = redis.register_node(crate::sinks::redis::Registration {

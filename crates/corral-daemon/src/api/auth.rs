@@ -221,6 +221,7 @@ mod tests {
     fn auth(bound: &str, token: Option<&str>, allow: &[&str]) -> Auth {
         Auth {
             token: token.map(str::to_string),
+            fleet_token: Some("the-fleet-token-of-the-tests".into()),
             bound: bound.parse().unwrap(),
             allow_hosts: allow.iter().map(|s| s.to_string()).collect(),
             sessions: Mutex::new(HashSet::new()),
@@ -292,6 +293,14 @@ mod tests {
                 get.clone(),
                 vec![("host", "127.0.0.1:7070")],
                 "unauthorized",
+            ),
+            (
+                get.clone(),
+                vec![
+                    ("host", "127.0.0.1:7070"),
+                    ("authorization", "Bearer the-fleet-token-of-the-tests"),
+                ],
+                "ok",
             ),
             (
                 get.clone(),

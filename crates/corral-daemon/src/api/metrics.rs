@@ -223,7 +223,7 @@ impl Collector for GpuSeries {
         let Some(snap) = self.gpus.latest().filter(|s| s.available) else {
             return Ok(());
         };
-        let snap = super::gpu::attributed(&snap, &self.sup);
+        let snap = crate::gpu::attributed(&snap, &self.sup);
         let idx: Vec<String> = snap.gpus.iter().map(|g| g.index.to_string()).collect();
         let per_gpu = |v: fn(&corral_client::wire::Gpu) -> Option<u64>| {
             snap.gpus.iter().zip(&idx).filter_map(move |(g, i)| {

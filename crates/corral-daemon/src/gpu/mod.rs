@@ -17,6 +17,7 @@
 
 pub mod nvml;
 pub mod smi;
+pub mod watch;
 
 use corral_client::wire::GpuSnapshot;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -160,6 +161,26 @@ impl Gpus {
             .as_ref()
             .map(|(_, s)| s.clone())
     }
+}
+
+/// The snapshot with every process's task and run, from the supervisor's runs now.
+pub fn attributed(snap: &GpuSnapshot, sup: &crate::supervisor::Supervisor) -> GpuSnapshot {
+    let mut out = snap.clone();
+    if out.gpus.iter().any(|g| !g.processes.is_empty()) {
+        let runs: Vec<RunPid> = sup
+            .list()
+            .into_iter()
+            .filter_map(|t| {
+                Some(RunPid {
+                    pid: t.pid?,
+                    task: t.name,
+                    run_id: t.run_id,
+                })
+            })
+            .collect();
+        attribute(&mut out, &runs, &proc_stat);
+    }
+    out
 }
 
 /// A run of a corral task, by the pid of its process.

@@ -19,6 +19,7 @@ mod send;
 pub use send::{send, Format};
 
 use crate::bus::{Queue, Sink, Stored};
+use corral_client::wire::GpuSnapshot;
 use corral_core::event::{Event, EventType, Level};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -57,11 +58,18 @@ pub struct Rule {
     pub streams: Vec<String>,
     /// A number in the details of a llama server's request metrics
     /// (`eval_tokens_per_second`, `prompt_tokens_per_second`): the rule matches when
-    /// every request for `for` (default 1m) had it below `below`.
+    /// every request for `for` (default 1m) had it below `below`. Or
+    /// `gpu_memory_share`: a GPU's used memory over its total, matched when it stayed
+    /// above `above` (0 to 1) for `for`, checked every few seconds.
     #[serde(default)]
     pub metric: Option<String>,
     #[serde(default)]
     pub below: Option<f64>,
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// For `gpu_memory_share`: the GPUs (by index) it watches; every GPU when empty.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
     #[serde(default, rename = "for")]
     pub for_: Option<String>,
     /// How long matches of one task are grouped after the first is sent, e.g. `5m`
@@ -108,12 +116,39 @@ impl Rule {
                 "alert rule `{name}`: unknown stream `{bad}` in `streams`; use stdout, stderr or file"
             ));
         }
-        let held_for = match (&self.metric, self.below, &self.for_) {
+        let gpu_share = match (self.metric.as_deref(), self.above) {
+            (Some(GPU_MEMORY_SHARE), Some(a)) if a > 0.0 && a <= 1.0 && self.below.is_none() => {
+                Some(a)
+            }
+            (Some(GPU_MEMORY_SHARE), _) => {
+                return Err(format!(
+                    "alert rule `{name}`: metric `{GPU_MEMORY_SHARE}` needs `above`, a share between 0 and 1 \
+                     (e.g. above = 0.9), and no `below`"
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "alert rule `{name}`: `above` goes with metric = \"{GPU_MEMORY_SHARE}\"; \
+                     tokens-per-second rules take `below`"
+                ))
+            }
+            _ => None,
+        };
+        if !self.gpus.is_empty() && gpu_share.is_none() {
+            return Err(format!(
+                "alert rule `{name}`: `gpus` goes with metric = \"{GPU_MEMORY_SHARE}\""
+            ));
+        }
+        let held_for = match (&self.metric, self.below.or(self.above), &self.for_) {
             (None, None, None) => None,
             (Some(m), Some(_), f) => {
-                if !matches!(m.as_str(), "eval_tokens_per_second" | "prompt_tokens_per_second") {
+                if !matches!(
+                    m.as_str(),
+                    "eval_tokens_per_second" | "prompt_tokens_per_second" | GPU_MEMORY_SHARE
+                ) {
                     return Err(format!(
-                        "alert rule `{name}`: unknown metric `{m}`; use eval_tokens_per_second or prompt_tokens_per_second"
+                        "alert rule `{name}`: unknown metric `{m}`; use eval_tokens_per_second, \
+                         prompt_tokens_per_second or {GPU_MEMORY_SHARE}"
                     ));
                 }
                 if line.is_some() || !self.event_types.is_empty() || self.message.is_some() {
@@ -130,7 +165,8 @@ impl Rule {
             }
             _ => {
                 return Err(format!(
-                    "alert rule `{name}`: a metric rule needs both `metric` and `below` (and optionally `for`)"
+                    "alert rule `{name}`: a metric rule needs both `metric` and `below` (`above` for \
+                     {GPU_MEMORY_SHARE}), and optionally `for`"
                 ))
             }
         };
@@ -145,10 +181,14 @@ impl Rule {
             message,
             line,
             held_for,
+            gpu_share,
             group,
         })
     }
 }
+
+/// The metric of GPU memory rules: used over total, per GPU.
+pub const GPU_MEMORY_SHARE: &str = "gpu_memory_share";
 
 /// Matches of one task are grouped this long unless the rule says otherwise.
 pub const DEFAULT_GROUP: Duration = Duration::from_secs(300);
@@ -161,8 +201,10 @@ pub struct CompiledRule {
     pub rule: Rule,
     message: Option<regex::Regex>,
     line: Option<regex::Regex>,
-    /// For a `metric` rule: how long the value must stay below the floor.
+    /// For a `metric` rule: how long the value must stay past its limit.
     held_for: Option<Duration>,
+    /// For a `gpu_memory_share` rule: the share a GPU's memory must stay above.
+    gpu_share: Option<f64>,
     group: Duration,
 }
 
@@ -174,7 +216,7 @@ impl CompiledRule {
             && self.held_for.is_none()
             && r.level.is_none_or(|l| e.level >= l)
             && (r.event_types.is_empty() || r.event_types.contains(&e.event_type))
-            && (r.tasks.is_empty() || r.tasks.contains(&e.task))
+            && task_matches(&r.tasks, e)
             && self.message.as_ref().is_none_or(|m| m.is_match(&e.message))
     }
 }
@@ -197,6 +239,8 @@ pub struct Alerts {
     inner: Arc<Mutex<Inner>>,
     http: reqwest::Client,
     node: String,
+    /// The rules hold for the fleet (a hub): other nodes' events match them too.
+    fleet: bool,
 }
 
 #[derive(Default)]
@@ -259,7 +303,97 @@ impl Alerts {
                 .build()
                 .unwrap_or_default(),
             node: node.to_string(),
+            fleet: false,
         }
+    }
+
+    /// On a hub: the rules also match the events the hub reads from the other nodes.
+    pub fn for_fleet(mut self, yes: bool) -> Alerts {
+        self.fleet = yes;
+        self
+    }
+
+    /// How often the GPUs are read for the `gpu_memory_share` rules: half the shortest
+    /// `for`, between 1 and 5 seconds; `None` without such rules.
+    pub fn gpu_interval(&self) -> Option<Duration> {
+        self.lock()
+            .rules
+            .iter()
+            .filter(|r| r.gpu_share.is_some())
+            .filter_map(|r| r.held_for)
+            .map(|d| (d / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)))
+            .min()
+    }
+
+    /// Reads the GPUs every [`Alerts::gpu_interval`] and applies the GPU rules, until
+    /// the daemon ends. Each process is shown with its task (`attribute`).
+    pub async fn watch_gpus(
+        self,
+        gpus: Arc<crate::gpu::Gpus>,
+        attribute: impl Fn(&GpuSnapshot) -> GpuSnapshot + Send + 'static,
+    ) {
+        let Some(every) = self.gpu_interval() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let snap = gpus.snapshot().await;
+            if !snap.available {
+                continue;
+            }
+            let snap = attribute(&snap);
+            self.dispatch(self.on_gpus(&snap, Instant::now()));
+        }
+    }
+
+    /// One reading of the GPUs against the `gpu_memory_share` rules: a GPU past a rule's
+    /// share for its `for` fires it (grouped like any match, as `gpu:N`); one back
+    /// under the share resolves what fired.
+    fn on_gpus(&self, snap: &GpuSnapshot, now: Instant) -> Vec<(usize, Message)> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for i in 0..inner.rules.len() {
+            let (Some(limit), Some(held_for)) = (inner.rules[i].gpu_share, inner.rules[i].held_for)
+            else {
+                continue;
+            };
+            for g in &snap.gpus {
+                let wanted = &inner.rules[i].rule.gpus;
+                if !wanted.is_empty() && !wanted.contains(&g.index) {
+                    continue;
+                }
+                let (Some(used), Some(total)) = (g.memory_used_bytes, g.memory_total_bytes) else {
+                    continue;
+                };
+                if total == 0 {
+                    continue;
+                }
+                let share = used as f64 / total as f64;
+                let key = (i, format!("gpu:{}", g.index));
+                if share > limit {
+                    let since = *inner.below_since.entry(key).or_insert(now);
+                    if now.duration_since(since) >= held_for {
+                        inner.stats[i].matched += 1;
+                        let e = Arc::new(gpu_event(&self.node, g, share, limit, snap.taken_at));
+                        out.extend(self.fire(&mut inner, i, &e, now));
+                    }
+                } else {
+                    inner.below_since.remove(&key);
+                    if inner.groups.remove(&key).is_some_and(|g| g.firing) {
+                        let rule = &inner.rules[i].rule;
+                        let why = format!(
+                            "its memory is at {:.0}% again, not above {:.0}%",
+                            share * 100.0,
+                            limit * 100.0
+                        );
+                        out.push((i, self.resolved(rule, &key.1, why)));
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -352,7 +486,7 @@ impl Alerts {
         e: &Arc<Event>,
         now: Instant,
     ) -> Option<(usize, Message)> {
-        let key = (i, e.task.clone());
+        let key = (i, self.subject(e));
         let group = inner.rules[i].group;
         match inner.groups.get_mut(&key) {
             Some(g) if now < g.until => {
@@ -363,7 +497,7 @@ impl Alerts {
             }
             _ => {
                 inner.groups.insert(
-                    key,
+                    key.clone(),
                     Group {
                         until: now + group,
                         more: 0,
@@ -372,7 +506,7 @@ impl Alerts {
                     },
                 );
                 let rule = &inner.rules[i].rule;
-                Some((i, self.message("alert", rule, &e.task, e, 0, e.level)))
+                Some((i, self.message("alert", rule, &key.1, e, 0, e.level)))
             }
         }
     }
@@ -383,14 +517,15 @@ impl Alerts {
         let mut inner = self.lock();
         let recovered = e.event_type == EventType::Status
             && e.details.get("status").and_then(|s| s.as_str()) == Some("ready");
+        let subject = self.subject(e);
         for i in 0..inner.rules.len() {
-            let key = (i, e.task.clone());
+            let key = (i, subject.clone());
             if recovered {
                 if let Some(g) = inner.groups.remove(&key).filter(|g| g.firing) {
                     let rule = &inner.rules[i].rule;
                     out.push((
                         i,
-                        self.message("resolved", rule, &e.task, e, g.more, Level::Info),
+                        self.message("resolved", rule, &subject, e, g.more, Level::Info),
                     ));
                 }
                 continue;
@@ -462,13 +597,14 @@ impl Alerts {
         out
     }
 
-    fn resolved(&self, rule: &Rule, task: &str, why: String) -> Message {
-        let who = self.who(task);
+    fn resolved(&self, rule: &Rule, subject: &str, why: String) -> Message {
+        let who = self.who(subject);
+        let (node, task) = self.parts(subject);
         Message {
             kind: "resolved",
             rule: rule.name.clone(),
-            node: self.node.clone(),
-            task: task.to_string(),
+            node,
+            task,
             title: format!("corral: resolved: {who} ({})", rule.name),
             text: format!("resolved for {who}: {why}"),
             level: Level::Info,
@@ -477,11 +613,31 @@ impl Alerts {
         }
     }
 
-    fn who(&self, task: &str) -> String {
-        if task.is_empty() {
-            format!("node {}", self.node)
+    /// What a group of matches is about: `task` on this node, `node/task` for another
+    /// node's event (a hub holds the fleet's rules), `gpu:N` for a GPU of this node, or
+    /// nothing (the node itself).
+    fn subject(&self, e: &Event) -> String {
+        if e.node.is_empty() || e.node == self.node {
+            e.task.clone()
         } else {
-            format!("{task} on {}", self.node)
+            format!("{}/{}", e.node, e.task)
+        }
+    }
+
+    /// A subject's node and task (`gpu:N` is the task of a GPU alert).
+    fn parts(&self, subject: &str) -> (String, String) {
+        match subject.split_once('/') {
+            Some((node, task)) => (node.to_string(), task.to_string()),
+            None => (self.node.clone(), subject.to_string()),
+        }
+    }
+
+    fn who(&self, subject: &str) -> String {
+        let (node, task) = self.parts(subject);
+        match task.strip_prefix("gpu:") {
+            _ if task.is_empty() => format!("node {node}"),
+            Some(index) => format!("GPU {index} on {node}"),
+            None => format!("{task} on {node}"),
         }
     }
 
@@ -494,12 +650,13 @@ impl Alerts {
         &self,
         kind: &'static str,
         rule: &Rule,
-        task: &str,
+        subject: &str,
         e: &Event,
         count: u64,
         level: Level,
     ) -> Message {
-        let who = self.who(task);
+        let who = self.who(subject);
+        let (node, task) = self.parts(subject);
         let (title, text) = match kind {
             "summary" => (
                 format!("corral: {count} more for {who} ({})", rule.name),
@@ -526,8 +683,8 @@ impl Alerts {
         Message {
             kind,
             rule: rule.name.clone(),
-            node: self.node.clone(),
-            task: task.to_string(),
+            node,
+            task,
             title,
             text,
             level,
@@ -556,12 +713,66 @@ impl Alerts {
 fn metric_below(rule: &Rule, e: &Event) -> Option<bool> {
     if e.event_type != EventType::Metrics
         || corral_core::event::shape(&e.details) != "request"
-        || !(rule.tasks.is_empty() || rule.tasks.contains(&e.task))
+        || !task_matches(&rule.tasks, e)
     {
         return None;
     }
     let v = e.details.get(rule.metric.as_deref()?)?.as_f64()?;
     Some(v < rule.below?)
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The event a GPU memory alert stands on: the GPU, its memory, and the processes on it
+/// with their tasks, largest first.
+fn gpu_event(node: &str, g: &corral_client::wire::Gpu, share: f64, limit: f64, at: f64) -> Event {
+    use corral_core::event::{Component, EventKind};
+    let mut procs: Vec<_> = g.processes.iter().collect();
+    procs.sort_by_key(|p| std::cmp::Reverse(p.used_memory_bytes.unwrap_or(0)));
+    let on: Vec<String> = procs
+        .iter()
+        .take(3)
+        .map(|p| {
+            let who = p.task.as_deref().map_or(format!("pid {}", p.pid), |t| {
+                format!("{t} (pid {})", p.pid)
+            });
+            match p.used_memory_bytes {
+                Some(b) => format!("{who} {:.1} GiB", b as f64 / GIB),
+                None => who,
+            }
+        })
+        .collect();
+    let mut message = format!(
+        "GPU {} ({}) memory {:.0}% used ({:.1} of {:.1} GiB), above {:.0}%",
+        g.index,
+        g.name.as_deref().unwrap_or("?"),
+        share * 100.0,
+        g.memory_used_bytes.unwrap_or(0) as f64 / GIB,
+        g.memory_total_bytes.unwrap_or(0) as f64 / GIB,
+        limit * 100.0
+    );
+    if !on.is_empty() {
+        message.push_str(&format!("; on it: {}", on.join(", ")));
+    }
+    let kind = EventKind::new(Component::System, Level::Warning, EventType::Status, message)
+        .with("gpu", g.index)
+        .with("memory_share", share)
+        .with("above", limit)
+        .with(
+            "processes",
+            serde_json::to_value(&g.processes).unwrap_or(serde_json::Value::Null),
+        );
+    Event::from_kind(kind, at, node, &format!("gpu:{}", g.index), "")
+}
+
+/// Whether an event is of one of `tasks` (any when empty): by its task's name, or as
+/// `node/task` (a hub's rule for one node's task).
+fn task_matches(tasks: &[String], e: &Event) -> bool {
+    tasks.is_empty()
+        || tasks.iter().any(|t| match t.split_once('/') {
+            Some((node, task)) => node == e.node && task == e.task,
+            None => *t == e.task,
+        })
 }
 
 fn status_of(e: &Event) -> &str {
@@ -643,6 +854,10 @@ pub struct AlertSink(pub Alerts);
 impl Sink for AlertSink {
     fn name(&self) -> &'static str {
         "alerts"
+    }
+
+    fn remote(&self) -> bool {
+        self.0.fleet
     }
 
     async fn run(self, mut queue: Queue) {
@@ -875,5 +1090,123 @@ mod tests {
         assert_eq!(quiet.len(), 1);
         assert_eq!(quiet[0].1.kind, "resolved");
         assert!(quiet[0].1.text.contains("no match"), "{}", quiet[0].1.text);
+    }
+
+    fn gpu_snap(used_gib: u64) -> GpuSnapshot {
+        use corral_client::wire::{Gpu, GpuProcess};
+        GpuSnapshot {
+            available: true,
+            reason: None,
+            source: Some("nvml".into()),
+            taken_at: 1.0,
+            gpus: vec![Gpu {
+                index: 1,
+                name: Some("NVIDIA A100-SXM4-80GB".into()),
+                memory_used_bytes: Some(used_gib << 30),
+                memory_total_bytes: Some(80 << 30),
+                processes: vec![GpuProcess {
+                    pid: 42,
+                    used_memory_bytes: Some(used_gib << 30),
+                    task: Some("llm".into()),
+                    run_id: Some("r".into()),
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn gpu_memory_above_a_share_for_a_while_alerts_once_then_resolves() {
+        let a = Alerts::new(
+            "gpu-01",
+            vec![rule(
+                r#"name = "gpu-mem"
+                url = "http://127.0.0.1:1/"
+                metric = "gpu_memory_share"
+                above = 0.9
+                for = "10s"
+                group = "1m""#,
+            )],
+        );
+        assert_eq!(a.gpu_interval(), Some(Duration::from_secs(5)));
+        let t0 = Instant::now();
+        assert!(a.on_gpus(&gpu_snap(40), t0).is_empty(), "under the share");
+        assert!(a.on_gpus(&gpu_snap(75), t0 + Duration::from_secs(1)).is_empty());
+        assert!(
+            a.on_gpus(&gpu_snap(76), t0 + Duration::from_secs(5)).is_empty(),
+            "not above for 10 s yet"
+        );
+        let fired = a.on_gpus(&gpu_snap(76), t0 + Duration::from_secs(11));
+        assert_eq!(fired.len(), 1);
+        let m = &fired[0].1;
+        assert_eq!((m.kind, m.task.as_str(), m.node.as_str()), ("alert", "gpu:1", "gpu-01"));
+        assert!(m.title.contains("GPU 1 on gpu-01"), "{}", m.title);
+        assert!(
+            m.text.contains("GPU 1 (NVIDIA A100-SXM4-80GB) memory 95% used (76.0 of 80.0 GiB), above 90%; on it: llm (pid 42) 76.0 GiB"),
+            "{}",
+            m.text
+        );
+        assert!(
+            a.on_gpus(&gpu_snap(77), t0 + Duration::from_secs(16)).is_empty(),
+            "grouped"
+        );
+        let resolved = a.on_gpus(&gpu_snap(10), t0 + Duration::from_secs(20));
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].1.kind, "resolved");
+        assert!(resolved[0].1.text.contains("12% again"), "{}", resolved[0].1.text);
+        assert!(a.on_gpus(&gpu_snap(10), t0 + Duration::from_secs(25)).is_empty());
+    }
+
+    #[test]
+    fn gpu_rules_say_what_they_need() {
+        let bad = |t: &str| toml::from_str::<Rule>(t).unwrap().check().unwrap_err();
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            metric = "gpu_memory_share"
+            above = 90.0"#)
+        .contains("between 0 and 1"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            metric = "eval_tokens_per_second"
+            above = 5.0"#)
+        .contains("tokens-per-second rules take `below`"));
+        assert!(bad(r#"name = "x"
+            url = "http://h/"
+            level = "error"
+            gpus = [0]"#)
+        .contains("`gpus` goes with"));
+    }
+
+    #[test]
+    fn a_hubs_rules_match_other_nodes_events_and_name_their_node() {
+        let a = Alerts::new(
+            "hub",
+            vec![rule(
+                r#"name = "crash"
+                url = "http://127.0.0.1:1/"
+                event_types = ["exit"]
+                tasks = ["gpu-02/llm", "rpc"]"#,
+            )],
+        )
+        .for_fleet(true);
+        let on = |node: &str, task: &str| {
+            Arc::new(Event::from_kind(
+                EventKind::new(Component::Task, Level::Warning, EventType::Exit, "exit 1"),
+                0.0,
+                node,
+                task,
+                "r",
+            ))
+        };
+        let t0 = Instant::now();
+        let m = a.on_event(&on("gpu-02", "llm"), t0);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].1.node.as_str(), m[0].1.task.as_str()), ("gpu-02", "llm"));
+        assert!(m[0].1.title.contains("llm on gpu-02"), "{}", m[0].1.title);
+        assert!(a.on_event(&on("gpu-03", "llm"), t0).is_empty(), "another node's llm");
+        // A plain task name matches that task on any node, each node grouped apart.
+        assert_eq!(a.on_event(&on("gpu-03", "rpc"), t0).len(), 1);
+        assert_eq!(a.on_event(&on("gpu-04", "rpc"), t0).len(), 1);
+        assert!(a.on_event(&on("gpu-04", "rpc"), t0).is_empty(), "grouped");
     }
 }
