@@ -192,12 +192,16 @@ pub async fn serve_until(
         bus.register(crate::sinks::alerts::AlertSink(alerts.clone()));
         sup.add_run_watcher(Arc::new(crate::sinks::alerts::LineWatcher(alerts.clone())));
         let sup = Arc::downgrade(&sup);
-        tokio::spawn(alerts.clone().watch_gpus(crate::gpu::Gpus::shared(), move |snap| {
-            match sup.upgrade() {
-                Some(sup) => crate::gpu::attributed(snap, &sup),
-                None => snap.clone(),
-            }
-        }));
+        tokio::spawn(
+            alerts
+                .clone()
+                .watch_gpus(crate::gpu::Gpus::shared(), move |snap| {
+                    match sup.upgrade() {
+                        Some(sup) => crate::gpu::attributed(snap, &sup),
+                        None => snap.clone(),
+                    }
+                }),
+        );
     }
     // The runs' lines for `{prefix}:raw`: a watcher of every run, idle while off.
     sup.add_run_watcher(Arc::new(redis.raw_watcher()));

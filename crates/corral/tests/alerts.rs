@@ -5,50 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
-
-/// What the receiver got: the path, the `Title` header, the body.
-#[derive(Clone, Debug)]
-struct Got {
-    path: String,
-    title: Option<String>,
-    body: String,
-}
-
-/// An HTTP receiver on a free loopback port that records every POST.
-async fn receiver() -> (u16, Arc<Mutex<Vec<Got>>>) {
-    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-    let store = got.clone();
-    let app = axum::Router::new().fallback(
-        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(Got {
-                    path: uri.path().to_string(),
-                    title: headers
-                        .get("title")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string),
-                    body,
-                });
-                "ok"
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (port, got)
-}
-
-fn at(got: &Arc<Mutex<Vec<Got>>>, path: &str) -> Vec<Got> {
-    got.lock()
-        .unwrap()
-        .iter()
-        .filter(|g| g.path == path)
-        .cloned()
-        .collect()
-}
 
 fn config(tmp: &std::path::Path, port: u16) -> String {
     let path = tmp.join("corral.toml");

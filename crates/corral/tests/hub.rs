@@ -671,3 +671,61 @@ async fn a_hub_without_the_fleet_token_says_how_to_reach_the_nodes() {
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("--fleet-token-file"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_hubs_alert_rules_hold_for_the_fleet() {
+    let (port, got) = receiver().await;
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[alerts]]
+name = "fleet-crash"
+url = "http://127.0.0.1:{port}/fleet"
+event_types = ["exit"]
+level = "warning"
+tasks = ["alpha/crashy"]
+"#
+        ),
+    )
+    .unwrap();
+    let alpha = node(&server, "alpha", &[]).await;
+    let beta = node(&server, "beta", &[]).await;
+    let hub = node(
+        &server,
+        "hub",
+        &["--hub", "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    wait_node_status(&hub, "alpha", "up").await;
+    wait_node_status(&hub, "beta", "up").await;
+    // The same task name on beta matches nothing: the rule names alpha's.
+    let b = beta.run_task("crashy", &[], &["sh", "-c", "exit 1"]).await;
+    beta.wait_run_end(&b).await;
+    let a = alpha.run_task("crashy", &[], &["sh", "-c", "exit 7"]).await;
+    alpha.wait_run_end(&a).await;
+    let alert = wait_for("the hub's alert on alpha's crash", DEADLINE, || async {
+        at(&got, "/fleet").into_iter().next()
+    })
+    .await;
+    let v: Value = serde_json::from_str(&alert.body).unwrap();
+    assert_eq!(v["kind"], "alert", "{v}");
+    assert_eq!(v["node"], "alpha", "{v}");
+    assert_eq!(v["task"], "crashy", "{v}");
+    assert_eq!(v["event"]["run_id"], a.as_str(), "{v}");
+    assert!(
+        v["title"].as_str().unwrap().contains("crashy on alpha"),
+        "{v}"
+    );
+    // beta's exit reached the hub too, and sent nothing.
+    hub.wait_events("node=beta&type=exit", "beta's exit on the hub", |e| {
+        e.iter().any(|e| e["run_id"] == b.as_str())
+    })
+    .await;
+    assert_eq!(at(&got, "/fleet").len(), 1, "{:?}", at(&got, "/fleet"));
+    // The nodes hold no rules: they sent nothing themselves.
+    let (_, rules) = alpha.get("/alerts").await;
+    assert_eq!(rules, serde_json::json!([]), "{rules}");
+}

@@ -37,6 +37,9 @@ pub trait Source: Send + Sync + 'static {
 /// else why neither did.
 #[derive(Default)]
 pub struct System {
+    /// Read with `nvidia-smi` only, never NVML (`CORRAL_GPU_SOURCE=nvidia-smi`): for a
+    /// driver whose library misbehaves, and for tests that stand in for `nvidia-smi`.
+    smi_only: bool,
     /// The opened library, kept for the daemon's life once it opened (NVML is
     /// thread-safe); until then each read tries again, so a driver installed later is
     /// found.
@@ -45,7 +48,9 @@ pub struct System {
 
 impl Source for System {
     fn read(&self) -> GpuSnapshot {
-        let lib = {
+        let lib = if self.smi_only {
+            Err("NVML not used: CORRAL_GPU_SOURCE=nvidia-smi".to_string())
+        } else {
             let mut held = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
             match &*held {
                 Some(l) => Ok(l.clone()),
@@ -119,7 +124,13 @@ impl Gpus {
     pub fn shared() -> Arc<Gpus> {
         static SHARED: OnceLock<Arc<Gpus>> = OnceLock::new();
         SHARED
-            .get_or_init(|| Arc::new(Gpus::new(Arc::new(System::default()), MAX_AGE)))
+            .get_or_init(|| {
+                let system = System {
+                    smi_only: std::env::var("CORRAL_GPU_SOURCE").is_ok_and(|s| s == "nvidia-smi"),
+                    ..System::default()
+                };
+                Arc::new(Gpus::new(Arc::new(system), MAX_AGE))
+            })
             .clone()
     }
 

@@ -18,9 +18,13 @@ use std::sync::{Arc, Weak};
 pub fn is_gpu_task(spec: &TaskSpec) -> bool {
     matches!(spec.kind.as_deref(), Some("llama" | "rpc"))
         || spec.labels.contains_key("gpu")
-        || ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"]
-            .iter()
-            .any(|k| spec.env.contains_key(*k))
+        || [
+            "CUDA_VISIBLE_DEVICES",
+            "NVIDIA_VISIBLE_DEVICES",
+            "HIP_VISIBLE_DEVICES",
+        ]
+        .iter()
+        .any(|k| spec.env.contains_key(*k))
 }
 
 pub struct GpuWatcher {

@@ -886,3 +886,48 @@ pub fn open_files_of(pid: u32, run_id: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+// ---- An HTTP receiver, for alerts and webhooks ----
+
+/// What the receiver got: the path, the `Title` header, the body.
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub path: String,
+    pub title: Option<String>,
+    pub body: String,
+}
+
+/// An HTTP receiver on a free loopback port that records every POST.
+pub async fn receiver() -> (u16, Arc<std::sync::Mutex<Vec<Got>>>) {
+    let got: Arc<std::sync::Mutex<Vec<Got>>> = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(Got {
+                    path: uri.path().to_string(),
+                    title: headers
+                        .get("title")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                    body,
+                });
+                "ok"
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, got)
+}
+
+pub fn at(got: &Arc<std::sync::Mutex<Vec<Got>>>, path: &str) -> Vec<Got> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.path == path)
+        .cloned()
+        .collect()
+}

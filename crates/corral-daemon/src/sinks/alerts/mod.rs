@@ -158,17 +158,17 @@ impl Rule {
                 }
                 Some(match f {
                     Some(f) => corral_core::duration::parse_duration(f).map_err(|e| {
-                        format!("alert rule `{name}`: `for` must be a duration such as 30s or 2m: {e}")
+                        format!(
+                            "alert rule `{name}`: `for` must be a duration such as 30s or 2m: {e}"
+                        )
                     })?,
                     None => Duration::from_secs(60),
                 })
             }
-            _ => {
-                return Err(format!(
-                    "alert rule `{name}`: a metric rule needs both `metric` and `below` (`above` for \
+            _ => return Err(format!(
+                "alert rule `{name}`: a metric rule needs both `metric` and `below` (`above` for \
                      {GPU_MEMORY_SHARE}), and optionally `for`"
-                ))
-            }
+            )),
         };
         let group = match &self.group {
             Some(g) => corral_core::duration::parse_duration(g).map_err(|e| {
@@ -733,9 +733,10 @@ fn gpu_event(node: &str, g: &corral_client::wire::Gpu, share: f64, limit: f64, a
         .iter()
         .take(3)
         .map(|p| {
-            let who = p.task.as_deref().map_or(format!("pid {}", p.pid), |t| {
-                format!("{t} (pid {})", p.pid)
-            });
+            let who = p
+                .task
+                .as_deref()
+                .map_or(format!("pid {}", p.pid), |t| format!("{t} (pid {})", p.pid));
             match p.used_memory_bytes {
                 Some(b) => format!("{who} {:.1} GiB", b as f64 / GIB),
                 None => who,
@@ -754,14 +755,19 @@ fn gpu_event(node: &str, g: &corral_client::wire::Gpu, share: f64, limit: f64, a
     if !on.is_empty() {
         message.push_str(&format!("; on it: {}", on.join(", ")));
     }
-    let kind = EventKind::new(Component::System, Level::Warning, EventType::Status, message)
-        .with("gpu", g.index)
-        .with("memory_share", share)
-        .with("above", limit)
-        .with(
-            "processes",
-            serde_json::to_value(&g.processes).unwrap_or(serde_json::Value::Null),
-        );
+    let kind = EventKind::new(
+        Component::System,
+        Level::Warning,
+        EventType::Status,
+        message,
+    )
+    .with("gpu", g.index)
+    .with("memory_share", share)
+    .with("above", limit)
+    .with(
+        "processes",
+        serde_json::to_value(&g.processes).unwrap_or(serde_json::Value::Null),
+    );
     Event::from_kind(kind, at, node, &format!("gpu:{}", g.index), "")
 }
 
@@ -1131,15 +1137,21 @@ mod tests {
         assert_eq!(a.gpu_interval(), Some(Duration::from_secs(5)));
         let t0 = Instant::now();
         assert!(a.on_gpus(&gpu_snap(40), t0).is_empty(), "under the share");
-        assert!(a.on_gpus(&gpu_snap(75), t0 + Duration::from_secs(1)).is_empty());
+        assert!(a
+            .on_gpus(&gpu_snap(75), t0 + Duration::from_secs(1))
+            .is_empty());
         assert!(
-            a.on_gpus(&gpu_snap(76), t0 + Duration::from_secs(5)).is_empty(),
+            a.on_gpus(&gpu_snap(76), t0 + Duration::from_secs(5))
+                .is_empty(),
             "not above for 10 s yet"
         );
         let fired = a.on_gpus(&gpu_snap(76), t0 + Duration::from_secs(11));
         assert_eq!(fired.len(), 1);
         let m = &fired[0].1;
-        assert_eq!((m.kind, m.task.as_str(), m.node.as_str()), ("alert", "gpu:1", "gpu-01"));
+        assert_eq!(
+            (m.kind, m.task.as_str(), m.node.as_str()),
+            ("alert", "gpu:1", "gpu-01")
+        );
         assert!(m.title.contains("GPU 1 on gpu-01"), "{}", m.title);
         assert!(
             m.text.contains("GPU 1 (NVIDIA A100-SXM4-80GB) memory 95% used (76.0 of 80.0 GiB), above 90%; on it: llm (pid 42) 76.0 GiB"),
@@ -1147,14 +1159,21 @@ mod tests {
             m.text
         );
         assert!(
-            a.on_gpus(&gpu_snap(77), t0 + Duration::from_secs(16)).is_empty(),
+            a.on_gpus(&gpu_snap(77), t0 + Duration::from_secs(16))
+                .is_empty(),
             "grouped"
         );
         let resolved = a.on_gpus(&gpu_snap(10), t0 + Duration::from_secs(20));
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].1.kind, "resolved");
-        assert!(resolved[0].1.text.contains("12% again"), "{}", resolved[0].1.text);
-        assert!(a.on_gpus(&gpu_snap(10), t0 + Duration::from_secs(25)).is_empty());
+        assert!(
+            resolved[0].1.text.contains("12% again"),
+            "{}",
+            resolved[0].1.text
+        );
+        assert!(a
+            .on_gpus(&gpu_snap(10), t0 + Duration::from_secs(25))
+            .is_empty());
     }
 
     #[test]
@@ -1201,9 +1220,15 @@ mod tests {
         let t0 = Instant::now();
         let m = a.on_event(&on("gpu-02", "llm"), t0);
         assert_eq!(m.len(), 1);
-        assert_eq!((m[0].1.node.as_str(), m[0].1.task.as_str()), ("gpu-02", "llm"));
+        assert_eq!(
+            (m[0].1.node.as_str(), m[0].1.task.as_str()),
+            ("gpu-02", "llm")
+        );
         assert!(m[0].1.title.contains("llm on gpu-02"), "{}", m[0].1.title);
-        assert!(a.on_event(&on("gpu-03", "llm"), t0).is_empty(), "another node's llm");
+        assert!(
+            a.on_event(&on("gpu-03", "llm"), t0).is_empty(),
+            "another node's llm"
+        );
         // A plain task name matches that task on any node, each node grouped apart.
         assert_eq!(a.on_event(&on("gpu-03", "rpc"), t0).len(), 1);
         assert_eq!(a.on_event(&on("gpu-04", "rpc"), t0).len(), 1);
