@@ -66,7 +66,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon in the foreground.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create (or replace a stopped) task and start it; prints the run id.
     Run(RunArgs),
     /// Follow a local file like `tail -F`: a task whose run is the file's lines.
@@ -372,7 +372,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     };
     let c = Client::new(&cli.addr, token.clone());
     match cli.cmd {
-        Command::Serve(a) => serve::serve(a, given).await,
+        Command::Serve(a) => serve::serve(*a, given).await,
         Command::Login(a) => login(&c, a.json).await,
         Command::Service(a) => service::dispatch(a),
         Command::Shutdown(a) => tasks::shutdown(&c, a).await,

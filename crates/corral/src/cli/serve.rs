@@ -139,7 +139,7 @@ mod tests {
         let mut argv = vec!["corral", "serve"];
         argv.extend(extra);
         match crate::cli::Cli::parse_from(argv).cmd {
-            crate::cli::Command::Serve(a) => a,
+            crate::cli::Command::Serve(a) => *a,
             _ => unreachable!("parsed as serve"),
         }
     }

@@ -165,10 +165,12 @@ impl Rule {
                     None => Duration::from_secs(60),
                 })
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "alert rule `{name}`: a metric rule needs both `metric` and `below` (`above` for \
                      {GPU_MEMORY_SHARE}), and optionally `for`"
-            )),
+            ))
+            }
         };
         let group = match &self.group {
             Some(g) => corral_core::duration::parse_duration(g).map_err(|e| {
