@@ -226,18 +226,13 @@ pub async fn serve_until(
         }),
     });
     let hub = if opts.hub {
-        let hub = crate::hub::Hub::start(
-            redis.config(),
-            bus.clone(),
-            opts.node_heartbeat,
-            opts.fleet_token.as_deref(),
-        )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "corral serve --hub reads the fleet from Redis with the publisher's \
+        let hub = crate::hub::Hub::start(redis.config(), bus.clone(), opts.node_heartbeat)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "corral serve --hub reads the fleet from Redis with the publisher's \
                      settings, and they are not usable: {e}"
-            )
-        })?;
+                )
+            })?;
         tracing::info!(server = %redis.config().server(), "hub: reading the fleet from Redis");
         Some(hub)
     } else {
@@ -273,6 +268,7 @@ pub async fn serve_until(
         bus: bus.clone(),
         metrics: Arc::new(metrics),
         gpus,
+        remote: api::remote::Remote::new(opts.fleet_token.as_deref()),
         events,
         redis,
         alerts,

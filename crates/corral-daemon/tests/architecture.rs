@@ -117,21 +117,23 @@ fn metrics_is_a_leaf() {
 }
 
 #[test]
-fn only_the_api_knows_http_serving() {
+fn only_the_api_knows_http_serving_and_grpc() {
     let mut files = Vec::new();
     rust_files(Path::new(SRC), &mut files);
     let bad: Vec<String> = files
         .iter()
         .filter(|f| module_of(f) != "api")
         .filter(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .any(|l| l.trim_start().starts_with("use axum") || l.contains(" axum::"))
+            std::fs::read_to_string(f).unwrap().lines().any(|l| {
+                let l = l.trim_start();
+                ["axum", "tonic"]
+                    .iter()
+                    .any(|c| l.starts_with(&format!("use {c}")) || l.contains(&format!(" {c}::")))
+            })
         })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(bad.is_empty(), "axum outside api/: {bad:?}");
+    assert!(bad.is_empty(), "axum or tonic outside api/: {bad:?}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod logs;
 pub mod metrics;
 mod nodes;
 mod publishers;
+pub mod remote;
 pub mod stream;
 mod tasks;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
     /// The fleet, on a hub (`serve --hub`), for `/nodes`.
     pub hub: Option<crate::hub::Hub>,
+    /// A hub's gRPC clients of the nodes, with the fleet token (`/nodes/{node}/…`).
+    pub remote: remote::Remote,
 }
 
 pub type Shared = Arc<AppState>;

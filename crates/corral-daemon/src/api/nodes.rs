@@ -26,8 +26,8 @@ pub async fn nodes(State(st): State<Shared>) -> Result<Json<NodesAnswer>, ApiErr
 // and stream formats, so every client (the CLI's `NODE/TASK` names, the dashboard) uses
 // one code path for local and remote tasks.
 
+use super::remote::{NodeClient, RemoteError};
 use super::stream::{self, Framing, Source};
-use crate::hub::remote::{NodeClient, RemoteError};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -45,16 +45,20 @@ fn client(st: &Shared, node: &str) -> Result<NodeClient, ApiError> {
             "this daemon is not a hub: it reaches no other node; start one with `corral serve --hub`",
         )
     })?;
-    hub.client(node).map_err(|e| match e {
-        RemoteError::UnknownNode(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
-        }
-        RemoteError::Unusable(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node_unreachable",
-            e.to_string(),
-        ),
-    })
+    let addr = hub
+        .grpc_address(node)
+        .ok_or_else(|| RemoteError::UnknownNode(node.to_string()));
+    addr.and_then(|addr| st.remote.client(node, &addr))
+        .map_err(|e| match e {
+            RemoteError::UnknownNode(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
+            }
+            RemoteError::Unusable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_unreachable",
+                e.to_string(),
+            ),
+        })
 }
 
 /// A node's gRPC error as the HTTP error the node itself would have sent.

@@ -14,7 +14,6 @@
 //! the log; they never stop the daemon.
 
 pub mod fleet;
-pub mod remote;
 pub mod timeline;
 
 use crate::bus::Bus;
@@ -53,7 +52,6 @@ struct Inner {
     received: AtomicU64,
     malformed: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    remote: remote::Remote,
 }
 
 /// The hub's handle. Cheap to clone.
@@ -67,14 +65,7 @@ impl Hub {
     /// `enabled` does not matter: that is this node's publisher). `interval` is the node
     /// heartbeat; the registrations are scanned twice per heartbeat. An unusable setting
     /// is an error; an unreachable server is retried in the background.
-    ///
-    /// With the fleet token the hub also reaches the nodes' gRPC APIs ([`Hub::client`]).
-    pub fn start(
-        cfg: RedisConfig,
-        bus: Arc<Bus>,
-        interval: Duration,
-        fleet_token: Option<&str>,
-    ) -> Result<Hub, String> {
+    pub fn start(cfg: RedisConfig, bus: Arc<Bus>, interval: Duration) -> Result<Hub, String> {
         cfg.validate()?;
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -84,7 +75,6 @@ impl Hub {
                 received: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
                 tasks: Mutex::new(Vec::new()),
-                remote: remote::Remote::new(fleet_token),
             }),
         };
         // Two scans a heartbeat: a node's key expires three heartbeats after its last
@@ -127,15 +117,10 @@ impl Hub {
         self.inner.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A gRPC client of `node`'s API, to follow and drive its tasks. A node that is
-    /// gone is still tried (it may be back before its next registration).
-    pub fn client(&self, node: &str) -> Result<remote::NodeClient, remote::RemoteError> {
-        let addr = self
-            .fleet()
-            .get(node)
-            .map(|n| n.record.grpc.clone())
-            .ok_or_else(|| remote::RemoteError::UnknownNode(node.to_string()))?;
-        self.inner.remote.client(node, &addr)
+    /// The gRPC address `node` registered (empty from a node older than the gRPC API),
+    /// or `None` for a node the hub never saw. A node that is gone keeps its last one.
+    pub fn grpc_address(&self, node: &str) -> Option<String> {
+        self.fleet().get(node).map(|n| n.record.grpc.clone())
     }
 
     /// The fleet, for `GET /api/v1/nodes`.

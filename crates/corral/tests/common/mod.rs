@@ -717,7 +717,27 @@ pub fn kill_holder(task_pid: u32) -> u32 {
         String::from_utf8_lossy(&cmdline)
     );
     signal(holder as i32, libc::SIGKILL);
+    // SIGKILL is delivered asynchronously: until the holder is really gone, a daemon
+    // started next could still reach it and take the run back.
+    let deadline = Instant::now() + DEADLINE;
+    while !process_gone(holder) {
+        assert!(
+            Instant::now() < deadline,
+            "holder {holder} outlived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     holder
+}
+
+/// Whether a process has exited (it is absent, or a zombie nobody reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
 }
 
 /// A small tmpfs mounted for a test (a disk that fills up), unmounted when dropped.

@@ -1,5 +1,5 @@
-//! The hub's reach into the nodes: a gRPC client per node, at the address its
-//! registration gives, carrying the fleet token. Channels are made once per node and
+//! A hub's reach into the nodes: a gRPC client per node, at the address its
+//! registration gives (`crate::hub`), carrying the fleet token. Channels are made once per node and
 //! address, connect lazily and reconnect by themselves.
 
 use corral_client::grpc::corral_client::CorralClient;
