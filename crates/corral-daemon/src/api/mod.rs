@@ -60,6 +60,8 @@ pub struct AppState {
     pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
     /// The fleet, on a hub (`serve --hub`), for `/nodes`.
     pub hub: Option<crate::hub::Hub>,
+    /// The SSH transport, for `/gpu?host=`.
+    pub ssh: crate::ssh::Ssh,
 }
 
 pub type Shared = Arc<AppState>;

@@ -150,6 +150,7 @@ async fn start_daemon(
             node: None,
             node_heartbeat: "10s".into(),
             hub: false,
+            ssh_config: None,
             llama: crate::cli::config::LlamaServeArgs::default(),
             redis: crate::cli::config::RedisServeArgs::default(),
             log: a.log.clone(),
