@@ -39,14 +39,14 @@ fn user() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The processes whose parent is `pid`.
+/// The live (not zombie) processes whose parent is `pid`.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if parent_pid(p) == Some(pid) {
+        if parent_pid(p) == Some(pid) && proc_state(p).is_some_and(|s| s != 'Z') {
             out.push(p);
         }
     }

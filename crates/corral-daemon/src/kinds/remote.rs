@@ -73,25 +73,12 @@ impl TaskKind for RemoteFileKind {
     }
 
     fn launch(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
-        Some((|| {
-            let (host, path) = (host_of(spec)?, path_of(spec)?);
-            let resume = run
-                .previous
-                .and_then(|prev| resume_point(run.log_dir, prev))
-                .filter(|r| r.path.to_str() == Some(&path) && r.host.as_deref() == Some(&host));
-            Ok(self.file_run(host, path, resume, "following"))
-        })())
+        Some(self.launch_file(spec, run))
     }
 
     fn resume(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
         let resume = resume_point(run.log_dir, run.run_id)?;
-        Some((|| {
-            let (host, path) = (host_of(spec)?, path_of(spec)?);
-            let offset = resume.offset;
-            let mut l = self.file_run(host, path, Some(resume), "following");
-            l.note = format!("taken back by a new daemon: {}, from byte {offset}", l.note);
-            Ok(l)
-        })())
+        Some(self.resume_file(spec, resume))
     }
 
     fn quotes_stderr(&self) -> bool {
@@ -100,6 +87,24 @@ impl TaskKind for RemoteFileKind {
 }
 
 impl RemoteFileKind {
+    fn launch_file(&self, spec: &TaskSpec, run: &RunPlace) -> Result<Launched, String> {
+        let (host, path) = (host_of(spec)?, path_of(spec)?);
+        // The previous run's position counts only if it read this same file.
+        let resume = run
+            .previous
+            .and_then(|prev| resume_point(run.log_dir, prev))
+            .filter(|r| r.path.to_str() == Some(&path) && r.host.as_deref() == Some(&host));
+        Ok(self.file_run(host, path, resume, "following"))
+    }
+
+    fn resume_file(&self, spec: &TaskSpec, resume: Resume) -> Result<Launched, String> {
+        let (host, path) = (host_of(spec)?, path_of(spec)?);
+        let offset = resume.offset;
+        let mut l = self.file_run(host, path, Some(resume), "following");
+        l.note = format!("taken back by a new daemon: {}, from byte {offset}", l.note);
+        Ok(l)
+    }
+
     fn file_run(&self, host: String, path: String, resume: Option<Resume>, verb: &str) -> Launched {
         let (ended, rx) = oneshot::channel();
         let what = format!("{verb} {host}:{path} over SSH");

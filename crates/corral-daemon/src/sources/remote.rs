@@ -162,7 +162,12 @@ impl Reader {
                 }
             }
             if let Some(launch) = self.src.launch.clone() {
-                match self.launch(&launch).await {
+                let launched = tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    r = self.launch(&launch) => r,
+                };
+                match launched {
                     Ok(()) => self.src.launch = None,
                     Err(Some(why)) => {
                         end = Some(RemoteEnd::Failed(why));

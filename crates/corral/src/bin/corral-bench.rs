@@ -3045,8 +3045,9 @@ fn ssh_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
         let mut took = Vec::new();
         // Line 0 warms up (the connection and the remote reader start); not counted.
         for i in 0..=a.ssh_lines {
-            // Pacing between samples, so that each line is written to an idle reader.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Pacing between samples (each line is written to an idle reader), uneven so
+            // that the writes fall at every phase of the remote reader's 0.2 s look.
+            tokio::time::sleep(Duration::from_millis(150 + (i * 61) % 250)).await;
             let want = format!("bench line {i}");
             let t0 = Instant::now();
             let mut f = std::fs::OpenOptions::new().append(true).open(&file)?;
