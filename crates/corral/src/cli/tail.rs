@@ -93,3 +93,24 @@ pub async fn tail(c: &Client, a: TailArgs) -> anyhow::Result<i32> {
     out.flush()?;
     Ok(start_exit_code(&v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::remote;
+    use std::path::Path;
+
+    #[test]
+    fn a_remote_file_is_written_as_scp_writes_it() {
+        assert_eq!(
+            remote(Path::new("gpu@10.0.0.7:/srv/run.log")),
+            Some(("gpu@10.0.0.7", "/srv/run.log"))
+        );
+        assert_eq!(
+            remote(Path::new("box:logs/a.log")),
+            Some(("box", "logs/a.log"))
+        );
+        for local in ["/var/log/a:b.log", "./a:b", "a.log", "box:"] {
+            assert_eq!(remote(Path::new(local)), None, "{local}");
+        }
+    }
+}
