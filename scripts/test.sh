@@ -9,7 +9,10 @@
 #     ~/.cache/corral-test, or $CORRAL_TEST_CACHE). Set LLAMA_SERVER_BIN to use your own;
 #   - redis-server and redis-cli (apt-get, when run as root and missing): the Redis
 #     publisher's tests start their own server on a free loopback port; openssl makes
-#     the test CA and certificate of its TLS tests.
+#     the test CA and certificate of its TLS tests;
+#   - sshd and ssh (openssh-server, openssh-client; apt-get, when run as root and
+#     missing): the SSH tests start their own sshd on a free loopback port, with
+#     throwaway keys.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,15 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || 
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools openssl >/dev/null
   else
     echo "redis-server and openssl are required for the Redis tests: sudo apt-get install redis-server redis-tools openssl" >&2; exit 1
+  fi
+fi
+
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing openssh-server and openssh-client"
+    apt-get update -qq && apt-get install -y -qq openssh-server openssh-client >/dev/null
+  else
+    echo "sshd and ssh are required for the SSH tests: sudo apt-get install openssh-server openssh-client" >&2; exit 1
   fi
 fi
 

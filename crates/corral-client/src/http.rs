@@ -180,6 +180,11 @@ impl Client {
         self.get("/gpu").await
     }
 
+    /// `GET /api/v1/gpu?host=…`: another machine's GPUs, read by the daemon over SSH.
+    pub async fn gpu_of(&self, host: &str) -> Result<crate::wire::GpuSnapshot, ClientError> {
+        self.get(&format!("/gpu?host={}", crate::enc(host))).await
+    }
+
     /// `GET /api/v1/nodes`: the fleet as a hub reads it (a hub only).
     pub async fn nodes(&self) -> Result<crate::wire::NodesAnswer, ClientError> {
         self.get("/nodes").await

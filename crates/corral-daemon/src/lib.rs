@@ -4,7 +4,7 @@
 //!   run's bytes come from), [`logbook`] (ingest, ring, followers), [`registry`] (SQLite),
 //!   [`bus`] (events to sinks), [`sinks`] (the observer store, the live stream), [`gpu`]
 //!   (the GPUs, through NVML loaded at run time), [`hub`] (the fleet read from Redis,
-//!   on a hub);
+//!   on a hub), [`ssh`] (the SSH transport: one multiplexed connection per host);
 //! - [`kinds`]: what a task is (llama-server, rpc-server), plugged into the supervisor
 //!   through [`supervisor::kind::TaskKind`];
 //! - [`api`]: HTTP, SSE, WebSocket and `/metrics`;
@@ -27,6 +27,7 @@ pub mod registry;
 pub mod serve;
 pub mod sinks;
 pub mod sources;
+pub mod ssh;
 pub mod supervisor;
 pub mod util;
 

@@ -59,6 +59,9 @@ pub struct ServeOpts {
     pub node_heartbeat: Duration,
     /// Also read the fleet from Redis (`--hub`): the nodes' events and registrations.
     pub hub: bool,
+    /// The ssh config file every `ssh` of the daemon reads (`--ssh-config`,
+    /// `CORRAL_SSH_CONFIG`); `None`: the user's own (`~/.ssh/config`).
+    pub ssh_config: Option<PathBuf>,
 }
 
 pub use crate::home::default_home;
@@ -169,7 +172,8 @@ pub async fn serve_until(
         &bus,
     );
     bus.register(redis_sink);
-    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
+    let ssh = crate::ssh::Ssh::new(&opts.home, opts.ssh_config.clone());
+    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone(), ssh.clone());
     let sup = Supervisor::new(
         Settings {
             home: opts.home.clone(),
@@ -278,6 +282,7 @@ pub async fn serve_until(
         llama,
         stop: stop_tx,
         hub: hub.clone(),
+        ssh: ssh.clone(),
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));
@@ -296,6 +301,8 @@ pub async fn serve_until(
         sup.stop_all().await;
         registered.leave().await;
     }
+    // The remote runs are stopped or let go: their hosts' connections end.
+    ssh.close_all().await;
     let late = bus.close(SINK_FLUSH).await;
     if !late.is_empty() {
         tracing::warn!(

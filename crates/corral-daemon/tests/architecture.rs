@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 
 /// The engine and storage: they never import the API, a task kind, or the wiring.
-const ENGINE: [&str; 11] = [
+const ENGINE: [&str; 12] = [
     "supervisor",
     "sources",
     "logbook",
@@ -20,6 +20,7 @@ const ENGINE: [&str; 11] = [
     "util",
     "gpu",
     "hub",
+    "ssh",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

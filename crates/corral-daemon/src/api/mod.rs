@@ -64,6 +64,8 @@ pub struct AppState {
     pub hub: Option<crate::hub::Hub>,
     /// A hub's gRPC clients of the nodes, with the fleet token (`/nodes/{node}/…`).
     pub remote: remote::Remote,
+    /// The SSH transport, for `/gpu?host=`.
+    pub ssh: crate::ssh::Ssh,
 }
 
 pub type Shared = Arc<AppState>;

@@ -5,6 +5,8 @@
 //!   corral builds and runs on machines without it;
 //! - [`smi`]: `nvidia-smi`'s CSV, the fallback where the library cannot be opened but the
 //!   program exists;
+//! - [`remote`]: another machine's GPUs, from `nvidia-smi` run there over SSH
+//!   ([`crate::ssh`]), read by the same parser;
 //! - [`Gpus`]: the cache in front of them. **Invariant:** the driver is asked at most once
 //!   per [`MAX_AGE`], whoever asks and however many ask at once: concurrent callers wait
 //!   for the one refresh in flight and share its answer.
@@ -16,6 +18,7 @@
 //! the whole answer; no library or driver at all is `available: false` with the reason.
 
 pub mod nvml;
+pub mod remote;
 pub mod smi;
 pub mod watch;
 

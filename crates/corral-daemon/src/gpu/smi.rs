@@ -17,24 +17,30 @@ pub enum SmiError {
     Failed(String),
 }
 
+/// The GPU query (`--query-gpu=…`), with [`FORMAT`]; its answer is read by [`parse_gpus`].
+pub const QUERY_GPU: &str =
+    "--query-gpu=index,name,uuid,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw";
+/// The compute processes query, with [`FORMAT`]; read by [`parse_apps`].
+pub const QUERY_APPS: &str = "--query-compute-apps=pid,gpu_uuid,used_memory";
+pub const FORMAT: &str = "--format=csv,noheader,nounits";
+
 /// The GPUs and their compute processes, as `nvidia-smi` reports them.
 pub fn read() -> Result<Vec<Gpu>, SmiError> {
-    let mut gpus = parse_gpus(&run(&[
-        "--query-gpu=index,name,uuid,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw",
-        "--format=csv,noheader,nounits",
-    ])?);
+    let mut gpus = parse_gpus(&run(&[QUERY_GPU, FORMAT])?);
     // The processes are a second query; without them the GPUs are still worth showing.
-    if let Ok(out) = run(&[
-        "--query-compute-apps=pid,gpu_uuid,used_memory",
-        "--format=csv,noheader,nounits",
-    ]) {
-        for (uuid, p) in parse_apps(&out) {
-            if let Some(g) = gpus.iter_mut().find(|g| g.uuid.as_deref() == Some(&uuid)) {
-                g.processes.push(p);
-            }
-        }
+    if let Ok(out) = run(&[QUERY_APPS, FORMAT]) {
+        add_apps(&mut gpus, &out);
     }
     Ok(gpus)
+}
+
+/// Puts each process of a compute-apps answer on its GPU.
+pub fn add_apps(gpus: &mut [Gpu], csv: &str) {
+    for (uuid, p) in parse_apps(csv) {
+        if let Some(g) = gpus.iter_mut().find(|g| g.uuid.as_deref() == Some(&uuid)) {
+            g.processes.push(p);
+        }
+    }
 }
 
 fn run(args: &[&str]) -> Result<String, SmiError> {

@@ -64,7 +64,7 @@ impl TaskKind for FileKind {
             let resume = run
                 .previous
                 .and_then(|prev| resume_point(run.log_dir, prev))
-                .filter(|r| r.path == path);
+                .filter(|r| r.path == path && r.host.is_none());
             launched(path, resume, "following")
         }))
     }

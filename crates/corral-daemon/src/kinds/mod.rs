@@ -6,18 +6,23 @@
 
 pub mod file;
 pub mod llama;
+pub mod remote;
 
 use crate::supervisor::kind::{Kinds, TaskKind};
 use std::sync::Arc;
 
 /// The kinds every daemon knows: `llama` (a llama-server coordinator), `rpc` (an
-/// rpc-server backend) and `file` (a followed local file). Returns the registry and the llama state the API shows.
-pub fn builtin(cfg: llama::LlamaConfig) -> (Kinds, llama::Llama) {
+/// rpc-server backend), `file` (a followed local file), `remote-file` and `remote` (a
+/// file and a command on another machine, over `ssh`). Returns the registry and the
+/// llama state the API shows.
+pub fn builtin(cfg: llama::LlamaConfig, ssh: crate::ssh::Ssh) -> (Kinds, llama::Llama) {
     let llama = llama::Llama::new(cfg);
     let kinds: Vec<Arc<dyn TaskKind>> = vec![
         Arc::new(llama::Coordinator(llama.clone())),
         Arc::new(llama::RpcServer(llama.clone())),
         Arc::new(file::FileKind),
+        Arc::new(remote::RemoteFileKind(ssh.clone())),
+        Arc::new(remote::RemoteKind(ssh)),
     ];
     (Kinds::new(kinds), llama)
 }

@@ -129,6 +129,9 @@ impl Identity {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Place {
     pub path: PathBuf,
+    /// The host of a remote file (`sources::remote`); none for a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub ident: Identity,
     pub base: u64,
     pub start: u64,
@@ -140,7 +143,7 @@ impl Place {
         log_path.with_extension("file")
     }
 
-    fn write(&self, log_path: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, log_path: &Path) -> std::io::Result<()> {
         let to = Place::path_of(log_path);
         let tmp = to.with_extension("file.tmp");
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
@@ -158,6 +161,8 @@ impl Place {
 pub struct Resume {
     /// The path that run followed.
     pub path: PathBuf,
+    /// The host, for a remote file.
+    pub host: Option<String>,
     pub ident: Identity,
     pub offset: u64,
 }
@@ -170,6 +175,7 @@ pub fn resume_point(dir: &Path, run_id: &str) -> Option<Resume> {
     let place = Place::read(&log_path)?;
     Some(Resume {
         path: place.path,
+        host: place.host,
         ident: place.ident,
         offset: at.streams[0].saturating_sub(place.base) + place.start,
     })
@@ -461,6 +467,7 @@ impl Follower {
         let Some(cur) = &self.cur else { return };
         let place = Place {
             path: self.path.clone(),
+            host: None,
             ident: cur.ident,
             base,
             start,
@@ -803,6 +810,7 @@ mod tests {
         ch.push(b"abc\n", None);
         let place = Place {
             path: "/x".into(),
+            host: None,
             ident: Identity {
                 dev: 1,
                 ino: 2,

@@ -26,6 +26,7 @@ pub mod child;
 pub mod file;
 pub mod held;
 pub mod reactor;
+pub mod remote;
 
 use crate::logbook::Ingest;
 use tokio::sync::oneshot;

@@ -175,7 +175,7 @@ fn kill_group(pid: u32, grace: Duration) -> String {
 }
 
 /// How a process of ours ended, for the log and the exit event.
-fn process_end_text(end: End) -> String {
+pub(crate) fn process_end_text(end: End) -> String {
     match end {
         End::Exited(Exit::Code(c)) => format!("exited with code {c}"),
         End::Exited(Exit::Signal(s)) => {

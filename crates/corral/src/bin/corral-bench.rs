@@ -144,6 +144,16 @@ struct BenchArgs {
     /// Run the idle part (many tasks and followers, a quiet window).
     #[arg(long)]
     idle: bool,
+    /// Run the SSH part: a remote file read through a real sshd on loopback (latency of
+    /// a new line, transfer while idle).
+    #[arg(long)]
+    ssh: bool,
+    /// Lines of the SSH latency measure.
+    #[arg(long, default_value_t = 50)]
+    ssh_lines: u64,
+    /// Length of the SSH part's idle window, in seconds.
+    #[arg(long, default_value_t = 60)]
+    ssh_idle_seconds: u64,
     /// Smaller sizes for a quick look: every size not given on the command line shrinks
     /// (lines 500,000, follower lines 300,000, followers 0,10, latency lines 1,000, peer
     /// lines 1,000,000, idle tasks 200, idle seconds 10).
@@ -224,12 +234,12 @@ struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// (capture, peers, idle): the parts to run; none named means all.
-    fn parts(&self) -> (bool, bool, bool) {
-        if self.capture || self.peers || self.idle {
-            (self.capture, self.peers, self.idle)
+    /// (capture, peers, idle, ssh): the parts to run; none named means all.
+    fn parts(&self) -> (bool, bool, bool, bool) {
+        if self.capture || self.peers || self.idle || self.ssh {
+            (self.capture, self.peers, self.idle, self.ssh)
         } else {
-            (true, true, true)
+            (true, true, true, true)
         }
     }
 
@@ -256,6 +266,9 @@ impl BenchArgs {
         }
         if default("idle_seconds") {
             self.idle_seconds = 10;
+        }
+        if default("ssh_idle_seconds") {
+            self.ssh_idle_seconds = 10;
         }
     }
 }
@@ -1004,7 +1017,19 @@ fn is_tmpfs(p: &Path) -> bool {
 
 /// Starts `corral serve` on a free loopback port with its home at `work/<home>`.
 fn start_daemon(ctx: &Ctx, corral: &Path, home: &str, max_mb: u64) -> Result<Daemon> {
+    start_daemon_env(ctx, corral, home, max_mb, &[])
+}
+
+/// [`start_daemon`] with more environment.
+fn start_daemon_env(
+    ctx: &Ctx,
+    corral: &Path,
+    home: &str,
+    max_mb: u64,
+    env: &[(&str, String)],
+) -> Result<Daemon> {
     let mut cmd = Command::new(corral);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -1400,7 +1425,7 @@ fn wait_cpu(p: &mut Child) -> f64 {
 
 fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     let a = &ctx.a;
-    let (capture, peers, idle) = a.parts();
+    let (capture, peers, idle, ssh) = a.parts();
     // Peers are found (or installed) before anything is measured: a missing one fails now.
     let tools = if peers { find_peers(ctx)? } else { Vec::new() };
     let t_all = Instant::now();
@@ -1433,6 +1458,9 @@ fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     }
     if idle {
         rows.extend(idle_part(ctx, corral)?);
+    }
+    if ssh {
+        rows.extend(ssh_part(ctx, corral)?);
     }
     // CPU the rest of the machine used meanwhile: busy time (user + system, all CPUs)
     // minus what this process and everything it started and reaped used (pm2's daemon is
@@ -2856,6 +2884,218 @@ fn idle_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
         share.max(sched_share) <= 0.002,
     ));
     Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------
+// The SSH part: a remote file through a real sshd on loopback
+
+/// An sshd on a free loopback port, ended on drop.
+struct Sshd(Child);
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes throwaway keys, starts sshd as this user, and writes the ssh config (host
+/// `bench`) the daemon is given.
+fn start_sshd(dir: &Path) -> Result<(Sshd, PathBuf)> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        bail!("the SSH part needs sshd: apt-get install -y openssh-server (or run without --ssh)");
+    }
+    std::fs::create_dir_all(dir)?;
+    for key in ["host_key", "user_key"] {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join(key))
+            .stdin(Stdio::null())
+            .status()
+            .context("running ssh-keygen (apt-get install -y openssh-client)")?;
+        if !st.success() {
+            bail!("ssh-keygen failed");
+        }
+    }
+    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys"))?;
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        std::fs::create_dir_all("/run/sshd")?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
+        ),
+    )?;
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log"))?)
+        .spawn()
+        .context("starting sshd")?;
+    let sshd = Sshd(child);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "sshd did not listen: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub"))?;
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!("[127.0.0.1]:{port} {}", host_pub.trim()),
+    )?;
+    let user = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?;
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host bench\n  HostName 127.0.0.1\n  Port {port}\n  User {}\n  IdentityFile {d}/user_key\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n",
+            user.trim()
+        ),
+    )?;
+    Ok((sshd, config))
+}
+
+/// Bytes read and written by every process whose command line holds `needle` (the
+/// daemon's ssh processes: the master carries the connection).
+fn io_bytes_of(needle: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd).contains(needle) {
+            continue;
+        }
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        for l in io.lines() {
+            if let Some(v) = l
+                .strip_prefix("rchar: ")
+                .or_else(|| l.strip_prefix("wchar: "))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// A remote file (`corral tail bench:PATH`): how long a line written there takes to
+/// reach a follower of the task, and what the connection carries while nothing is
+/// written (all the daemon's ssh processes' reads and writes, from /proc/PID/io).
+fn ssh_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
+    let a = &ctx.a;
+    let dir = ctx.work.join("ssh");
+    let (_sshd, config) = start_sshd(&dir)?;
+    let d = start_daemon_env(
+        ctx,
+        corral,
+        "ssh-home",
+        64,
+        &[("CORRAL_SSH_CONFIG", config.display().to_string())],
+    )?;
+    let file = dir.join("remote.log");
+    std::fs::write(&file, b"")?;
+    let control = ctx.work.join("ssh-home").join("ssh").display().to_string();
+    eprintln!(
+        "corral-bench: ssh part: daemon at {}, sshd on loopback",
+        d.url
+    );
+    let (median, worst) = ctx.rt.block_on(async {
+        let body = json!({"name": "remote", "kind": "remote-file",
+                          "extra": {"host": "bench", "path": file.display().to_string()}});
+        let r = ctx
+            .http
+            .post(format!("{}/api/v1/tasks", d.url))
+            .json(&body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "creating the remote file task: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let resp = ctx
+            .http
+            .get(format!(
+                "{}/api/v1/tasks/remote/logs?since=0&follow=true",
+                d.url
+            ))
+            .send()
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut took = Vec::new();
+        // Line 0 warms up (the connection and the remote reader start); not counted.
+        for i in 0..=a.ssh_lines {
+            // Pacing between samples (each line is written to an idle reader), uneven so
+            // that the writes fall at every phase of the remote reader's 0.2 s look.
+            tokio::time::sleep(Duration::from_millis(150 + (i * 61) % 250)).await;
+            let want = format!("bench line {i}");
+            let t0 = Instant::now();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&file)?;
+            f.write_all(format!("{want}\n").as_bytes())?;
+            drop(f);
+            'wait: loop {
+                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+                    if v["line"] == want.as_str() {
+                        if i > 0 {
+                            took.push(t0.elapsed().as_secs_f64());
+                        }
+                        break 'wait;
+                    }
+                }
+                let chunk = tokio::time::timeout(Duration::from_secs(a.timeout), stream.next())
+                    .await
+                    .context("no line came from the remote file")?
+                    .context("the log stream ended")??;
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        let worst = took.iter().cloned().fold(0.0, f64::max);
+        Ok::<_, anyhow::Error>((median(took), worst))
+    })?;
+    // The idle window: the file is not written; the connection carries keepalives only.
+    let b0 = io_bytes_of(&control);
+    std::thread::sleep(Duration::from_secs(a.ssh_idle_seconds));
+    let idle = io_bytes_of(&control).saturating_sub(b0) as f64;
+    let per_min = idle / a.ssh_idle_seconds as f64 * 60.0;
+    Ok(vec![
+        Row::target(
+            "remote file (SSH): a new line to a follower, median / worst",
+            format!("{:.0} ms / {:.0} ms", median * 1e3, worst * 1e3),
+            "< 1 s",
+            worst < 1.0,
+        ),
+        Row::target(
+            &format!(
+                "remote file (SSH): transfer while idle ({} s window)",
+                a.ssh_idle_seconds
+            ),
+            format!("{:.1} KB/min", per_min / 1e3),
+            "<= 100 KB/min",
+            per_min <= 100_000.0,
+        ),
+    ])
 }
 
 struct Row {

@@ -1,6 +1,7 @@
-//! `corral gpu`: the daemon machine's GPUs (`/api/v1/gpu`), each with the processes on it
-//! and the corral task and run each belongs to. Without a GPU or driver it says so and
-//! succeeds: no GPU is an answer, not a failure.
+//! `corral gpu [HOST]`: the daemon machine's GPUs (`/api/v1/gpu`), each with the processes
+//! on it and the corral task and run each belongs to; with `user@host`, that machine's,
+//! read by the daemon over SSH. Without a GPU or driver it says so and succeeds: no GPU
+//! is an answer, not a failure.
 
 use super::table;
 use corral_client::wire::{Gpu, GpuSnapshot};
@@ -10,12 +11,25 @@ use std::io::Write;
 pub const AFTER_HELP: &str = "\
 The daemon reads the GPUs through NVIDIA's driver library (NVML), else nvidia-smi, at most \
 once a second. A process belongs to a task when it is the task's run, in the run's process \
-group, or started by it.\n\nExamples:\n  corral gpu\n  corral gpu --json";
+group, or started by it. With HOST (user@host, or a host of the daemon's ssh config), the \
+daemon runs nvidia-smi there over its SSH connection to that host.\n\nExamples:\n  \
+corral gpu\n  corral gpu --json\n  corral gpu gpu@10.0.0.7";
 
-pub async fn gpu(c: &Client, json: bool) -> anyhow::Result<i32> {
-    let snap = c.gpu().await?;
+#[derive(clap::Args, Debug)]
+pub struct GpuArgs {
+    /// Another machine (user@host), reached by the daemon over SSH.
+    pub host: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn gpu(c: &Client, a: GpuArgs) -> anyhow::Result<i32> {
+    let snap = match &a.host {
+        Some(h) => c.gpu_of(h).await?,
+        None => c.gpu().await?,
+    };
     let mut out = std::io::stdout().lock();
-    if json {
+    if a.json {
         writeln!(out, "{}", serde_json::to_string(&snap)?)?;
     } else {
         print(&mut out, &snap)?;

@@ -105,7 +105,7 @@ pub enum Command {
     Nodes(JsonArg),
     /// Show the GPUs, their processes and the tasks and runs those belong to.
     #[command(after_help = gpu::AFTER_HELP)]
-    Gpu(JsonArg),
+    Gpu(gpu::GpuArgs),
     /// Show why a run failed: the diagnostics bundle written when it did (--tar to share it).
     Diag(diag::DiagArgs),
     /// List the alert rules and their counters, or send a test message through one.
@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// Give every node and the hub the same file.
     #[arg(long, env = "CORRAL_FLEET_TOKEN_FILE", value_name = "FILE")]
     pub fleet_token_file: Option<std::path::PathBuf>,
+    /// The ssh config file for every `ssh` the daemon runs (remote files, remote commands,
+    /// `corral gpu HOST`), as `ssh -F FILE`; by default ssh reads the user's own.
+    #[arg(long, env = "CORRAL_SSH_CONFIG", value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]
@@ -245,9 +249,13 @@ pub struct RunArgs {
     /// Grace between SIGTERM and SIGKILL on stop.
     #[arg(long, default_value = "5s")]
     pub stop_timeout: String,
-    /// Working directory of the process.
+    /// Working directory of the process (with --remote: on the remote host).
     #[arg(long)]
     pub cwd: Option<PathBuf>,
+    /// Run the command on another machine (user@host, or a host of the daemon's ssh
+    /// config), over the daemon's SSH connection to it.
+    #[arg(long, value_name = "USER@HOST")]
+    pub remote: Option<String>,
     /// Environment variable for the process (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
@@ -391,7 +399,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Redis(cmd) => redis::dispatch(&c, cmd).await,
         Command::Diag(a) => diag::diag(&c, a).await,
         Command::Alerts(a) => alerts::alerts(&c, a).await,
-        Command::Gpu(a) => gpu::gpu(&c, a.json).await,
+        Command::Gpu(a) => gpu::gpu(&c, a).await,
         Command::Nodes(a) => nodes::nodes(&c, a.json).await,
         Command::Hold(a) => Ok(hold(a)),
         Command::SimLlamaServer(a) => crate::demo::sim::llama_server(a).await.map(|_| 0),

@@ -1,6 +1,7 @@
 //! `corral tail PATH --name NAME`: a task whose run follows a local file someone else
 //! writes, like `tail -F`. The daemon reads it (the `file` task kind); this command only
-//! makes the path absolute and creates the task.
+//! makes the path absolute and creates the task. `corral tail user@host:/path` (scp's
+//! form) follows a file on another machine over SSH (the `remote-file` kind).
 
 use super::start_exit_code;
 use anyhow::Context;
@@ -25,11 +26,19 @@ from its start, with a `system` note \"file rotated: …\". A truncated file (co
 is read again from its start, with a note; lines written between the copy and the
 truncation may be lost. Reading goes on after a daemon restart, and after a stop and
 start, from the byte after the last line read: no line is read twice. A last line with no
-newline yet waits for its newline.";
+newline yet waits for its newline.
+
+A remote file, user@host:/path (as scp writes it; a host of the daemon's ssh config works
+too), is read by the daemon over its one SSH connection to that host, by byte position:
+after a dropped connection, or a daemon restart, it goes on at the byte after the last
+line read. Host keys are checked strictly: an unknown one is an error, never accepted.
+
+  corral tail gpu@10.0.0.7:/srv/outputs/p1/run.log --name p1";
 
 #[derive(Args, Debug)]
 pub struct TailArgs {
-    /// The file to follow (made absolute here; it need not exist yet).
+    /// The file to follow (made absolute here; it need not exist yet), or
+    /// `user@host:/path` on another machine.
     pub path: PathBuf,
     /// Task name (letters, digits, `.`, `_`, `-`).
     #[arg(long)]
@@ -39,8 +48,22 @@ pub struct TailArgs {
     pub json: bool,
 }
 
+/// `host:path` as scp reads it: a colon before any slash (`./a:b` is a local file).
+fn remote(arg: &std::path::Path) -> Option<(&str, &str)> {
+    let s = arg.to_str()?;
+    let (host, path) = s.split_once(':')?;
+    (!host.is_empty() && !host.contains('/') && !path.is_empty()).then_some((host, path))
+}
+
 /// The spec of a file task following `path`, absolute.
 fn spec(a: &TailArgs) -> anyhow::Result<TaskSpec> {
+    if let Some((host, path)) = remote(&a.path) {
+        return Ok(TaskSpec {
+            kind: Some("remote-file".into()),
+            extra: json!({ "host": host, "path": path }),
+            ..TaskSpec::new(a.name.clone(), Vec::new())
+        });
+    }
     let path = if a.path.is_absolute() {
         a.path.clone()
     } else {
@@ -69,4 +92,25 @@ pub async fn tail(c: &Client, a: TailArgs) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(start_exit_code(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remote;
+    use std::path::Path;
+
+    #[test]
+    fn a_remote_file_is_written_as_scp_writes_it() {
+        assert_eq!(
+            remote(Path::new("gpu@10.0.0.7:/srv/run.log")),
+            Some(("gpu@10.0.0.7", "/srv/run.log"))
+        );
+        assert_eq!(
+            remote(Path::new("box:logs/a.log")),
+            Some(("box", "logs/a.log"))
+        );
+        for local in ["/var/log/a:b.log", "./a:b", "a.log", "box:"] {
+            assert_eq!(remote(Path::new(local)), None, "{local}");
+        }
+    }
 }

@@ -26,6 +26,9 @@ fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
     let cwd = match &a.cwd {
+        // A remote directory is the remote host's to find.
+        Some(d) if a.remote.is_some() => Some(d.display().to_string()),
+        None if a.remote.is_some() => None,
         Some(d) => Some(
             std::fs::canonicalize(d)
                 .with_context(|| format!("--cwd {}: no such directory", d.display()))?
@@ -45,6 +48,11 @@ fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
         backoff_initial_ms: duration_arg("backoff-initial", &a.backoff_initial)?.as_millis() as u64,
         backoff_max_ms: duration_arg("backoff-max", &a.backoff_max)?.as_millis() as u64,
         stop_timeout_ms: duration_arg("stop-timeout", &a.stop_timeout)?.as_millis() as u64,
+        kind: a.remote.as_ref().map(|_| "remote".to_string()),
+        extra: match &a.remote {
+            Some(host) => json!({ "host": host }),
+            None => serde_json::Value::Null,
+        },
         ..TaskSpec::new(a.name.clone(), a.command.clone())
     })
 }

@@ -151,6 +151,7 @@ async fn start_daemon(
             node_heartbeat: "10s".into(),
             hub: false,
             fleet_token_file: None,
+            ssh_config: None,
             llama: crate::cli::config::LlamaServeArgs::default(),
             redis: crate::cli::config::RedisServeArgs::default(),
             log: a.log.clone(),
