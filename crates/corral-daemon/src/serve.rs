@@ -56,6 +56,9 @@ pub struct ServeOpts {
     pub node_heartbeat: Duration,
     /// Also read the fleet from Redis (`--hub`): the nodes' events and registrations.
     pub hub: bool,
+    /// The container engine's address (`--docker-host`, `DOCKER_HOST`): where `container`
+    /// tasks run; `None`: `unix:///var/run/docker.sock`.
+    pub docker_host: Option<String>,
 }
 
 pub use crate::home::default_home;
@@ -166,7 +169,8 @@ pub async fn serve_until(
         &bus,
     );
     bus.register(redis_sink);
-    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone());
+    let engine = crate::sources::container::engine::Engine::new(opts.docker_host.clone());
+    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone(), engine.clone(), &opts.node);
     let sup = Supervisor::new(
         Settings {
             home: opts.home.clone(),
@@ -258,6 +262,7 @@ pub async fn serve_until(
         llama,
         stop: stop_tx,
         hub: hub.clone(),
+        engine,
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));

@@ -302,7 +302,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bus = Bus::new("n".into(), &ObserverConfig::default());
         let events = crate::sinks::builtin(&bus, &ObserverConfig::default());
-        let (kinds, _) = crate::kinds::builtin(Default::default());
+        let (kinds, _) = crate::kinds::builtin(
+            Default::default(),
+            crate::sources::container::engine::Engine::new(None),
+            "test",
+        );
         let sup = Supervisor::new(
             Settings {
                 home: tmp.path().to_path_buf(),

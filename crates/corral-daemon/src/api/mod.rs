@@ -8,6 +8,7 @@
 
 mod alerts;
 mod auth;
+mod containers;
 mod diagnostics;
 mod error;
 mod events;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub stop: tokio::sync::mpsc::UnboundedSender<corral_client::wire::Shutdown>,
     /// The fleet, on a hub (`serve --hub`), for `/nodes`.
     pub hub: Option<crate::hub::Hub>,
+    /// The container engine, for `/containers`.
+    pub engine: crate::sources::container::engine::Engine,
 }
 
 pub type Shared = Arc<AppState>;
@@ -98,6 +101,7 @@ pub fn router(state: Shared) -> Router {
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
         .route("/gpu", get(gpu::gpu))
+        .route("/containers", get(containers::list))
         .route("/nodes", get(nodes::nodes))
         .route(
             "/publishers/redis",

@@ -4,6 +4,7 @@
 //!
 //! **Rule:** kinds may use the engine (supervisor, logbook, bus) but never the API.
 
+pub mod container;
 pub mod file;
 pub mod llama;
 
@@ -11,13 +12,20 @@ use crate::supervisor::kind::{Kinds, TaskKind};
 use std::sync::Arc;
 
 /// The kinds every daemon knows: `llama` (a llama-server coordinator), `rpc` (an
-/// rpc-server backend) and `file` (a followed local file). Returns the registry and the llama state the API shows.
-pub fn builtin(cfg: llama::LlamaConfig) -> (Kinds, llama::Llama) {
+/// rpc-server backend), `file` (a followed local file) and `container` (a container run
+/// or followed through `engine`, labelled with this `node`). Returns the registry and
+/// the llama state the API shows.
+pub fn builtin(
+    cfg: llama::LlamaConfig,
+    engine: crate::sources::container::engine::Engine,
+    node: &str,
+) -> (Kinds, llama::Llama) {
     let llama = llama::Llama::new(cfg);
     let kinds: Vec<Arc<dyn TaskKind>> = vec![
         Arc::new(llama::Coordinator(llama.clone())),
         Arc::new(llama::RpcServer(llama.clone())),
         Arc::new(file::FileKind),
+        Arc::new(container::ContainerKind::new(engine, node.to_string())),
     ];
     (Kinds::new(kinds), llama)
 }
