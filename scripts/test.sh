@@ -9,7 +9,10 @@
 #     ~/.cache/corral-test, or $CORRAL_TEST_CACHE). Set LLAMA_SERVER_BIN to use your own;
 #   - redis-server and redis-cli (apt-get, when run as root and missing): the Redis
 #     publisher's tests start their own server on a free loopback port; openssl makes
-#     the test CA and certificate of its TLS tests.
+#     the test CA and certificate of its TLS tests;
+#   - podman, runc and busybox-static (apt-get, when run as root and missing): the
+#     container tests start their own Podman service (Docker API) with its storage in a
+#     temp dir, and make their image from busybox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,16 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || 
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools openssl >/dev/null
   else
     echo "redis-server and openssl are required for the Redis tests: sudo apt-get install redis-server redis-tools openssl" >&2; exit 1
+  fi
+fi
+
+# The image needs a static busybox (`busybox-static`; the `busybox` package's is dynamic).
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing podman, runc and busybox-static"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends podman runc busybox-static >/dev/null
+  else
+    echo "podman, runc and busybox-static are required for the container tests: sudo apt-get install --no-install-recommends podman runc busybox-static" >&2; exit 1
   fi
 fi
 

@@ -38,6 +38,7 @@ Examples:
   corral demo                                   # a simulated llama.cpp fleet, nothing else needed
   corral serve                                  # the daemon, on 127.0.0.1:7070
   corral run --name job --restart on-failure -- python3 train.py
+  corral run --image ghcr.io/org/llama:latest --name srv --label prompt_id=p1 -- --port 8080
   corral ps
   corral monitor job                            # last 1000 lines, then live
   corral logs job --tail 50
@@ -69,7 +70,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create (or replace a stopped) task and start it; prints the run id.
     Run(RunArgs),
-    /// Follow a local file like `tail -F`: a task whose run is the file's lines.
+    /// Follow a local file like `tail -F`, or a container's output (`container:NAME`): a
+    /// task whose run is its lines.
     #[command(after_help = tail::AFTER_HELP)]
     Tail(tail::TailArgs),
     /// List the tasks (on a hub, with --all-nodes, every node's).
@@ -171,6 +173,16 @@ pub struct ServeArgs {
     /// (the publisher's settings), for `corral events` and `corral nodes`.
     #[arg(long)]
     pub hub: bool,
+    /// The container engine for `corral run --image` and `corral tail container:NAME`:
+    /// Docker's socket, or Podman's (`podman system service`); `unix:///path`,
+    /// `tcp://HOST:PORT` or `http://HOST:PORT`.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        value_name = "ADDR",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]
@@ -211,6 +223,10 @@ pub struct PsArgs {
     /// last heartbeat).
     #[arg(long)]
     pub all_nodes: bool,
+    /// The containers that carry corral's labels (`corral.task`, `corral.run_id`, …),
+    /// running or not, as the daemon's container engine lists them.
+    #[arg(long, conflicts_with = "all_nodes")]
+    pub containers: bool,
 }
 
 #[derive(Args, Debug)]
@@ -253,8 +269,21 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long)]
     pub json: bool,
+    /// Run the task as a container of this image, through the daemon's container engine
+    /// (Docker, or Podman's compatible socket: `corral serve --docker-host`); the words
+    /// after `--` are its arguments (the image's own command when none). --env and
+    /// --label go to the container, --cwd is a directory inside it.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// With --image: the container's network (`host`, `none`, `bridge` or a network's name).
+    #[arg(long, requires = "image")]
+    pub network: Option<String>,
+    /// With --image: GPUs for the container, as `docker run --gpus` takes them (`all`, a
+    /// count, or `device=0,1`).
+    #[arg(long, requires = "image")]
+    pub gpus: Option<String>,
     /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -373,6 +402,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => tasks::run(&c, a).await,
         Command::Tail(a) => tail::tail(&c, a).await,
         Command::Ps(a) if a.all_nodes => nodes::ps_all(&c, a.json).await,
+        Command::Ps(a) if a.containers => tasks::ps_containers(&c, a.json).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,
         Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,

@@ -40,6 +40,7 @@ pub fn serve_opts(
         alerts: file.alerts,
         node_heartbeat: heartbeat(&a.node_heartbeat)?,
         hub: a.hub,
+        docker_host: Some(a.docker_host.clone()),
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })

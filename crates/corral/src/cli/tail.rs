@@ -1,6 +1,7 @@
 //! `corral tail PATH --name NAME`: a task whose run follows a local file someone else
 //! writes, like `tail -F`. The daemon reads it (the `file` task kind); this command only
-//! makes the path absolute and creates the task.
+//! makes the path absolute and creates the task. `corral tail container:NAME --name N`
+//! follows an existing container's output instead (the `container` kind).
 
 use super::start_exit_code;
 use anyhow::Context;
@@ -25,11 +26,18 @@ from its start, with a `system` note \"file rotated: …\". A truncated file (co
 is read again from its start, with a note; lines written between the copy and the
 truncation may be lost. Reading goes on after a daemon restart, and after a stop and
 start, from the byte after the last line read: no line is read twice. A last line with no
-newline yet waits for its newline.";
+newline yet waits for its newline.
+
+  corral tail container:web --name web-logs   # an existing container's stdout and stderr
+
+A followed container's output is read through the daemon's container engine (`corral serve
+--docker-host`), from its start; the run ends when the container does, with its exit code,
+and `corral stop` only stops following (the container keeps running).";
 
 #[derive(Args, Debug)]
 pub struct TailArgs {
-    /// The file to follow (made absolute here; it need not exist yet).
+    /// The file to follow (made absolute here; it need not exist yet), or
+    /// `container:NAME` (a container's name or id).
     pub path: PathBuf,
     /// Task name (letters, digits, `.`, `_`, `-`).
     #[arg(long)]
@@ -41,6 +49,16 @@ pub struct TailArgs {
 
 /// The spec of a file task following `path`, absolute.
 fn spec(a: &TailArgs) -> anyhow::Result<TaskSpec> {
+    if let Some(name) = a.path.to_str().and_then(|p| p.strip_prefix("container:")) {
+        if name.is_empty() {
+            anyhow::bail!("`container:` names no container; write e.g. container:web");
+        }
+        return Ok(TaskSpec {
+            kind: Some("container".into()),
+            extra: json!({ "container": name }),
+            ..TaskSpec::new(a.name.clone(), Vec::new())
+        });
+    }
     let path = if a.path.is_absolute() {
         a.path.clone()
     } else {

@@ -150,6 +150,7 @@ async fn start_daemon(
             node: None,
             node_heartbeat: "10s".into(),
             hub: false,
+            docker_host: corral_daemon::sources::container::engine::DEFAULT_HOST.into(),
             llama: crate::cli::config::LlamaServeArgs::default(),
             redis: crate::cli::config::RedisServeArgs::default(),
             log: a.log.clone(),
