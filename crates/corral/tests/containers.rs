@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 const IMAGE: &str = "localhost/corral-test:latest";
@@ -520,4 +520,96 @@ async fn an_unreachable_engine_is_a_clear_error() {
         out.stderr.contains("cannot reach the container engine"),
         "{out:?}"
     );
+}
+
+/// The numbers of the `tick N` lines on stdout, which must be 1, 2, 3, … with none
+/// twice and none missing.
+fn ticks(records: &[Value]) -> Vec<u64> {
+    let got: Vec<u64> = lines_of(records, "stdout")
+        .iter()
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a tick: {l:?}"))
+        })
+        .collect();
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+    got
+}
+
+/// Reads the task's log from its start until the line `tick N`, N at least `n`.
+async fn read_ticks(d: &Daemon, task: &str, n: u64) -> Vec<Value> {
+    let mut s = d.open_stream(task, "since=0&follow=true").await;
+    let mut got = Vec::new();
+    loop {
+        let item = s.next().await.expect("the log ended");
+        let past = item["line"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("tick "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|t| t >= n);
+        got.push(item);
+        if past {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_run_outlives_the_daemon_and_is_taken_back_without_repeats() {
+    let podman = Podman::start();
+    let opts = DaemonOpts::args(&["--docker-host", &podman.uri()]);
+    let mut d1 = Daemon::start_with(opts.clone()).await;
+    let run_id = d1
+        .run_task(
+            "ticker",
+            &[
+                "--image",
+                IMAGE,
+                "--network",
+                "none",
+                "--stop-timeout",
+                "1s",
+            ],
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.02; done",
+            ],
+        )
+        .await;
+    let seen = ticks(&read_ticks(&d1, "ticker", 20).await);
+
+    // A daemon that dies: the container runs on, and the next daemon goes on from the
+    // log's checkpoint.
+    d1.kill9();
+    let mut d2 = d1.start_again(opts.clone()).await;
+    let t = d2.wait_task_status("ticker", "ready").await;
+    assert_eq!(t["run_id"], run_id.as_str(), "{t}");
+    let seen = ticks(&read_ticks(&d2, "ticker", seen.len() as u64 + 50).await);
+
+    // A daemon that stops and leaves it running: the same.
+    let out = d2.cli(&["shutdown", "--leave-running"]).await.ok();
+    assert_eq!(out.stdout().trim(), "stopped");
+    assert_eq!(d2.terminate(), Some(0));
+    assert_eq!(podman.with_label("corral.task=ticker").len(), 1);
+    let d3 = d2.start_again(opts).await;
+    d3.wait_task_status("ticker", "ready").await;
+    ticks(&read_ticks(&d3, "ticker", seen.len() as u64 + 50).await);
+
+    d3.cli(&["stop", "ticker"]).await.ok();
+    let row = d3.wait_run_end(&run_id).await;
+    assert_eq!(row["status"], "killed", "{row}");
+    let items = d3.read_to_end("ticker", "since=0&follow=true").await;
+    let (records, _) = check_dense(&items, 1);
+    let all = ticks(&records);
+    assert!(all.len() as u64 > seen.len() as u64 + 50, "{}", all.len());
+    let notes = system_lines(&records);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("taken back by a new daemon")),
+        "{notes:?}"
+    );
+    assert!(podman.with_label("corral.task=ticker").is_empty());
 }

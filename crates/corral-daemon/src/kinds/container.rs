@@ -8,9 +8,10 @@
 //!   plus corral's (`corral.task`, `corral.run_id`, `corral.started_at`, `corral.node`).
 //!   Stop is the engine's stop (the container's stop signal, SIGKILL after the task's
 //!   stop timeout); the container's exit code is the run's; after the run the container
-//!   is inspected (kept with the run) and removed. Before a run starts, a container this
-//!   node started for the task and left behind (a daemon that died) is removed: nothing
-//!   runs twice. The task's command (what `corral ps` shows) is the image and its args.
+//!   is inspected (kept with the run) and removed. A run outlives the daemon: the next
+//!   one takes it back (the container found by its name, its logs going on after the
+//!   log's checkpoint). Before a run starts, a container of this daemon's task left
+//!   behind (a run that could not be taken back) is removed: nothing runs twice. The task's command (what `corral ps` shows) is the image and its args.
 //! - `{"container": NAME}` (`corral tail container:NAME`): an existing container's logs
 //!   are followed; the run ends when the container does (with its exit code), and a stop
 //!   lets go of it (left running). The first run reads the container's logs from its
@@ -146,6 +147,31 @@ impl TaskKind for ContainerKind {
         })
     }
 
+    /// A run an earlier daemon left: its container (known by its name) goes on, and its
+    /// logs are read again from the start, less what the log's checkpoint already has.
+    fn resume(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
+        let Ok(Shape::Image { image, .. }) = shape(spec) else {
+            return None;
+        };
+        let (log_path, _, _) = crate::logbook::run_paths(run.log_dir, run.run_id);
+        let at = crate::logbook::Checkpoint::read(&log_path).ok()?;
+        let name = container_name(spec, run.run_id);
+        let mut l = launched(
+            &self.engine,
+            name.clone(),
+            name.clone(),
+            true,
+            0,
+            format!("container {name} ({image})"),
+            format!(
+                "taken back by a new daemon: container {name} ran on, and its logs go on after seq {}",
+                at.last_seq
+            ),
+        );
+        l.resume_from(at.streams);
+        Some(Ok(l.into()))
+    }
+
     fn launch(&self, _spec: &TaskSpec, _run: &RunPlace) -> Option<Result<Launched, String>> {
         Some(Err(
             "a container task is started by the daemon's task actor, never by a plain launch"
@@ -176,7 +202,14 @@ impl ContainerKind {
             .await
             .map_err(fail)?;
         for c in left {
-            if let Some(id) = c.id {
+            // Only a run of this daemon's (its log is here): another daemon on this
+            // machine may have a task of the same name.
+            let ours = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(engine::LABEL_RUN))
+                .is_some_and(|r| crate::logbook::run_paths(run.log_dir, r).0.exists());
+            if let (true, Some(id)) = (ours, c.id) {
                 tracing::warn!(task = %spec.name, container = %id, "removing a container an earlier run left behind");
                 let _ = self.engine.remove(&id).await;
             }
@@ -193,7 +226,7 @@ impl ContainerKind {
             corral_core::time::rfc3339_utc(crate::util::unix_now()),
         );
         labels.insert(engine::LABEL_NODE.into(), self.node.clone());
-        let name = format!("corral-{}-{}", spec.name, run.run_id);
+        let name = container_name(spec, run.run_id);
         let create = Create {
             name: name.clone(),
             image: image.clone(),
@@ -221,7 +254,8 @@ impl ContainerKind {
             0,
             format!("container {short} ({image})"),
             note,
-        ))
+        )
+        .into())
     }
 
     /// Follows an existing container's logs.
@@ -253,13 +287,47 @@ impl ContainerKind {
             since,
             format!("following container {short} ({name})"),
             format!("following container {short} ({name})"),
-        ))
+        )
+        .into())
     }
+}
+
+/// The name of a run's container (a later daemon finds it by it).
+fn container_name(spec: &TaskSpec, run_id: &str) -> String {
+    format!("corral-{}-{}", spec.name, run_id)
 }
 
 /// The first 12 hex digits of a container id, as `docker ps` shows it.
 fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// A run's handle and source, before they become a [`Launched`].
+struct Parts {
+    handle: ContainerRun,
+    source: ContainerSource,
+    what: String,
+    note: String,
+}
+
+impl Parts {
+    /// A run taken back: the bytes of each stream its log has are not read again, and
+    /// its container id is already recorded.
+    fn resume_from(&mut self, streams: [u64; 2]) {
+        self.source.resume = Some(streams);
+        self.handle.record = false;
+    }
+}
+
+impl From<Parts> for Launched {
+    fn from(p: Parts) -> Launched {
+        Launched {
+            handle: Box::new(p.handle),
+            source: Box::new(p.source),
+            what: p.what,
+            note: p.note,
+        }
+    }
 }
 
 fn launched(
@@ -270,24 +338,26 @@ fn launched(
     since: i64,
     what: String,
     note: String,
-) -> Launched {
+) -> Parts {
     let (tx, rx) = oneshot::channel();
-    Launched {
-        handle: Box::new(ContainerRun {
+    Parts {
+        handle: ContainerRun {
             engine: engine.clone(),
             id: id.clone(),
             name,
             owned,
+            record: true,
             ended: Some(rx),
             end: None,
-        }),
-        source: Box::new(ContainerSource {
+        },
+        source: ContainerSource {
             engine: engine.clone(),
             id,
             owned,
             since,
+            resume: None,
             ended: tx,
-        }),
+        },
         what,
         note,
     }
@@ -300,6 +370,9 @@ struct ContainerRun {
     id: String,
     name: String,
     owned: bool,
+    /// Whether the registry should record the container's id (not again for a run
+    /// taken back, whose handle knows the container by its name).
+    record: bool,
     ended: Option<oneshot::Receiver<Ended>>,
     end: Option<Ended>,
 }
@@ -310,7 +383,7 @@ impl RunHandle for ContainerRun {
     }
 
     fn container(&self) -> Option<String> {
-        Some(self.id.clone())
+        self.record.then(|| self.id.clone())
     }
 
     fn terminate(&mut self, grace: Duration) -> Stopping {

@@ -13,6 +13,14 @@
 //! whole seconds, and an entry stamped with the second it arrives in is stamped on
 //! arrival instead (a record's time should not go back up to a second).
 //!
+//! **Taken back.** A container corral started outlives the daemon: the run keeps the
+//! ingest stage's checkpoint (`run_<id>.pos`: the bytes of stdout and stderr in records,
+//! written after each batch of entries), and a later daemon reads the logs again from the
+//! container's start, skipping that many bytes of each stream: nothing is read twice or
+//! missed, even when the container ended while no daemon ran (its exit code is still the
+//! run's). A daemon that stops with `leave_running` detaches: it stops reading, and the
+//! incomplete last lines are read whole by the next one.
+//!
 //! **End.** The container's end comes from the engine's wait (its exit code), and the
 //! logs end by themselves then; after the run ended the logs are read for
 //! [`DRAIN_GRACE`] at most. A container corral started is then inspected (the inspect
@@ -28,6 +36,8 @@ use corral_core::record::Stream;
 use engine::{Ended, Engine, LogOutput};
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -38,13 +48,16 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// A container's logs, not read yet.
 pub struct ContainerSource {
     pub engine: Engine,
-    /// The container's id.
+    /// The container's id (or name).
     pub id: String,
-    /// Whether corral started the container: its end is the run's end, and it is
-    /// inspected and removed after it.
+    /// Whether corral started the container: its end is the run's end, it is inspected
+    /// and removed after it, and the run can outlive the daemon (see [`resume`]).
     pub owned: bool,
     /// Read the logs from this second on (seconds since the epoch; 0: from the start).
     pub since: i64,
+    /// A run taken back: the bytes of stdout and stderr its log already has (the
+    /// checkpoint's), skipped in the logs read again from the start.
+    pub resume: Option<[u64; 2]>,
     /// How the container ended (its exit code, and what the engine said beside it).
     pub ended: oneshot::Sender<Ended>,
 }
@@ -54,23 +67,40 @@ pub fn inspect_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("container.json")
 }
 
+/// Entries handed in between two checkpoints at most, when they keep coming.
+const CHECKPOINT_EVERY: usize = 1024;
+
+/// What ends the reading besides the logs' own end.
+enum Stop {
+    /// The run ended: read on for [`DRAIN_GRACE`] at most.
+    RunEnded,
+    /// The daemon lets go of the run: stop now and leave the rest to the next daemon.
+    Detach,
+}
+
 impl Source for ContainerSource {
     fn start(self: Box<Self>, ingest: Ingest) -> std::io::Result<Capture> {
         let (done, drained) = oneshot::channel();
-        let (end_tx, end_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         let ContainerSource {
             engine,
             id,
             owned,
             since,
+            resume,
             ended,
         } = *self;
+        if owned {
+            // The logs can be read again from the start: the checkpoint says how far.
+            ingest.keep_checkpoints()?;
+        }
         let logs = engine
             .logs(&id, since)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         // The container's end, from the engine; the handle's wait resolves with it.
+        let exited = Arc::new(AtomicBool::new(false));
         let waiter = tokio::spawn({
-            let (engine, id) = (engine.clone(), id.clone());
+            let (engine, id, exited) = (engine.clone(), id.clone(), exited.clone());
             async move {
                 let end = match engine.wait(&id).await {
                     Ok(code) => match engine.ended(&id).await {
@@ -89,29 +119,46 @@ impl Source for ContainerSource {
                         detail: Some(format!("the engine lost track of the container: {e}")),
                     },
                 };
+                exited.store(true, Ordering::Release);
                 let _ = ended.send(end);
             }
         });
-        let mut reader = Reader {
+        let reader = Reader {
             out: ingest.channel(Stream::Stdout),
             err: ingest.channel(Stream::Stderr),
+            skip: resume.unwrap_or([0, 0]),
+            checkpoints: owned,
+            // A followed container's run that was let go of while it runs: nothing to
+            // drain, its output is not the run's any more.
+            let_go: (!owned).then_some(exited),
             ingest,
         };
+        let log_path = reader.ingest.log().log_path.clone();
         tokio::spawn(async move {
-            reader.read(logs, end_rx).await;
-            let log_path = reader.ingest.log().log_path.clone();
-            drop(reader);
-            if owned {
-                let _ = waiter.await;
-                keep_inspect_and_remove(&engine, &id, &log_path).await;
-            } else {
-                waiter.abort();
+            match reader.read(logs, stop_rx).await {
+                // Left running, for the next daemon, or let go of (not ours).
+                ReadEnd::Detached | ReadEnd::LetGo => waiter.abort(),
+                // The container stopped: its exit code comes.
+                ReadEnd::Read => {
+                    let _ = waiter.await;
+                    if owned {
+                        keep_inspect_and_remove(&engine, &id, &log_path).await;
+                    }
+                }
             }
             let _ = done.send(());
         });
-        Ok(Capture::new(drained, move || {
-            let _ = end_tx.send(());
-        }))
+        let stop_detach = stop_tx.clone();
+        let on_end = move || {
+            let _ = stop_tx.send(Stop::RunEnded);
+        };
+        Ok(if owned {
+            Capture::detachable(drained, on_end, move || {
+                let _ = stop_detach.send(Stop::Detach);
+            })
+        } else {
+            Capture::new(drained, on_end)
+        })
     }
 }
 
@@ -119,16 +166,34 @@ struct Reader {
     ingest: Ingest,
     out: Channel,
     err: Channel,
+    /// Bytes of stdout and stderr still to skip (already in the log of a run taken back).
+    skip: [u64; 2],
+    /// Whether checkpoints are kept (a run that can be taken back).
+    checkpoints: bool,
+    /// For a followed container: whether it exited. A run that ended while it did not
+    /// was let go of, and the reading stops at once.
+    let_go: Option<Arc<AtomicBool>>,
+}
+
+/// How the reading of a container's logs ended.
+enum ReadEnd {
+    /// The logs ended (the container stopped), or the grace after the run's end did.
+    Read,
+    /// The daemon let go of the run, for the next daemon.
+    Detached,
+    /// The run of a followed container ended while the container runs on.
+    LetGo,
 }
 
 impl Reader {
     /// Reads the logs until they end, or for [`DRAIN_GRACE`] after the run ended; then
-    /// each channel's incomplete last line becomes a record.
+    /// each channel's incomplete last line becomes a record. Detached, it stops at once
+    /// and leaves incomplete lines to the next daemon (which reads them again).
     async fn read(
-        &mut self,
+        mut self,
         logs: impl futures_util::Stream<Item = Result<LogOutput, engine::EngineError>>,
-        mut run_ended: oneshot::Receiver<()>,
-    ) {
+        mut stop: tokio::sync::mpsc::UnboundedReceiver<Stop>,
+    ) -> ReadEnd {
         let mut logs = std::pin::pin!(logs);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -139,21 +204,55 @@ impl Reader {
                 }
             };
             tokio::select! {
-                entry = logs.next() => match entry {
-                    Some(Ok(LogOutput::StdOut { message })) => push(&mut self.out, &message),
-                    Some(Ok(LogOutput::StdErr { message })) => push(&mut self.err, &message),
-                    // The engine sends these only with a terminal, which corral never asks for.
-                    Some(Ok(LogOutput::Console { message })) => push(&mut self.out, &message),
-                    Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(e)) => {
-                        self.ingest.system(&format!("reading the container's logs failed: {e}"));
+                entry = logs.next() => {
+                    let Some(entry) = entry else { break };
+                    if !self.take(entry) {
                         break;
                     }
-                    None => break,
-                },
-                _ = &mut run_ended, if deadline.is_none() => {
-                    deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                    // What is ready already goes in before the checkpoint.
+                    let mut n = 1;
+                    let mut ended = false;
+                    while n < CHECKPOINT_EVERY {
+                        match futures_util::FutureExt::now_or_never(logs.next()) {
+                            Some(Some(entry)) => {
+                                if !self.take(entry) {
+                                    ended = true;
+                                    break;
+                                }
+                                n += 1;
+                            }
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if self.checkpoints {
+                        if let Err(e) = self.ingest.checkpoint() {
+                            tracing::warn!("cannot write the checkpoint of a container's log: {e}");
+                        }
+                    }
+                    if ended {
+                        break;
+                    }
                 }
+                why = stop.recv() => match why {
+                    Some(Stop::Detach) => {
+                        self.out.abandon();
+                        self.err.abandon();
+                        return ReadEnd::Detached;
+                    }
+                    Some(Stop::RunEnded) => {
+                        if self.let_go.as_ref().is_some_and(|e| !e.load(Ordering::Acquire)) {
+                            self.out.end(None);
+                            self.err.end(None);
+                            return ReadEnd::LetGo;
+                        }
+                        deadline.get_or_insert(tokio::time::Instant::now() + DRAIN_GRACE);
+                    }
+                    None => {}
+                },
                 _ = grace => {
                     self.ingest.system(&format!(
                         "the container's logs did not end within {}s of its end; stopped reading them",
@@ -165,13 +264,37 @@ impl Reader {
         }
         self.out.end(None);
         self.err.end(None);
+        ReadEnd::Read
+    }
+
+    /// Hands in one entry; false when the logs cannot be read further.
+    fn take(&mut self, entry: Result<LogOutput, engine::EngineError>) -> bool {
+        match entry {
+            Ok(LogOutput::StdOut { message }) => push(&mut self.out, &mut self.skip[0], &message),
+            Ok(LogOutput::StdErr { message }) => push(&mut self.err, &mut self.skip[1], &message),
+            // The engine sends these only with a terminal, which corral never asks for.
+            Ok(LogOutput::Console { message }) => push(&mut self.out, &mut self.skip[0], &message),
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                self.ingest
+                    .system(&format!("reading the container's logs failed: {e}"));
+                return false;
+            }
+        }
+        true
     }
 }
 
 /// Hands one log entry to its channel, stamped with the engine's timestamp where that
-/// says more than the daemon's clock (see the module's notes).
-fn push(ch: &mut Channel, entry: &[u8]) {
-    let (ts, text) = engine::split_timestamp(entry);
+/// says more than the daemon's clock (see the module's notes); the first `skip` bytes
+/// of the stream are already in the log.
+fn push(ch: &mut Channel, skip: &mut u64, entry: &[u8]) {
+    let (ts, mut text) = engine::split_timestamp(entry);
+    if *skip > 0 {
+        let n = (*skip).min(text.len() as u64);
+        text = &text[n as usize..];
+        *skip -= n;
+    }
     let ts = ts.and_then(|(us, precise)| {
         let now = crate::clock::now_micros();
         // A whole second that is now: the arrival time is the better stamp.
