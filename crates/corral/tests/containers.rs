@@ -340,7 +340,14 @@ async fn a_failing_container_records_its_exit_code_and_error() {
     let run_id = d
         .run_task(
             "bad",
-            &["--image", IMAGE, "--network", "none"],
+            &[
+                "--image",
+                IMAGE,
+                "--network",
+                "none",
+                "--env",
+                "HF_TOKEN=hf_secret_value",
+            ],
             &[
                 "sh",
                 "-c",
@@ -355,6 +362,29 @@ async fn a_failing_container_records_its_exit_code_and_error() {
     assert!(
         msg.contains("container exited with code 3") && msg.contains("no model at /models/x.gguf"),
         "{row}"
+    );
+    // Its diagnostics bundle has the container's inspect output, secrets hidden.
+    let summary = wait_for("the run's diagnostics bundle", DEADLINE, || async {
+        let (status, v) = d.get(&format!("/runs/{run_id}/diagnostics")).await;
+        (status == 200).then_some(v)
+    })
+    .await;
+    assert!(
+        summary["files"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("container.json")),
+        "{summary}"
+    );
+    let dir = PathBuf::from(summary["dir"].as_str().unwrap());
+    let inspect: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("container.json")).unwrap()).unwrap();
+    assert_eq!(inspect["State"]["ExitCode"], 3, "{inspect}");
+    assert_eq!(inspect["Id"], row["container_id"], "{inspect}");
+    let env = inspect["Config"]["Env"].to_string();
+    assert!(
+        env.contains("HF_TOKEN=<hidden>") && !env.contains("hf_secret_value"),
+        "{env}"
     );
 
     // A command the image does not have: the run cannot start, and says why.
