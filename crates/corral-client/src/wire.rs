@@ -193,6 +193,9 @@ pub struct TaskInfo {
     /// Failed writes of the current run's log (a full disk), while it runs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub write_errors: u64,
+    /// The container the live run is (a `container` task), as the engine knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// A run as `corral runs` shows it (`GET /runs`, `GET /runs/{id}`).
@@ -796,6 +799,9 @@ pub struct GpuProcess {
     pub task: Option<String>,
     #[serde(default)]
     pub run_id: Option<String>,
+    /// The container the process runs in, when its cgroup names one (the full id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A task as a node's registration lists it (enough for a fleet-wide `ps`).

@@ -279,9 +279,22 @@ async fn a_container_task_is_started_labelled_logged_once_and_stopped() {
         .is_some_and(|t| corral_core::time::parse_rfc3339_micros(t).is_some()));
     let id = found[0]["Id"].as_str().unwrap().to_string();
 
-    // The run and `ps --containers` know it.
+    // The run, the task and `ps --containers` know it.
     let row = d.run_row(&run_id).await;
     assert_eq!(row["container_id"], id.as_str());
+    assert_eq!(d.task("srv").await["container_id"], id.as_str());
+    // A process in it is known as the container's by its cgroup (how `corral gpu` maps
+    // a GPU process in a container to its task).
+    let inspect = podman
+        .try_get(&format!("/v1.41/containers/{id}/json"))
+        .unwrap();
+    let pid = inspect["State"]["Pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        corral_daemon::gpu::proc_container(pid).as_deref(),
+        Some(id.as_str()),
+        "{:?}",
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+    );
     let listed = d.cli(&["ps", "--containers", "--json"]).await.ok().json();
     let mine: Vec<&Value> = listed
         .as_array()

@@ -23,6 +23,7 @@ use crate::supervisor::kind::TaskKind;
 use crate::supervisor::run::{BoxFuture, End, Launched, RunHandle, RunPlace, Stopping};
 use corral_client::wire::TaskSpec;
 use corral_core::policy::Exit;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -311,11 +312,11 @@ struct Parts {
 }
 
 impl Parts {
-    /// A run taken back: the bytes of each stream its log has are not read again, and
-    /// its container id is already recorded.
+    /// A run taken back: the bytes of each stream its log has are not read again; its
+    /// container is known by its name until the source learns its id.
     fn resume_from(&mut self, streams: [u64; 2]) {
         self.source.resume = Some(streams);
-        self.handle.record = false;
+        self.source.learn_id = Some(self.handle.full_id.clone());
     }
 }
 
@@ -340,13 +341,17 @@ fn launched(
     note: String,
 ) -> Parts {
     let (tx, rx) = oneshot::channel();
+    let full_id = Arc::new(OnceLock::new());
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let _ = full_id.set(id.clone());
+    }
     Parts {
         handle: ContainerRun {
             engine: engine.clone(),
             id: id.clone(),
+            full_id,
             name,
             owned,
-            record: true,
             ended: Some(rx),
             end: None,
         },
@@ -356,6 +361,7 @@ fn launched(
             owned,
             since,
             resume: None,
+            learn_id: None,
             ended: tx,
         },
         what,
@@ -370,9 +376,9 @@ struct ContainerRun {
     id: String,
     name: String,
     owned: bool,
-    /// Whether the registry should record the container's id (not again for a run
-    /// taken back, whose handle knows the container by its name).
-    record: bool,
+    /// The container's full id, once known (a run taken back knows its container by
+    /// name first; its source learns the id).
+    full_id: Arc<OnceLock<String>>,
     ended: Option<oneshot::Receiver<Ended>>,
     end: Option<Ended>,
 }
@@ -383,7 +389,7 @@ impl RunHandle for ContainerRun {
     }
 
     fn container(&self) -> Option<String> {
-        self.record.then(|| self.id.clone())
+        self.full_id.get().cloned()
     }
 
     fn terminate(&mut self, grace: Duration) -> Stopping {

@@ -281,6 +281,7 @@ impl Actor {
         v.failures = self.lc.failures;
         let handle = self.run.as_ref().and_then(|r| r.handle.as_ref());
         v.pid = handle.and_then(|h| h.pid());
+        v.container_id = handle.and_then(|h| h.container());
         if let Some(h) = handle {
             v.adopted = h.adopted();
         }
@@ -990,6 +991,7 @@ impl Actor {
             v.last_error = message;
         }
         v.pid = None;
+        v.container_id = None;
         // A finished run holds no open files: a follower of it opens them (shared with
         // every other follower of that run) and lets go when it leaves.
         v.log = None;

@@ -37,7 +37,7 @@ use engine::{Ended, Engine, LogOutput};
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -58,6 +58,9 @@ pub struct ContainerSource {
     /// A run taken back: the bytes of stdout and stderr its log already has (the
     /// checkpoint's), skipped in the logs read again from the start.
     pub resume: Option<[u64; 2]>,
+    /// Where to put the container's full id when the run knows it only by name (a run
+    /// taken back): the source asks the engine once.
+    pub learn_id: Option<Arc<OnceLock<String>>>,
     /// How the container ended (its exit code, and what the engine said beside it).
     pub ended: oneshot::Sender<Ended>,
 }
@@ -88,8 +91,19 @@ impl Source for ContainerSource {
             owned,
             since,
             resume,
+            learn_id,
             ended,
         } = *self;
+        if let Some(cell) = learn_id {
+            let (engine, id) = (engine.clone(), id.clone());
+            tokio::spawn(async move {
+                if let Ok(v) = engine.inspect(&id).await {
+                    if let Some(full) = v["Id"].as_str() {
+                        let _ = cell.set(full.to_string());
+                    }
+                }
+            });
+        }
         if owned {
             // The logs can be read again from the start: the checkpoint says how far.
             ingest.keep_checkpoints()?;
