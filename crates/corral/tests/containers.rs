@@ -656,3 +656,44 @@ async fn a_container_run_outlives_the_daemon_and_is_taken_back_without_repeats()
     );
     assert!(podman.with_label("corral.task=ticker").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containerised_server_is_published_on_loopback_and_probed() {
+    let podman = Podman::start();
+    let d = daemon(&podman).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/sh");
+    let (status, v) = d
+        .post(
+            "/tasks",
+            &serde_json::json!({
+                "name": "httpd",
+                "kind": "container",
+                "extra": {
+                    "image": IMAGE,
+                    "args": ["busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/bin"],
+                    "publish": [format!("{port}:8080")],
+                },
+                "health": {
+                    "url": url, "interval_ms": 100, "timeout_ms": 1000, "attempts": 600,
+                    "liveness_interval_ms": 1000, "liveness_failures": 3, "adopt": false,
+                },
+                "stop_timeout_ms": 1000,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    // Ready once the published port answers through the engine's forwarding.
+    d.wait_task_status("httpd", "ready").await;
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Published on loopback only: the engine says so.
+    let c = podman.with_label("corral.task=httpd");
+    let ports = c[0]["Ports"].to_string();
+    assert!(
+        ports.contains("127.0.0.1") && ports.contains(&port.to_string()),
+        "{ports}"
+    );
+    d.cli(&["stop", "httpd"]).await.ok();
+    d.wait_task_status("httpd", "stopped").await;
+}

@@ -2,8 +2,8 @@
 //! API (Docker, or Podman's compatible socket; see [`crate::sources::container`]).
 //!
 //! Two shapes, by `extra`:
-//! - `{"image": IMAGE, "args": [...], "network": "host", "gpus": "all"}` (`corral run
-//!   --image`): every run creates and starts a new container (`corral-<task>-<run id>`)
+//! - `{"image": IMAGE, "args": [...], "network": "host", "gpus": "all", "publish":
+//!   ["8080:8080"]}` (`corral run --image`): every run creates and starts a new container (`corral-<task>-<run id>`)
 //!   with the task's environment, working directory (inside the container) and labels,
 //!   plus corral's (`corral.task`, `corral.run_id`, `corral.started_at`, `corral.node`).
 //!   Stop is the engine's stop (the container's stop signal, SIGKILL after the task's
@@ -47,6 +47,7 @@ enum Shape {
         args: Vec<String>,
         network: Option<String>,
         gpus: Option<String>,
+        publish: Vec<engine::Publish>,
     },
     Follow(String),
 }
@@ -75,11 +76,20 @@ fn shape(spec: &TaskSpec) -> Result<Shape, String> {
                 Some(v) => serde_json::from_value(v.clone())
                     .map_err(|_| "`extra.args` must be a list of strings".to_string())?,
             };
+            let publish: Vec<String> = match spec.extra.get("publish") {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|_| "`extra.publish` must be a list of strings".to_string())?,
+            };
             Ok(Shape::Image {
                 image,
                 args,
                 network: opt_str(spec, "network")?,
                 gpus: opt_str(spec, "gpus")?,
+                publish: publish
+                    .iter()
+                    .map(|p| engine::parse_publish(p))
+                    .collect::<Result<_, _>>()?,
             })
         }
         (None, Some(name)) => Ok(Shape::Follow(name)),
@@ -142,7 +152,18 @@ impl TaskKind for ContainerKind {
                     args,
                     network,
                     gpus,
-                } => self.start(spec, run, image, args, network, gpus).await,
+                    publish,
+                } => {
+                    let create = Create {
+                        image,
+                        args,
+                        network,
+                        gpus,
+                        publish,
+                        ..Default::default()
+                    };
+                    self.start(spec, run, create).await
+                }
                 Shape::Follow(name) => self.follow(&name, run).await,
             })
         })
@@ -187,10 +208,7 @@ impl ContainerKind {
         &self,
         spec: &TaskSpec,
         run: &RunPlace<'_>,
-        image: String,
-        args: Vec<String>,
-        network: Option<String>,
-        gpus: Option<String>,
+        create: Create,
     ) -> Result<Launched, String> {
         let fail = |e: engine::EngineError| format!("cannot run the container: {e}");
         // Nothing runs twice: a container of this task left by a daemon that died.
@@ -228,15 +246,13 @@ impl ContainerKind {
         );
         labels.insert(engine::LABEL_NODE.into(), self.node.clone());
         let name = container_name(spec, run.run_id);
+        let image = create.image.clone();
         let create = Create {
             name: name.clone(),
-            image: image.clone(),
-            args: args.clone(),
             env: spec.env.clone().into_iter().collect(),
             labels,
             working_dir: spec.cwd.clone(),
-            network,
-            gpus,
+            ..create
         };
         let started = self.engine.run(&create).await.map_err(fail)?;
         let short = short_id(&started.id);
@@ -503,6 +519,10 @@ mod tests {
             (
                 serde_json::json!({"image": "a", "args": "x"}),
                 "list of strings",
+            ),
+            (
+                serde_json::json!({"image": "a", "publish": ["x"]}),
+                "not a port to publish",
             ),
         ] {
             let err = kind().prepare(&mut spec(extra, &[])).unwrap_err();

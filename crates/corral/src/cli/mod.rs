@@ -282,6 +282,11 @@ pub struct RunArgs {
     /// count, or `device=0,1`).
     #[arg(long, requires = "image")]
     pub gpus: Option<String>,
+    /// With --image: publish a port (repeatable): CONTAINER_PORT, HOST_PORT:CONTAINER_PORT
+    /// or HOST_IP:HOST_PORT:CONTAINER_PORT, with /udp or /sctp after it where not TCP.
+    /// Without a host address it is published on 127.0.0.1 only.
+    #[arg(long, value_name = "PORTS", requires = "image")]
+    pub publish: Vec<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     pub command: Vec<String>,

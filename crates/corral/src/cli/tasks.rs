@@ -35,6 +35,7 @@ fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
                 "args": a.command,
                 "network": a.network,
                 "gpus": a.gpus,
+                "publish": a.publish,
             }),
             // A directory inside the container, as given.
             cwd: a.cwd.as_ref().map(|d| d.display().to_string()),

@@ -88,6 +88,74 @@ pub struct Create {
     /// GPUs for the container (`all`, a count, or device ids `0,1`): an NVIDIA device
     /// request, as `docker run --gpus` makes.
     pub gpus: Option<String>,
+    /// Published ports (see [`parse_publish`]).
+    pub publish: Vec<Publish>,
+}
+
+/// A published port: the container's `port/proto` on the host's `ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub container: String,
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]` or `CONTAINER_PORT[/PROTO]` (the same port
+/// on the host). Unlike `docker run -p`, a port with no host address is published on
+/// 127.0.0.1 only: a server reachable from other machines is asked for
+/// (`0.0.0.0:8080:8080`), never a default.
+pub fn parse_publish(spec: &str) -> Result<Publish, String> {
+    let bad = || {
+        format!(
+            "`{}` is not a port to publish; write CONTAINER_PORT, HOST_PORT:CONTAINER_PORT or \
+             HOST_IP:HOST_PORT:CONTAINER_PORT, e.g. 8080 or 0.0.0.0:8080:8080/tcp",
+            corral_core::term::sanitize(spec)
+        )
+    };
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((p, proto)) if matches!(proto, "tcp" | "udp" | "sctp") => (p, proto),
+        Some(_) => return Err(bad()),
+        None => (spec, "tcp"),
+    };
+    let port = |p: &str| -> Result<String, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n.to_string()),
+            _ => Err(bad()),
+        }
+    };
+    // An IPv6 host address is written in brackets: `[::1]:8080:8080`.
+    let (ip, rest) = match ports.strip_prefix('[') {
+        Some(r) => {
+            let (ip, rest) = r.split_once("]:").ok_or_else(bad)?;
+            (Some(ip.to_string()), rest)
+        }
+        None => match ports.matches(':').count() {
+            2 => {
+                let (ip, rest) = ports.split_once(':').ok_or_else(bad)?;
+                (Some(ip.to_string()), rest)
+            }
+            _ => (None, ports),
+        },
+    };
+    let (host, container) = match rest.split_once(':') {
+        Some((h, c)) => (port(h)?, port(c)?),
+        None => {
+            if ip.is_some() {
+                return Err(bad());
+            }
+            let p = port(rest)?;
+            (p.clone(), p)
+        }
+    };
+    let host_ip = ip.unwrap_or_else(|| "127.0.0.1".into());
+    if host_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(bad());
+    }
+    Ok(Publish {
+        container: format!("{container}/{proto}"),
+        host_ip,
+        host_port: host,
+    })
 }
 
 /// A started container.
@@ -198,9 +266,12 @@ impl Engine {
             tty: Some(false),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
+            exposed_ports: (!c.publish.is_empty())
+                .then(|| c.publish.iter().map(|p| p.container.clone()).collect()),
             host_config: Some(HostConfig {
                 network_mode: c.network.clone(),
                 device_requests: c.gpus.as_deref().map(gpu_request),
+                port_bindings: (!c.publish.is_empty()).then(|| port_map(&c.publish)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -426,6 +497,21 @@ pub fn ended_from(v: &serde_json::Value) -> Ended {
     }
 }
 
+/// The engine's port bindings of the published ports.
+fn port_map(publish: &[Publish]) -> bollard::models::PortMap {
+    let mut map: bollard::models::PortMap = HashMap::new();
+    for p in publish {
+        map.entry(p.container.clone())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(bollard::models::PortBinding {
+                host_ip: Some(p.host_ip.clone()),
+                host_port: Some(p.host_port.clone()),
+            });
+    }
+    map
+}
+
 /// `docker run --gpus`: `all`, a count, or device ids (`0,1` or `device=0,1`).
 fn gpu_request(gpus: &str) -> Vec<DeviceRequest> {
     let g = gpus.trim();
@@ -528,6 +614,30 @@ mod tests {
                 detail: None
             }
         );
+    }
+
+    #[test]
+    fn published_ports_default_to_loopback() {
+        let p = |s: &str| parse_publish(s).map(|p| (p.host_ip, p.host_port, p.container));
+        let ok = |ip: &str, h: &str, c: &str| Ok((ip.to_string(), h.to_string(), c.to_string()));
+        assert_eq!(p("8080"), ok("127.0.0.1", "8080", "8080/tcp"));
+        assert_eq!(p("18080:8080"), ok("127.0.0.1", "18080", "8080/tcp"));
+        assert_eq!(p("0.0.0.0:80:8080/udp"), ok("0.0.0.0", "80", "8080/udp"));
+        assert_eq!(p("[::1]:80:8080"), ok("::1", "80", "8080/tcp"));
+        for bad in [
+            "",
+            "x",
+            "0",
+            "70000",
+            "80:",
+            "1.2.3.4:80",
+            "host:80:80",
+            "80/xyz",
+            "a:b:c:d",
+        ] {
+            let e = parse_publish(bad).unwrap_err();
+            assert!(e.contains("not a port to publish"), "{bad}: {e}");
+        }
     }
 
     #[test]
