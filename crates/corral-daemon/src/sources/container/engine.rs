@@ -5,8 +5,10 @@
 //!
 //! **Where.** `--docker-host` / `DOCKER_HOST` of `corral serve`: `unix:///path/to.sock`
 //! (or a bare path), `tcp://host:port` or `http://host:port`; default
-//! `unix:///var/run/docker.sock`. A client is made per use (cheap: no connection is
-//! opened before a request), so an engine started after the daemon is found.
+//! `unix:///var/run/docker.sock`. The client is made on first use (an engine started
+//! after the daemon is found; one that is not there is asked again next time), and
+//! speaks API version [`API_VERSION`] or the engine's own when that is older (asked once,
+//! `/version`); no connection is kept between requests.
 //!
 //! **Labels** (what `docker ps --filter label=…` and `corral ps --containers` find):
 //! `corral.task`, `corral.run_id`, `corral.started_at` (RFC 3339), `corral.node`, plus
@@ -31,6 +33,13 @@ pub const LABEL_TASK: &str = "corral.task";
 pub const LABEL_RUN: &str = "corral.run_id";
 pub const LABEL_STARTED: &str = "corral.started_at";
 pub const LABEL_NODE: &str = "corral.node";
+
+/// The API version asked for: Docker 20.10 and Podman 4 speak it, and it has everything
+/// used here (device requests came in 1.40). An older engine's own version is used.
+pub const API_VERSION: &bollard::ClientVersion = &bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 
 /// How long a plain request (create, start, inspect, …) may take before its answer.
 const REQUEST_TIMEOUT: u64 = 60;
@@ -177,6 +186,8 @@ pub struct Ended {
 #[derive(Debug, Clone)]
 pub struct Engine {
     host: String,
+    /// The client, once made and its API version agreed.
+    client: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
 }
 
 impl Engine {
@@ -186,6 +197,7 @@ impl Engine {
             host: host
                 .filter(|h| !h.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+            client: Default::default(),
         }
     }
 
@@ -193,15 +205,30 @@ impl Engine {
         &self.host
     }
 
-    fn client(&self, timeout: u64) -> Result<Docker, EngineError> {
+    /// The client, with `timeout` (seconds) for the answer to start.
+    async fn client(&self, timeout: u64) -> Result<Docker, EngineError> {
+        let docker = self
+            .client
+            .get_or_try_init(|| async {
+                self.connect()?
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| self.error("asking the engine for its API version", e))
+            })
+            .await?;
+        Ok(docker.clone().with_timeout(Duration::from_secs(timeout)))
+    }
+
+    fn connect(&self) -> Result<Docker, EngineError> {
         let host = self.host.as_str();
+        let timeout = REQUEST_TIMEOUT;
         let made = if let Some(path) = host.strip_prefix("unix://").or_else(|| {
             // A bare absolute path is a socket too.
             host.starts_with('/').then_some(host)
         }) {
-            Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
+            Docker::connect_with_unix(path, timeout, API_VERSION)
         } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION)
+            Docker::connect_with_http(host, timeout, API_VERSION)
         } else {
             return Err(EngineError::BadHost {
                 host: host.into(),
@@ -256,7 +283,7 @@ impl Engine {
     /// container that cannot start (its command does not exist) is removed, and the
     /// error says why.
     pub async fn run(&self, c: &Create) -> Result<Started, EngineError> {
-        let docker = self.client(REQUEST_TIMEOUT)?;
+        let docker = self.client(REQUEST_TIMEOUT).await?;
         let body = ContainerCreateBody {
             image: Some(c.image.clone()),
             cmd: (!c.args.is_empty()).then(|| c.args.clone()),
@@ -306,7 +333,7 @@ impl Engine {
 
     /// Pulls an image (`name[:tag]`, `latest` when no tag or digest is given).
     async fn pull(&self, image: &str) -> Result<(), EngineError> {
-        let docker = self.client(PULL_TIMEOUT)?;
+        let docker = self.client(PULL_TIMEOUT).await?;
         let (from, tag) = split_tag(image);
         let opts = CreateImageOptions {
             from_image: Some(from.to_string()),
@@ -338,7 +365,7 @@ impl Engine {
     /// Asks a container to stop: its stop signal (SIGTERM unless the image says
     /// otherwise), SIGKILL from the engine after `grace`.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let docker = self.client(REQUEST_TIMEOUT + grace.as_secs())?;
+        let docker = self.client(REQUEST_TIMEOUT + grace.as_secs()).await?;
         let t = grace.as_millis().div_ceil(1000).min(i32::MAX as u128) as i32;
         match docker
             .stop_container(
@@ -358,7 +385,8 @@ impl Engine {
 
     /// SIGKILL to a container.
     pub async fn kill(&self, id: &str) -> Result<(), EngineError> {
-        self.client(REQUEST_TIMEOUT)?
+        self.client(REQUEST_TIMEOUT)
+            .await?
             .kill_container(
                 id,
                 Some(KillContainerOptions {
@@ -371,7 +399,7 @@ impl Engine {
 
     /// Waits until a container is no longer running; its exit code.
     pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
-        let docker = self.client(STREAM_TIMEOUT)?;
+        let docker = self.client(STREAM_TIMEOUT).await?;
         let mut answers = std::pin::pin!(docker.wait_container(
             id,
             Some(WaitContainerOptions {
@@ -399,7 +427,8 @@ impl Engine {
     /// The engine's inspect output of a container, as JSON.
     pub async fn inspect(&self, id: &str) -> Result<serde_json::Value, EngineError> {
         let r = self
-            .client(REQUEST_TIMEOUT)?
+            .client(REQUEST_TIMEOUT)
+            .await?
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .map_err(|e| self.error("inspecting the container", e))?;
@@ -418,7 +447,8 @@ impl Engine {
 
     /// Removes a container (with its anonymous volumes), running or not.
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        self.client(REQUEST_TIMEOUT)?
+        self.client(REQUEST_TIMEOUT)
+            .await?
             .remove_container(
                 id,
                 Some(RemoveContainerOptions {
@@ -435,7 +465,8 @@ impl Engine {
     pub async fn list(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, EngineError> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), labels.to_vec());
-        self.client(REQUEST_TIMEOUT)?
+        self.client(REQUEST_TIMEOUT)
+            .await?
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
@@ -452,9 +483,7 @@ impl Engine {
         &self,
         id: &str,
         since: i64,
-    ) -> Result<impl Stream<Item = Result<LogOutput, EngineError>> + Send + 'static, EngineError>
-    {
-        let docker = self.client(STREAM_TIMEOUT)?;
+    ) -> impl Stream<Item = Result<LogOutput, EngineError>> + Send + 'static {
         let this = self.clone();
         let opts = LogsOptions {
             follow: true,
@@ -465,19 +494,21 @@ impl Engine {
             ..Default::default()
         };
         let id = id.to_string();
-        // The stream borrows the client: keep it with the stream.
-        Ok(async_stream(docker, id, opts)
-            .map(move |r| r.map_err(|e| this.error("reading the container's logs", e))))
+        // The stream holds its client: first made (or found), then asked.
+        futures_util::stream::once(async move {
+            match this.client(STREAM_TIMEOUT).await {
+                Ok(docker) => {
+                    let err = this.clone();
+                    futures_util::stream::once(async move { docker.logs(&id, Some(opts)) })
+                        .flatten()
+                        .map(move |r| r.map_err(|e| err.error("reading the container's logs", e)))
+                        .left_stream()
+                }
+                Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+            }
+        })
+        .flatten()
     }
-}
-
-/// The logs stream, owning its client.
-fn async_stream(
-    docker: Docker,
-    id: String,
-    opts: LogsOptions,
-) -> impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + 'static {
-    futures_util::stream::once(async move { docker.logs(&id, Some(opts)) }).flatten()
 }
 
 /// How a container ended, from its inspect output.
@@ -652,10 +683,10 @@ mod tests {
 
     #[test]
     fn an_unknown_address_scheme_is_a_clear_error() {
-        let e = Engine::new(Some("ssh://gpu".into())).client(1).unwrap_err();
+        let e = Engine::new(Some("ssh://gpu".into())).connect().unwrap_err();
         assert!(e.to_string().contains("unix:///"), "{e}");
         let e = Engine::new(Some("unix:///nonexistent/docker.sock".into()))
-            .client(1)
+            .connect()
             .unwrap_err();
         assert!(
             matches!(e, EngineError::Unreachable { .. }) && e.to_string().contains("--docker-host"),

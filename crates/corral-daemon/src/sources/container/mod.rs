@@ -108,9 +108,7 @@ impl Source for ContainerSource {
             // The logs can be read again from the start: the checkpoint says how far.
             ingest.keep_checkpoints()?;
         }
-        let logs = engine
-            .logs(&id, since)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let logs = engine.logs(&id, since);
         // The container's end, from the engine; the handle's wait resolves with it.
         let exited = Arc::new(AtomicBool::new(false));
         let waiter = tokio::spawn({
