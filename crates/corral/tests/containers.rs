@@ -311,6 +311,8 @@ async fn a_container_task_is_started_labelled_logged_once_and_stopped() {
         table.contains(&id[..12]) && table.contains("srv"),
         "{table}"
     );
+    let ps = d.cli(&["ps"]).await.ok().stdout();
+    assert!(ps.contains("CONTAINER") && ps.contains(&id[..12]), "{ps}");
     let runs = d.cli(&["runs", "srv"]).await.ok().stdout();
     assert!(
         runs.contains("CONTAINER") && runs.contains(&id[..12]),

@@ -228,13 +228,22 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
     let mut headers = vec![
         "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
     ];
+    // With container tasks running, a CONTAINER column (the short id, as `docker ps`).
+    if tasks.iter().any(|t| t.container_id.is_some()) {
+        headers.insert(3, "CONTAINER");
+        for (row, t) in rows.iter_mut().zip(&tasks) {
+            let id = t.container_id.as_deref().unwrap_or("-");
+            row.insert(3, sanitize(&id[..id.len().min(12)]).into_owned());
+        }
+    }
     if let Some(mem) = &gpu_mem {
-        headers.insert(6, "GPU MEM");
+        let at = headers.len() - 1;
+        headers.insert(at, "GPU MEM");
         for (row, t) in rows.iter_mut().zip(&tasks) {
             let cell = mem
                 .get(&t.name)
                 .map_or("-".to_string(), |b| format!("{} MiB", b / (1024 * 1024)));
-            row.insert(6, cell);
+            row.insert(at, cell);
         }
     }
     table::print(&mut out, &headers, &rows)?;
