@@ -490,7 +490,7 @@ async fn an_existing_container_is_followed_and_let_go_of() {
         IMAGE,
         "sh",
         "-c",
-        "echo hello; echo oops >&2; exec sleep 1000",
+        "trap 'echo more' USR1; echo hello; echo oops >&2; while true; do sleep 0.1; done",
     ]);
     assert!(out.status.success(), "podman run: {}", stderr(&out));
     let out = d
@@ -520,15 +520,24 @@ async fn an_existing_container_is_followed_and_let_go_of() {
     let state = podman.cmd(&["inspect", "-f", "{{.State.Running}}", "theirs"]);
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "true");
 
-    // Followed again, its end is the run's end, with its exit code.
+    // What it prints meanwhile is read by the task's next run, and nothing twice.
+    let out = podman.cmd(&["kill", "-s", "USR1", "theirs"]);
+    assert!(out.status.success(), "podman kill: {}", stderr(&out));
     let out = d.cli(&["restart", "theirs-logs"]).await.ok();
     let run_id = out.stdout().trim().to_string();
-    d.wait_task_status("theirs-logs", "ready").await;
+    let records = read_until(&d, "theirs-logs", "more").await;
+    assert_eq!(lines_of(&records, "stdout"), ["more"]);
+    assert!(lines_of(&records, "stderr").is_empty(), "{records:?}");
+
+    // Its end is the run's end, with its exit code.
     let out = podman.cmd(&["kill", "theirs"]);
     assert!(out.status.success(), "podman kill: {}", stderr(&out));
     let row = d.wait_run_end(&run_id).await;
     assert_eq!(row["status"], "failed", "{row}");
     assert_eq!(row["exit_code"], 137, "{row}");
+    let items = d.read_to_end("theirs-logs", "since=0&follow=true").await;
+    let (records, _) = check_dense(&items, 1);
+    assert_eq!(lines_of(&records, "stdout"), ["more"]);
     // Not ours: not removed.
     assert_eq!(podman.with_label("corral.task").len(), 0);
     let state = podman.cmd(&["inspect", "-f", "{{.State.Status}}", "theirs"]);

@@ -15,10 +15,12 @@
 //! - `{"container": NAME}` (`corral tail container:NAME`): an existing container's logs
 //!   are followed; the run ends when the container does (with its exit code), and a stop
 //!   lets go of it (left running). The first run reads the container's logs from its
-//!   start, a later run of the task from the second it starts.
+//!   start; a later run of the task goes on after what the previous one read, when it is
+//!   the same container (its full id is kept beside the run's log); a daemon restart
+//!   takes the run back the same way.
 
 use crate::sources::container::engine::{self, Create, Ended, Engine};
-use crate::sources::container::ContainerSource;
+use crate::sources::container::{is_full_id, read_id, ContainerSource};
 use crate::supervisor::kind::TaskKind;
 use crate::supervisor::run::{BoxFuture, End, Launched, RunHandle, RunPlace, Stopping};
 use corral_client::wire::TaskSpec;
@@ -172,25 +174,42 @@ impl TaskKind for ContainerKind {
     /// A run an earlier daemon left: its container (known by its name) goes on, and its
     /// logs are read again from the start, less what the log's checkpoint already has.
     fn resume(&self, spec: &TaskSpec, run: &RunPlace) -> Option<Result<Launched, String>> {
-        let Ok(Shape::Image { image, .. }) = shape(spec) else {
-            return None;
-        };
         let (log_path, _, _) = crate::logbook::run_paths(run.log_dir, run.run_id);
         let at = crate::logbook::Checkpoint::read(&log_path).ok()?;
-        let name = container_name(spec, run.run_id);
-        let mut l = launched(
-            &self.engine,
-            name.clone(),
-            name.clone(),
-            true,
-            0,
-            format!("container {name} ({image})"),
+        let note = |what: &str| {
             format!(
-                "taken back by a new daemon: container {name} ran on, and its logs go on after seq {}",
+                "taken back by a new daemon: {what} ran on, and its logs go on after seq {}",
                 at.last_seq
-            ),
-        );
-        l.resume_from(at.streams);
+            )
+        };
+        let mut l = match shape(spec).ok()? {
+            Shape::Image { image, .. } => {
+                let name = container_name(spec, run.run_id);
+                let mut l = launched(
+                    &self.engine,
+                    name.clone(),
+                    name.clone(),
+                    true,
+                    format!("container {name} ({image})"),
+                    note(&format!("container {name}")),
+                );
+                // Known by its name until the source learns its id.
+                l.source.learn_id = Some(l.handle.full_id.clone());
+                l
+            }
+            Shape::Follow(name) => {
+                let id = read_id(&log_path)?;
+                launched(
+                    &self.engine,
+                    id.clone(),
+                    name.clone(),
+                    false,
+                    format!("following container {} ({name})", short_id(&id)),
+                    note(&format!("container {name}")),
+                )
+            }
+        };
+        l.source.resume = Some(at.streams);
         Some(Ok(l.into()))
     }
 
@@ -268,7 +287,6 @@ impl ContainerKind {
             started.id.clone(),
             name,
             true,
-            0,
             format!("container {short} ({image})"),
             note,
         )
@@ -289,23 +307,29 @@ impl ContainerKind {
             }
         })?;
         let id = v["Id"].as_str().unwrap_or(name).to_string();
-        // A later run of the task goes on from now: what the earlier ones read is theirs.
-        let since = if run.previous.is_some() {
-            crate::util::unix_now() as i64
-        } else {
-            0
-        };
+        // The task's previous run read this same container up to its checkpoint: go on
+        // from there, so that no line is read twice.
+        let after = run.previous.and_then(|prev| {
+            let (log, _, _) = crate::logbook::run_paths(run.log_dir, prev);
+            (read_id(&log)? == id)
+                .then(|| crate::logbook::Checkpoint::read(&log).ok())
+                .flatten()
+        });
         let short = short_id(&id).to_string();
-        Ok(launched(
+        let mut note = format!("following container {short} ({name})");
+        if after.is_some() {
+            note.push_str(", after what the task's previous run read of it");
+        }
+        let mut l = launched(
             &self.engine,
             id,
             name.to_string(),
             false,
-            since,
             format!("following container {short} ({name})"),
-            format!("following container {short} ({name})"),
-        )
-        .into())
+            note,
+        );
+        l.source.resume = after.map(|c| c.streams);
+        Ok(l.into())
     }
 }
 
@@ -327,15 +351,6 @@ struct Parts {
     note: String,
 }
 
-impl Parts {
-    /// A run taken back: the bytes of each stream its log has are not read again; its
-    /// container is known by its name until the source learns its id.
-    fn resume_from(&mut self, streams: [u64; 2]) {
-        self.source.resume = Some(streams);
-        self.source.learn_id = Some(self.handle.full_id.clone());
-    }
-}
-
 impl From<Parts> for Launched {
     fn from(p: Parts) -> Launched {
         Launched {
@@ -352,13 +367,12 @@ fn launched(
     id: String,
     name: String,
     owned: bool,
-    since: i64,
     what: String,
     note: String,
 ) -> Parts {
     let (tx, rx) = oneshot::channel();
     let full_id = Arc::new(OnceLock::new());
-    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_full_id(&id) {
         let _ = full_id.set(id.clone());
     }
     Parts {
@@ -375,7 +389,6 @@ fn launched(
             engine: engine.clone(),
             id,
             owned,
-            since,
             resume: None,
             learn_id: None,
             ended: tx,

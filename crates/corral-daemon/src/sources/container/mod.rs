@@ -13,13 +13,15 @@
 //! whole seconds, and an entry stamped with the second it arrives in is stamped on
 //! arrival instead (a record's time should not go back up to a second).
 //!
-//! **Taken back.** A container corral started outlives the daemon: the run keeps the
-//! ingest stage's checkpoint (`run_<id>.pos`: the bytes of stdout and stderr in records,
-//! written after each batch of entries), and a later daemon reads the logs again from the
-//! container's start, skipping that many bytes of each stream: nothing is read twice or
-//! missed, even when the container ended while no daemon ran (its exit code is still the
-//! run's). A daemon that stops with `leave_running` detaches: it stops reading, and the
-//! incomplete last lines are read whole by the next one.
+//! **Taken back.** A container outlives the daemon: the run keeps the ingest stage's
+//! checkpoint (`run_<id>.pos`: the bytes of stdout and stderr in records, written after
+//! each batch of entries) and the container's full id (`run_<id>.container`), and a later
+//! daemon reads the logs again from the container's start, skipping that many bytes of
+//! each stream: nothing is read twice or missed, even when the container ended while no
+//! daemon ran (its exit code is still the run's). A daemon that stops with
+//! `leave_running` detaches: it stops reading, and the incomplete last lines are read
+//! whole by the next one. A followed container's next run goes on from its previous
+//! run's checkpoint the same way, when it is the same container.
 //!
 //! **End.** The container's end comes from the engine's wait (its exit code), and the
 //! logs end by themselves then; after the run ended the logs are read for
@@ -50,13 +52,11 @@ pub struct ContainerSource {
     pub engine: Engine,
     /// The container's id (or name).
     pub id: String,
-    /// Whether corral started the container: its end is the run's end, it is inspected
-    /// and removed after it, and the run can outlive the daemon (see [`resume`]).
+    /// Whether corral started the container: it is inspected and removed after the run.
     pub owned: bool,
-    /// Read the logs from this second on (seconds since the epoch; 0: from the start).
-    pub since: i64,
-    /// A run taken back: the bytes of stdout and stderr its log already has (the
-    /// checkpoint's), skipped in the logs read again from the start.
+    /// A run taken back, or one that goes on from the task's previous run (a followed
+    /// container): the bytes of stdout and stderr already in a log (a checkpoint's),
+    /// skipped in the logs read again from the start.
     pub resume: Option<[u64; 2]>,
     /// Where to put the container's full id when the run knows it only by name (a run
     /// taken back): the source asks the engine once.
@@ -68,6 +68,29 @@ pub struct ContainerSource {
 /// Where a run keeps its container's inspect output.
 pub fn inspect_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("container.json")
+}
+
+/// Where a run keeps the full id of the container it reads (`run_<id>.container`), so
+/// that a later run knows whether its checkpoint counts the same container's bytes.
+pub fn id_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension("container")
+}
+
+/// The container the run whose log is `log_path` read, if it said.
+pub fn read_id(log_path: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(id_path(log_path)).ok()?;
+    is_full_id(id.trim()).then(|| id.trim().to_string())
+}
+
+/// Whether `id` is a container's full id (64 hex digits).
+pub fn is_full_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn write_id(log_path: &Path, id: &str) {
+    if let Err(e) = std::fs::write(id_path(log_path), id) {
+        tracing::warn!(path = %id_path(log_path).display(), "cannot keep the container's id: {e}");
+    }
 }
 
 /// Entries handed in between two checkpoints at most, when they keep coming.
@@ -89,26 +112,28 @@ impl Source for ContainerSource {
             engine,
             id,
             owned,
-            since,
             resume,
             learn_id,
             ended,
         } = *self;
+        let log_path = ingest.log().log_path.clone();
+        if is_full_id(&id) {
+            write_id(&log_path, &id);
+        }
         if let Some(cell) = learn_id {
-            let (engine, id) = (engine.clone(), id.clone());
+            let (engine, id, log_path) = (engine.clone(), id.clone(), log_path.clone());
             tokio::spawn(async move {
                 if let Ok(v) = engine.inspect(&id).await {
-                    if let Some(full) = v["Id"].as_str() {
+                    if let Some(full) = v["Id"].as_str().filter(|i| is_full_id(i)) {
+                        write_id(&log_path, full);
                         let _ = cell.set(full.to_string());
                     }
                 }
             });
         }
-        if owned {
-            // The logs can be read again from the start: the checkpoint says how far.
-            ingest.keep_checkpoints()?;
-        }
-        let logs = engine.logs(&id, since);
+        // The logs can be read again from the start: the checkpoint says how far.
+        ingest.keep_checkpoints()?;
+        let logs = engine.logs(&id, 0);
         // The container's end, from the engine; the handle's wait resolves with it.
         let exited = Arc::new(AtomicBool::new(false));
         let waiter = tokio::spawn({
@@ -139,13 +164,11 @@ impl Source for ContainerSource {
             out: ingest.channel(Stream::Stdout),
             err: ingest.channel(Stream::Stderr),
             skip: resume.unwrap_or([0, 0]),
-            checkpoints: owned,
             // A followed container's run that was let go of while it runs: nothing to
             // drain, its output is not the run's any more.
             let_go: (!owned).then_some(exited),
             ingest,
         };
-        let log_path = reader.ingest.log().log_path.clone();
         tokio::spawn(async move {
             match reader.read(logs, stop_rx).await {
                 // Left running, for the next daemon, or let go of (not ours).
@@ -161,16 +184,15 @@ impl Source for ContainerSource {
             let _ = done.send(());
         });
         let stop_detach = stop_tx.clone();
-        let on_end = move || {
-            let _ = stop_tx.send(Stop::RunEnded);
-        };
-        Ok(if owned {
-            Capture::detachable(drained, on_end, move || {
+        Ok(Capture::detachable(
+            drained,
+            move || {
+                let _ = stop_tx.send(Stop::RunEnded);
+            },
+            move || {
                 let _ = stop_detach.send(Stop::Detach);
-            })
-        } else {
-            Capture::new(drained, on_end)
-        })
+            },
+        ))
     }
 }
 
@@ -180,8 +202,6 @@ struct Reader {
     err: Channel,
     /// Bytes of stdout and stderr still to skip (already in the log of a run taken back).
     skip: [u64; 2],
-    /// Whether checkpoints are kept (a run that can be taken back).
-    checkpoints: bool,
     /// For a followed container: whether it exited. A run that ended while it did not
     /// was let go of, and the reading stops at once.
     let_go: Option<Arc<AtomicBool>>,
@@ -240,10 +260,8 @@ impl Reader {
                             None => break,
                         }
                     }
-                    if self.checkpoints {
-                        if let Err(e) = self.ingest.checkpoint() {
-                            tracing::warn!("cannot write the checkpoint of a container's log: {e}");
-                        }
+                    if let Err(e) = self.ingest.checkpoint() {
+                        tracing::warn!("cannot write the checkpoint of a container's log: {e}");
                     }
                     if ended {
                         break;
