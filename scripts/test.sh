@@ -13,6 +13,9 @@
 #   - sshd and ssh (openssh-server, openssh-client; apt-get, when run as root and
 #     missing): the SSH tests start their own sshd on a free loopback port, with
 #     throwaway keys.
+#   - podman, runc and busybox-static (apt-get, when run as root and missing): the
+#     container tests start their own Podman service (Docker API) with its storage in a
+#     temp dir, and make their image from busybox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +49,16 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-ke
     apt-get update -qq && apt-get install -y -qq openssh-server openssh-client >/dev/null
   else
     echo "sshd and ssh are required for the SSH tests: sudo apt-get install openssh-server openssh-client" >&2; exit 1
+  fi
+fi
+
+# The image needs a static busybox (`busybox-static`; the `busybox` package's is dynamic).
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing podman, runc and busybox-static"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends podman runc busybox-static >/dev/null
+  else
+    echo "podman, runc and busybox-static are required for the container tests: sudo apt-get install --no-install-recommends podman runc busybox-static" >&2; exit 1
   fi
 fi
 

@@ -39,6 +39,7 @@ impl From<TaskInfo> for Task {
             last_error: t.last_error.unwrap_or_default(),
             started_at: t.started_at,
             kind: t.kind.unwrap_or_default(),
+            container_id: t.container_id.unwrap_or_default(),
         }
     }
 }
@@ -61,6 +62,7 @@ impl TryFrom<Task> for TaskInfo {
             last_error: some(t.last_error),
             started_at: t.started_at,
             kind: some(t.kind),
+            container_id: some(t.container_id),
             write_errors: 0,
         })
     }
@@ -82,6 +84,7 @@ impl From<RunInfo> for Run {
             lines: r.lines,
             bytes: r.bytes,
             truncated: r.truncated,
+            container_id: r.container_id.unwrap_or_default(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl TryFrom<Run> for RunInfo {
             write_errors: 0,
             write_error: None,
             gap: None,
+            container_id: some(r.container_id),
         })
     }
 }

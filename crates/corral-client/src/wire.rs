@@ -193,6 +193,9 @@ pub struct TaskInfo {
     /// Failed writes of the current run's log (a full disk), while it runs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub write_errors: u64,
+    /// The container the live run is (a `container` task), as the engine knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// A run as `corral runs` shows it (`GET /runs`, `GET /runs/{id}`).
@@ -223,6 +226,30 @@ pub struct RunInfo {
     /// The seq and byte range the size cap dropped: `[from, to, off_from, off_to]`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gap: Option<[i64; 4]>,
+    /// The container the run is (a `container` task), as the engine knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// A container carrying corral's labels (`GET /api/v1/containers`, `corral ps
+/// --containers`), as the container engine lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Its name, without the engine's leading `/`.
+    pub name: String,
+    pub image: String,
+    /// `created`, `running`, `exited`, … (the engine's word).
+    pub state: String,
+    /// The engine's text: `Up 3 minutes`, `Exited (0) 2 seconds ago`.
+    pub status: String,
+    /// corral's labels: the task, the run, when it started (RFC 3339), the node.
+    pub task: Option<String>,
+    pub run_id: Option<String>,
+    pub started_at: Option<String>,
+    pub node: Option<String>,
+    /// Every label, corral's and the task's.
+    pub labels: BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -772,6 +799,9 @@ pub struct GpuProcess {
     pub task: Option<String>,
     #[serde(default)]
     pub run_id: Option<String>,
+    /// The container the process runs in, when its cgroup names one (the full id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A task as a node's registration lists it (enough for a fleet-wide `ps`).

@@ -62,6 +62,9 @@ pub struct ServeOpts {
     /// The ssh config file every `ssh` of the daemon reads (`--ssh-config`,
     /// `CORRAL_SSH_CONFIG`); `None`: the user's own (`~/.ssh/config`).
     pub ssh_config: Option<PathBuf>,
+    /// The container engine's address (`--docker-host`, `DOCKER_HOST`): where `container`
+    /// tasks run; `None`: `unix:///var/run/docker.sock`.
+    pub docker_host: Option<String>,
 }
 
 pub use crate::home::default_home;
@@ -173,7 +176,9 @@ pub async fn serve_until(
     );
     bus.register(redis_sink);
     let ssh = crate::ssh::Ssh::new(&opts.home, opts.ssh_config.clone());
-    let (kinds, llama) = crate::kinds::builtin(opts.llama.clone(), ssh.clone());
+    let engine = crate::sources::container::engine::Engine::new(opts.docker_host.clone());
+    let (kinds, llama) =
+        crate::kinds::builtin(opts.llama.clone(), ssh.clone(), engine.clone(), &opts.node);
     let sup = Supervisor::new(
         Settings {
             home: opts.home.clone(),
@@ -283,6 +288,7 @@ pub async fn serve_until(
         stop: stop_tx,
         hub: hub.clone(),
         ssh: ssh.clone(),
+        engine,
     });
     on_ready(bound);
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));

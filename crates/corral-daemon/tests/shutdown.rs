@@ -52,6 +52,7 @@ async fn shutdown_ends_open_streams_and_returns_promptly_after_the_tasks_stop() 
         node_heartbeat: std::time::Duration::from_secs(10),
         hub: false,
         ssh_config: None,
+        docker_host: None,
     };
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! `GET /api/v1/gpu`: the GPUs (cached for a second by `crate::gpu`), each process on
-//! them with the corral task and run it belongs to. `?host=user@host`: another
-//! machine's GPUs, read over SSH (`crate::gpu::remote`), not cached.
+//! them with the corral task and run it belongs to, and the container it runs in.
+//! `?host=user@host`: another machine's GPUs, read over SSH (`crate::gpu::remote`), not
+//! cached.
 
 use super::error::ApiError;
 use super::Shared;

@@ -305,6 +305,8 @@ mod tests {
         let (kinds, _) = crate::kinds::builtin(
             Default::default(),
             crate::ssh::Ssh::new(std::path::Path::new("/nonexistent"), None),
+            crate::sources::container::engine::Engine::new(None),
+            "test",
         );
         let sup = Supervisor::new(
             Settings {

@@ -8,6 +8,7 @@
 
 mod alerts;
 mod auth;
+mod containers;
 mod diagnostics;
 mod error;
 mod events;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub remote: remote::Remote,
     /// The SSH transport, for `/gpu?host=`.
     pub ssh: crate::ssh::Ssh,
+    /// The container engine, for `/containers`.
+    pub engine: crate::sources::container::engine::Engine,
 }
 
 pub type Shared = Arc<AppState>;
@@ -104,6 +107,7 @@ pub fn router(state: Shared) -> Router {
         .route("/events", get(events::events))
         .route("/backends", get(llama::backends))
         .route("/gpu", get(gpu::gpu))
+        .route("/containers", get(containers::list))
         .route("/nodes", get(nodes::nodes))
         .route("/nodes/{node}/tasks", get(nodes::tasks))
         .route("/nodes/{node}/runs", get(nodes::runs))

@@ -13,6 +13,11 @@
 //! - [`attribute`]: which corral task and run a GPU process belongs to (its pid is the
 //!   run's, or in the run's process group, or a descendant), from `/proc`. This module
 //!   knows nothing of the supervisor; the caller passes the runs' pids.
+//! - [`attribute_containers`]: the container a GPU process runs in, from the container
+//!   id its cgroup path names (`/proc/<pid>/cgroup`: Docker's `docker-<id>.scope` or
+//!   `/docker/<id>`, Podman's `libpod-<id>`), and the task and run of a container run
+//!   corral started (the caller passes the runs' container ids). Processes in a container
+//!   descend from the engine's shim, not from corral, so the pid walk cannot find them.
 //!
 //! A value one call could not read for one GPU is null in the answer, never an error of
 //! the whole answer; no library or driver at all is `available: false` with the reason.
@@ -193,6 +198,18 @@ pub fn attributed(snap: &GpuSnapshot, sup: &crate::supervisor::Supervisor) -> Gp
             })
             .collect();
         attribute(&mut out, &runs, &proc_stat);
+        let containers: Vec<RunContainer> = sup
+            .list()
+            .into_iter()
+            .filter_map(|t| {
+                Some(RunContainer {
+                    container: t.container_id?,
+                    task: t.name,
+                    run_id: t.run_id,
+                })
+            })
+            .collect();
+        attribute_containers(&mut out, &containers, &proc_container);
     }
     out
 }
@@ -265,6 +282,64 @@ pub fn attribute(snap: &mut GpuSnapshot, runs: &[RunPid], stat: &dyn Fn(u32) -> 
             p.task = Some(r.task.clone());
             p.run_id = r.run_id.clone();
         }
+    }
+}
+
+/// A run of a corral task that is a container, by the container's full id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunContainer {
+    pub container: String,
+    pub task: String,
+    pub run_id: Option<String>,
+}
+
+/// The full container id a cgroup file (`/proc/<pid>/cgroup`) names: the first run of
+/// exactly 64 hex digits in a path. `None` for a process in no container.
+pub fn container_of_cgroup(text: &str) -> Option<String> {
+    for line in text.lines() {
+        // `hierarchy-id:controllers:path`; the path may itself hold colons.
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        let b = path.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_hexdigit() {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_hexdigit() {
+                    i += 1;
+                }
+                if i - start == 64 {
+                    return Some(path[start..i].to_ascii_lowercase());
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// This machine's `/proc/<pid>/cgroup`, as [`container_of_cgroup`] reads it.
+pub fn proc_container(pid: u32) -> Option<String> {
+    container_of_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// Fills in the container of every process of `snap` that runs in one (`container`
+/// reads it, [`proc_container`] on this machine), and the task and run of those in a
+/// container run of corral's that no other rule attributed.
+pub fn attribute_containers(
+    snap: &mut GpuSnapshot,
+    runs: &[RunContainer],
+    container: &dyn Fn(u32) -> Option<String>,
+) {
+    for p in snap.gpus.iter_mut().flat_map(|g| g.processes.iter_mut()) {
+        let Some(id) = container(p.pid) else { continue };
+        if p.task.is_none() {
+            if let Some(r) = runs.iter().find(|r| r.container == id) {
+                p.task = Some(r.task.clone());
+                p.run_id = r.run_id.clone();
+            }
+        }
+        p.container = Some(id);
     }
 }
 
@@ -392,12 +467,88 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_path_names_the_container() {
+        let id = "5829187b80f3a1c2d4e5f60718293a4b5c6d7e8f9012a3b4c5d6e7f8091a2b3c";
+        for text in [
+            // Podman, cgroupfs (cgroup v1, many hierarchies).
+            format!("12:pids:/libpod_parent/libpod-{id}\n11:memory:/libpod_parent/libpod-{id}\n"),
+            // Podman with systemd, cgroup v2.
+            format!("0::/machine.slice/libpod-{id}.scope/container\n"),
+            // Docker, systemd and cgroupfs.
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("4:memory:/docker/{id}\n"),
+        ] {
+            assert_eq!(container_of_cgroup(&text).as_deref(), Some(id), "{text}");
+        }
+        for text in [
+            "0::/user.slice/user-1000.slice/session-3.scope\n",
+            "4:memory:/process_api/21efb9b8e0b04b8e48e7dcb4ba544870\n",
+            "",
+        ] {
+            assert_eq!(container_of_cgroup(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_process_in_a_container_run_belongs_to_its_task() {
+        let id = "a".repeat(64);
+        let mut snap = GpuSnapshot {
+            available: true,
+            gpus: vec![Gpu {
+                processes: vec![
+                    GpuProcess {
+                        pid: 7,
+                        ..Default::default()
+                    },
+                    GpuProcess {
+                        pid: 8,
+                        ..Default::default()
+                    },
+                    GpuProcess {
+                        pid: 9,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let runs = [RunContainer {
+            container: id.clone(),
+            task: "srv".into(),
+            run_id: Some("r1".into()),
+        }];
+        let other = "b".repeat(64);
+        attribute_containers(&mut snap, &runs, &|pid| match pid {
+            7 => Some(id.clone()),
+            8 => Some(other.clone()),
+            _ => None,
+        });
+        let p = &snap.gpus[0].processes;
+        assert_eq!(
+            (p[0].task.as_deref(), p[0].run_id.as_deref()),
+            (Some("srv"), Some("r1"))
+        );
+        assert_eq!(p[0].container.as_deref(), Some(id.as_str()));
+        // Another container: shown, of no task.
+        assert_eq!(
+            (p[1].task.as_deref(), p[1].container.as_deref()),
+            (None, Some(other.as_str()))
+        );
+        assert_eq!(
+            (p[2].task.as_deref(), p[2].container.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[test]
     fn task_memory_sums_a_runs_processes_per_gpu() {
         let p = |pid, task: Option<&str>, mem| GpuProcess {
             pid,
             used_memory_bytes: mem,
             task: task.map(String::from),
             run_id: task.map(|t| format!("r-{t}")),
+            container: None,
         };
         let snap = GpuSnapshot {
             available: true,

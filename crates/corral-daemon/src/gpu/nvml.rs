@@ -292,6 +292,7 @@ fn process(p: &ProcessInfo) -> GpuProcess {
         used_memory_bytes: (p.used_gpu_memory != VALUE_NOT_AVAILABLE).then_some(p.used_gpu_memory),
         task: None,
         run_id: None,
+        container: None,
     }
 }
 

@@ -144,6 +144,7 @@ pub fn parse_apps(csv: &str) -> Vec<(String, GpuProcess)> {
                     used_memory_bytes: mib_to_bytes(f[2]),
                     task: None,
                     run_id: None,
+                    container: None,
                 },
             ))
         })

@@ -158,6 +158,7 @@ mod tests {
                     used_memory_bytes: Some(30 * 1024 * 1024 * 1024),
                     task: Some("llm".into()),
                     run_id: Some("r1".into()),
+                    container: None,
                 }],
                 ..Default::default()
             }],

@@ -7,7 +7,8 @@
 //! - v2: `runs` gains `truncated`, `gap_from`, `gap_to`, `gap_off_from`, `gap_off_to`
 //!   (the range dropped by the log size cap);
 //! - v3: `tasks` gains `desired` (`run` or `stop`): whether the task should be running,
-//!   which a daemon that starts restores.
+//!   which a daemon that starts restores;
+//! - v4: `runs` gains `container_id`: the container a run is (the `container` kind).
 //!
 //! Run `status` is one of `running, succeeded, failed, killed, lost`. Every write is one
 //! statement or one transaction, so a crash cannot leave a half-written run.
@@ -70,6 +71,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN gap_off_to INTEGER;",
     // v3
     "ALTER TABLE tasks ADD COLUMN desired TEXT NOT NULL DEFAULT 'stop';",
+    // v4
+    "ALTER TABLE runs ADD COLUMN container_id TEXT;",
 ];
 
 /// Whether a task should be running (kept across daemon restarts).
@@ -108,6 +111,8 @@ pub struct RunRow {
     pub gap: Option<[i64; 4]>,
     /// The process's start time (clock ticks since boot), telling it from a reused pid.
     pub pid_start: Option<i64>,
+    /// The container the run is, as the engine knows it.
+    pub container_id: Option<String>,
 }
 
 impl From<RunRow> for RunInfo {
@@ -130,6 +135,7 @@ impl From<RunRow> for RunInfo {
             write_errors: 0,
             write_error: None,
             gap: r.gap,
+            container_id: r.container_id,
         }
     }
 }
@@ -286,6 +292,14 @@ impl Registry {
         Ok(())
     }
 
+    pub fn set_container(&self, run_id: &str, container_id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE runs SET container_id = ?2 WHERE run_id = ?1",
+            params![run_id, container_id],
+        )?;
+        Ok(())
+    }
+
     pub fn finish_run(&self, run_id: &str, o: &RunOutcome) -> Result<()> {
         let gap = o.gap.map(|g| g.map(|v| v as i64));
         self.conn().execute(
@@ -314,7 +328,7 @@ impl Registry {
 
     const COLUMNS: &'static str = "run_id, task, attempt, status, pid, started_at, ended_at,
         exit_code, signal, log_path, error_message, lines, bytes, truncated,
-        gap_from, gap_to, gap_off_from, gap_off_to, pid_start";
+        gap_from, gap_to, gap_off_from, gap_off_to, pid_start, container_id";
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         let gap: [Option<i64>; 4] = [r.get(14)?, r.get(15)?, r.get(16)?, r.get(17)?];
@@ -347,6 +361,7 @@ impl Registry {
                 _ => None,
             },
             pid_start: r.get(18)?,
+            container_id: r.get(19)?,
         })
     }
 
@@ -406,6 +421,7 @@ mod tests {
             truncated: false,
             gap: None,
             pid_start: Some(7),
+            container_id: None,
         }
     }
 

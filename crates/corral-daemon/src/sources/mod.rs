@@ -12,8 +12,9 @@
 //! [`reactor`] thread; [`held`], the same pipes kept by the run's holder process (see
 //! [`crate::holder`]), read from its socket, which a later daemon can take over; [`file`],
 //! a local file followed like `tail -F` (rotation, truncation, resumed at the byte after
-//! its last record). Coming: remote files and commands over SSH, containers through the
-//! Docker API; each is one module here that implements [`Source`].
+//! its last record); [`container`], a container's logs through the Docker Engine API
+//! (Docker, or Podman's compatible socket). Coming: remote files and commands over SSH;
+//! each is one module here that implements [`Source`].
 //!
 //! **What a record's `stream` carries** (decided once, so that new sources need no format
 //! change): the *channel within the source*: `stdout`, `stderr`, `file` (a followed file's
@@ -23,6 +24,7 @@
 //! container's two log streams are too; a followed file, local or remote, is `file`.
 
 pub mod child;
+pub mod container;
 pub mod file;
 pub mod held;
 pub mod reactor;

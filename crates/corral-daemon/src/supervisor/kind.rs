@@ -3,7 +3,7 @@
 //! kind, through [`TaskKind`], for what only the kind knows. Kinds are registered when the
 //! daemon starts (`kinds::builtin`); the supervisor never names one.
 
-use super::run::{Launched, RunPlace};
+use super::run::{BoxFuture, Launched, RunPlace};
 use super::Supervisor;
 use crate::logbook::RunLog;
 use corral_client::wire::TaskSpec;
@@ -47,6 +47,17 @@ pub trait TaskKind: Send + Sync + 'static {
     /// The error is the message for the run and the user.
     fn launch(&self, _spec: &TaskSpec, _run: &RunPlace) -> Option<Result<Launched, String>> {
         None
+    }
+
+    /// [`TaskKind::launch`] for a kind whose start waits on answers from elsewhere (a
+    /// container engine creates and starts a container): the task's actor awaits it. The
+    /// default is [`TaskKind::launch`].
+    fn launch_async<'a>(
+        &'a self,
+        spec: &'a TaskSpec,
+        run: &'a RunPlace<'a>,
+    ) -> BoxFuture<'a, Option<Result<Launched, String>>> {
+        Box::pin(std::future::ready(self.launch(spec, run)))
     }
 
     /// Takes back a run an earlier daemon was writing when it died, with no holder to

@@ -39,6 +39,8 @@ pub(crate) struct View {
     pub log: Option<Arc<RunLog>>,
     pub adopted: bool,
     pub last_error: Option<String>,
+    /// The container the live run is, if it is one.
+    pub container_id: Option<String>,
 }
 
 /// A start's answer: the new run, and why its command could not be spawned (the run
@@ -501,6 +503,7 @@ impl Supervisor {
             log: None,
             adopted: false,
             last_error: last.and_then(|r| r.error_message.clone()),
+            container_id: None,
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         let mut reply = None;
@@ -787,6 +790,7 @@ fn info(h: &Handle) -> TaskInfo {
         started_at: v.started_at,
         kind: h.spec.kind.clone(),
         write_errors: v.log.as_ref().map_or(0, |l| l.stats().write_errors),
+        container_id: v.container_id.clone().filter(|_| live),
     }
 }
 

@@ -48,6 +48,12 @@ pub trait RunHandle: Send {
     /// process of ours.
     fn pid(&self) -> Option<u32>;
 
+    /// The container the run is, when it is one (its id, as the engine knows it): kept
+    /// in the run's registry row.
+    fn container(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the run is a server corral found running rather than started.
     fn adopted(&self) -> bool {
         false

@@ -281,6 +281,7 @@ impl Actor {
         v.failures = self.lc.failures;
         let handle = self.run.as_ref().and_then(|r| r.handle.as_ref());
         v.pid = handle.and_then(|h| h.pid());
+        v.container_id = handle.and_then(|h| h.container());
         if let Some(h) = handle {
             v.adopted = h.adopted();
         }
@@ -529,7 +530,7 @@ impl Actor {
         };
         // A kind whose runs are not a local command (a followed file) starts them itself.
         let launched = match self.sup.kinds.of(&self.spec).ok().flatten() {
-            Some(kind) => kind.launch(&self.spec, &place),
+            Some(kind) => kind.launch_async(&self.spec, &place).await,
             None => None,
         }
         .unwrap_or_else(|| self.sup.launcher.launch(&self.spec, &place));
@@ -574,6 +575,7 @@ impl Actor {
             truncated: false,
             gap: None,
             pid_start: None,
+            container_id: None,
         };
         if let Err(e) = sup.registry.insert_run(&row) {
             self.fail_start(format!("cannot record the run in the registry: {e}"));
@@ -666,6 +668,9 @@ impl Actor {
         if let Some(pid) = handle.pid() {
             let start = super::process::start_time(pid).map(|t| t as i64);
             let _ = self.sup.registry.set_pid(&run_id, pid as i64, start);
+        }
+        if let Some(id) = handle.container() {
+            let _ = self.sup.registry.set_container(&run_id, &id);
         }
         if let Some(r) = self.run.as_mut() {
             r.handle = Some(handle);
@@ -986,6 +991,7 @@ impl Actor {
             v.last_error = message;
         }
         v.pid = None;
+        v.container_id = None;
         // A finished run holds no open files: a follower of it opens them (shared with
         // every other follower of that run) and lets go when it leaves.
         v.log = None;

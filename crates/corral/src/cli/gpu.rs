@@ -11,9 +11,10 @@ use std::io::Write;
 pub const AFTER_HELP: &str = "\
 The daemon reads the GPUs through NVIDIA's driver library (NVML), else nvidia-smi, at most \
 once a second. A process belongs to a task when it is the task's run, in the run's process \
-group, or started by it. With HOST (user@host, or a host of the daemon's ssh config), the \
-daemon runs nvidia-smi there over its SSH connection to that host.\n\nExamples:\n  \
-corral gpu\n  corral gpu --json\n  corral gpu gpu@10.0.0.7";
+group, or started by it, or when it runs in the container of a task's run (`corral run \
+--image`); the CONTAINER column shows the container a process runs in. With HOST (user@host, \
+or a host of the daemon's ssh config), the daemon runs nvidia-smi there over its SSH \
+connection to that host.\n\nExamples:\n  corral gpu\n  corral gpu --json\n  corral gpu gpu@10.0.0.7";
 
 #[derive(clap::Args, Debug)]
 pub struct GpuArgs {
@@ -92,19 +93,32 @@ fn block(out: &mut impl Write, g: &Gpu) -> std::io::Result<()> {
     if g.processes.is_empty() {
         return writeln!(out, "  no processes");
     }
+    // A CONTAINER column when a process runs in one (the short id, as `docker ps`).
+    let containers = g.processes.iter().any(|p| p.container.is_some());
     let rows: Vec<Vec<String>> = g
         .processes
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 format!("  {}", p.pid),
                 table::opt(p.task.as_deref().map(clean)),
                 table::opt(p.run_id.as_deref().map(clean)),
-                size(p.used_memory_bytes),
-            ]
+            ];
+            if containers {
+                row.push(table::opt(
+                    p.container.as_deref().map(|c| clean(&c[..c.len().min(12)])),
+                ));
+            }
+            row.push(size(p.used_memory_bytes));
+            row
         })
         .collect();
-    table::print(out, &["  PID", "TASK", "RUN", "MEMORY"], &rows)
+    let headers: &[&str] = if containers {
+        &["  PID", "TASK", "RUN", "CONTAINER", "MEMORY"]
+    } else {
+        &["  PID", "TASK", "RUN", "MEMORY"]
+    };
+    table::print(out, headers, &rows)
 }
 
 #[cfg(test)]
@@ -152,12 +166,14 @@ mod tests {
                         used_memory_bytes: Some(40 << 30),
                         task: Some("llama\x1b]0;x\x07".into()),
                         run_id: Some("1a2b3c4d".into()),
+                        container: Some("5829187b80f3".to_string() + &"0".repeat(52)),
                     },
                     GpuProcess {
                         pid: 99,
                         used_memory_bytes: None,
                         task: None,
                         run_id: None,
+                        container: None,
                     },
                 ],
             }],
@@ -173,6 +189,10 @@ mod tests {
         );
         assert!(t.contains("PID"), "{t}");
         assert!(t.contains("TASK") && t.contains("RUN"), "{t}");
+        assert!(
+            t.contains("CONTAINER") && t.contains("5829187b80f3 ") && !t.contains("5829187b80f30"),
+            "{t}"
+        );
         assert!(t.contains("1a2b3c4d") && t.contains("40.0 GiB"), "{t}");
         assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t}");
     }

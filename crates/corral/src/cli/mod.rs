@@ -38,6 +38,7 @@ Examples:
   corral demo                                   # a simulated llama.cpp fleet, nothing else needed
   corral serve                                  # the daemon, on 127.0.0.1:7070
   corral run --name job --restart on-failure -- python3 train.py
+  corral run --image ghcr.io/org/llama:latest --name srv --label prompt_id=p1 -- --port 8080
   corral ps
   corral monitor job                            # last 1000 lines, then live
   corral logs job --tail 50
@@ -68,8 +69,9 @@ pub enum Command {
     /// Run the daemon in the foreground.
     Serve(Box<ServeArgs>),
     /// Create (or replace a stopped) task and start it; prints the run id.
-    Run(RunArgs),
-    /// Follow a local file like `tail -F`: a task whose run is the file's lines.
+    Run(Box<RunArgs>),
+    /// Follow a local file like `tail -F`, or a container's output (`container:NAME`): a
+    /// task whose run is its lines.
     #[command(after_help = tail::AFTER_HELP)]
     Tail(tail::TailArgs),
     /// List the tasks (on a hub, with --all-nodes, every node's).
@@ -181,6 +183,16 @@ pub struct ServeArgs {
     /// `corral gpu HOST`), as `ssh -F FILE`; by default ssh reads the user's own.
     #[arg(long, env = "CORRAL_SSH_CONFIG", value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
+    /// The container engine for `corral run --image` and `corral tail container:NAME`:
+    /// Docker's socket, or Podman's (`podman system service`); `unix:///path`,
+    /// `tcp://HOST:PORT` or `http://HOST:PORT`.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        value_name = "ADDR",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
     #[command(flatten)]
     pub llama: config::LlamaServeArgs,
     #[command(flatten)]
@@ -221,6 +233,10 @@ pub struct PsArgs {
     /// last heartbeat).
     #[arg(long)]
     pub all_nodes: bool,
+    /// The containers that carry corral's labels (`corral.task`, `corral.run_id`, …),
+    /// running or not, as the daemon's container engine lists them.
+    #[arg(long, conflicts_with = "all_nodes")]
+    pub containers: bool,
 }
 
 #[derive(Args, Debug)]
@@ -267,8 +283,26 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long)]
     pub json: bool,
+    /// Run the task as a container of this image, through the daemon's container engine
+    /// (Docker, or Podman's compatible socket: `corral serve --docker-host`); the words
+    /// after `--` are its arguments (the image's own command when none). --env and
+    /// --label go to the container, --cwd is a directory inside it.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// With --image: the container's network (`host`, `none`, `bridge` or a network's name).
+    #[arg(long, requires = "image")]
+    pub network: Option<String>,
+    /// With --image: GPUs for the container, as `docker run --gpus` takes them (`all`, a
+    /// count, or `device=0,1`).
+    #[arg(long, requires = "image")]
+    pub gpus: Option<String>,
+    /// With --image: publish a port (repeatable): CONTAINER_PORT, HOST_PORT:CONTAINER_PORT
+    /// or HOST_IP:HOST_PORT:CONTAINER_PORT, with /udp or /sctp after it where not TCP.
+    /// Without a host address it is published on 127.0.0.1 only.
+    #[arg(long, value_name = "PORTS", requires = "image")]
+    pub publish: Vec<String>,
     /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -384,9 +418,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Login(a) => login(&c, a.json).await,
         Command::Service(a) => service::dispatch(a),
         Command::Shutdown(a) => tasks::shutdown(&c, a).await,
-        Command::Run(a) => tasks::run(&c, a).await,
+        Command::Run(a) => tasks::run(&c, *a).await,
         Command::Tail(a) => tail::tail(&c, a).await,
         Command::Ps(a) if a.all_nodes => nodes::ps_all(&c, a.json).await,
+        Command::Ps(a) if a.containers => tasks::ps_containers(&c, a.json).await,
         Command::Ps(a) => tasks::ps(&c, a.json).await,
         Command::Runs(a) => tasks::runs(&c, a).await,
         Command::Monitor(a) => monitor::monitor(&c, monitor::MonitorOpts::from(a)).await,

@@ -42,6 +42,7 @@ pub fn serve_opts(
         node_heartbeat: heartbeat(&a.node_heartbeat)?,
         hub: a.hub,
         ssh_config: a.ssh_config.clone(),
+        docker_host: Some(a.docker_host.clone()),
         // This very program holds the runs (`corral hold`), so they outlive the daemon.
         holder: Some(std::env::current_exe().context("finding the corral program")?),
     })

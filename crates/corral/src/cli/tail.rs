@@ -1,7 +1,9 @@
 //! `corral tail PATH --name NAME`: a task whose run follows a local file someone else
 //! writes, like `tail -F`. The daemon reads it (the `file` task kind); this command only
 //! makes the path absolute and creates the task. `corral tail user@host:/path` (scp's
-//! form) follows a file on another machine over SSH (the `remote-file` kind).
+//! form) follows a file on another machine over SSH (the `remote-file` kind);
+//! `corral tail container:NAME --name N` follows an existing container's output (the
+//! `container` kind).
 
 use super::start_exit_code;
 use anyhow::Context;
@@ -33,12 +35,18 @@ too), is read by the daemon over its one SSH connection to that host, by byte po
 after a dropped connection, or a daemon restart, it goes on at the byte after the last
 line read. Host keys are checked strictly: an unknown one is an error, never accepted.
 
-  corral tail gpu@10.0.0.7:/srv/outputs/p1/run.log --name p1";
+  corral tail gpu@10.0.0.7:/srv/outputs/p1/run.log --name p1
+
+  corral tail container:web --name web-logs   # an existing container's stdout and stderr
+
+A followed container's output is read through the daemon's container engine (`corral serve
+--docker-host`), from its start; the run ends when the container does, with its exit code,
+and `corral stop` only stops following (the container keeps running).";
 
 #[derive(Args, Debug)]
 pub struct TailArgs {
     /// The file to follow (made absolute here; it need not exist yet), or
-    /// `user@host:/path` on another machine.
+    /// `user@host:/path` on another machine, or `container:NAME` (a container's name or id).
     pub path: PathBuf,
     /// Task name (letters, digits, `.`, `_`, `-`).
     #[arg(long)]
@@ -57,6 +65,16 @@ fn remote(arg: &std::path::Path) -> Option<(&str, &str)> {
 
 /// The spec of a file task following `path`, absolute.
 fn spec(a: &TailArgs) -> anyhow::Result<TaskSpec> {
+    if let Some(name) = a.path.to_str().and_then(|p| p.strip_prefix("container:")) {
+        if name.is_empty() {
+            anyhow::bail!("`container:` names no container; write e.g. container:web");
+        }
+        return Ok(TaskSpec {
+            kind: Some("container".into()),
+            extra: json!({ "container": name }),
+            ..TaskSpec::new(a.name.clone(), Vec::new())
+        });
+    }
     if let Some((host, path)) = remote(&a.path) {
         return Ok(TaskSpec {
             kind: Some("remote-file".into()),

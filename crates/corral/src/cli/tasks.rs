@@ -3,7 +3,9 @@
 use super::{duration_arg, monitor, start_exit_code, table};
 use super::{NameArg, RunArgs, RunsArgs, ShutdownArgs, StopArgs};
 use anyhow::{bail, Context};
-use corral_client::wire::{Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec};
+use corral_client::wire::{
+    ContainerInfo, Removed, RunInfo, Started, StopRequest, TaskInfo, TaskSpec,
+};
 use corral_client::{enc, Client};
 use corral_core::term::sanitize;
 use serde_json::json;
@@ -25,6 +27,21 @@ fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
         .restart
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--restart: {e}"))?;
+    if let Some(image) = &a.image {
+        return Ok(TaskSpec {
+            kind: Some("container".into()),
+            extra: json!({
+                "image": image,
+                "args": a.command,
+                "network": a.network,
+                "gpus": a.gpus,
+                "publish": a.publish,
+            }),
+            // A directory inside the container, as given.
+            cwd: a.cwd.as_ref().map(|d| d.display().to_string()),
+            ..common(a, restart)?
+        });
+    }
     let cwd = match &a.cwd {
         // A remote directory is the remote host's to find.
         Some(d) if a.remote.is_some() => Some(d.display().to_string()),
@@ -41,6 +58,13 @@ fn spec(a: &RunArgs) -> anyhow::Result<TaskSpec> {
     };
     Ok(TaskSpec {
         cwd,
+        ..common(a, restart)?
+    })
+}
+
+/// What every task of `corral run` has, whatever it runs.
+fn common(a: &RunArgs, restart: corral_core::policy::Restart) -> anyhow::Result<TaskSpec> {
+    Ok(TaskSpec {
         env: kv("env", &a.env)?.into_iter().collect(),
         labels: kv("label", &a.labels)?.into_iter().collect(),
         restart,
@@ -218,13 +242,22 @@ pub async fn ps(c: &Client, json_out: bool) -> anyhow::Result<i32> {
     let mut headers = vec![
         "NAME", "STATUS", "PID", "RUN_ID", "RESTARTS", "UPTIME", "COMMAND",
     ];
+    // With container tasks running, a CONTAINER column (the short id, as `docker ps`).
+    if tasks.iter().any(|t| t.container_id.is_some()) {
+        headers.insert(3, "CONTAINER");
+        for (row, t) in rows.iter_mut().zip(&tasks) {
+            let id = t.container_id.as_deref().unwrap_or("-");
+            row.insert(3, sanitize(&id[..id.len().min(12)]).into_owned());
+        }
+    }
     if let Some(mem) = &gpu_mem {
-        headers.insert(6, "GPU MEM");
+        let at = headers.len() - 1;
+        headers.insert(at, "GPU MEM");
         for (row, t) in rows.iter_mut().zip(&tasks) {
             let cell = mem
                 .get(&t.name)
                 .map_or("-".to_string(), |b| format!("{} MiB", b / (1024 * 1024)));
-            row.insert(6, cell);
+            row.insert(at, cell);
         }
     }
     table::print(&mut out, &headers, &rows)?;
@@ -247,7 +280,8 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
         writeln!(out, "no runs yet")?;
         return Ok(0);
     }
-    let table_rows: Vec<Vec<String>> = rows
+    let containers = rows.iter().any(|r| r.container_id.is_some());
+    let mut table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let failing = r
@@ -278,13 +312,64 @@ pub async fn runs(c: &Client, a: RunsArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
+    let mut headers = vec![
+        "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "ENDED", "EXIT", "SIGNAL",
+        "LINES", "BYTES", "LOG", "ERROR",
+    ];
+    // With container runs, a CONTAINER column (the short id, as `docker ps` shows it).
+    if containers {
+        headers.insert(5, "CONTAINER");
+        for (row, r) in table_rows.iter_mut().zip(&rows) {
+            let id = r.container_id.as_deref().unwrap_or("-");
+            row.insert(5, sanitize(&id[..id.len().min(12)]).into_owned());
+        }
+    }
+    table::print(&mut out, &headers, &table_rows)?;
+    Ok(0)
+}
+
+/// `corral ps --containers`: the containers carrying corral's labels.
+pub async fn ps_containers(c: &Client, json_out: bool) -> anyhow::Result<i32> {
+    let list: Vec<ContainerInfo> = c.get("/containers").await?;
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{}", serde_json::to_string(&list)?)?;
+        return Ok(0);
+    }
+    if list.is_empty() {
+        writeln!(
+            out,
+            "no containers with corral's labels; start one with `corral run --image IMAGE --name NAME`"
+        )?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|k| {
+            let cell = |v: &Option<String>| sanitize(v.as_deref().unwrap_or("-")).into_owned();
+            vec![
+                sanitize(&k.id[..k.id.len().min(12)]).into_owned(),
+                sanitize(&k.name).into_owned(),
+                cell(&k.task),
+                cell(&k.run_id),
+                sanitize(&k.image).into_owned(),
+                sanitize(&k.status).into_owned(),
+                cell(&k.node),
+            ]
+        })
+        .collect();
     table::print(
         &mut out,
         &[
-            "RUN_ID", "TASK", "ATTEMPT", "STATUS", "PID", "STARTED", "ENDED", "EXIT", "SIGNAL",
-            "LINES", "BYTES", "LOG", "ERROR",
+            "CONTAINER",
+            "NAME",
+            "TASK",
+            "RUN_ID",
+            "IMAGE",
+            "STATUS",
+            "NODE",
         ],
-        &table_rows,
+        &rows,
     )?;
     Ok(0)
 }

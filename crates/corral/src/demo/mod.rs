@@ -152,6 +152,7 @@ async fn start_daemon(
             hub: false,
             fleet_token_file: None,
             ssh_config: None,
+            docker_host: corral_daemon::sources::container::engine::DEFAULT_HOST.into(),
             llama: crate::cli::config::LlamaServeArgs::default(),
             redis: crate::cli::config::RedisServeArgs::default(),
             log: a.log.clone(),

@@ -1117,6 +1117,7 @@ mod tests {
                     used_memory_bytes: Some(used_gib << 30),
                     task: Some("llm".into()),
                     run_id: Some("r".into()),
+                    container: None,
                 }],
                 ..Default::default()
             }],

@@ -110,6 +110,16 @@ pub(super) async fn collect(
         &mut problems,
     );
 
+    if row.container_id.is_some() {
+        // Kept beside the log by the container source before it removed the container.
+        let path = crate::sources::container::inspect_path(Path::new(&row.log_path));
+        put(
+            "container.json",
+            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display())),
+            &mut problems,
+        );
+    }
+
     files.push("summary.json".into());
     let summary = Summary {
         run_id: run_id.clone(),

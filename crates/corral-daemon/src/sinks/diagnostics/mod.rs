@@ -11,7 +11,10 @@
 //!   secrets redacted (see [`redact`]);
 //! - `events.ndjson`: the task's recent events;
 //! - `system.json`: memory, load and the free space of the log volume;
-//! - `gpu.json`: what `nvidia-smi` says of the GPUs, or why there is nothing.
+//! - `gpu.json`: what `nvidia-smi` says of the GPUs, or why there is nothing;
+//! - `container.json`, for a container's run: the engine's inspect output of the
+//!   container (its state, exit code, OOM kill, image, labels, mounts), as the container
+//!   source kept it before removing the container, secret-named variables hidden.
 //!
 //! Invariants: collecting runs in a task of its own and never touches the run or its
 //! task (a failure while collecting is written into the bundle's summary and the daemon
