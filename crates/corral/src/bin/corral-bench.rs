@@ -51,6 +51,9 @@
 //!   threads that a timer wakes just after a tick); the window starts once every task has
 //!   printed all its lines and every follower has received them.
 
+#[path = "corral-bench/redis.rs"]
+mod redis_parts;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
@@ -131,6 +134,12 @@ enum Mode {
     /// A crowd of loopback followers (hidden).
     #[command(hide = true)]
     Followers(FollowerArgs),
+    /// An rpc-server's connection lines, as fast as it can (hidden).
+    #[command(hide = true)]
+    RpcChild(redis_parts::RpcChildArgs),
+    /// Simulated nodes publishing to Redis like corral (hidden).
+    #[command(hide = true)]
+    FleetNodes(redis_parts::FleetNodesArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -144,6 +153,30 @@ struct BenchArgs {
     /// Run the idle part (many tasks and followers, a quiet window).
     #[arg(long)]
     idle: bool,
+    /// Run the Redis publishing part (corral versus redis-benchmark and a plain client).
+    #[arg(long)]
+    redis: bool,
+    /// Run the fleet part (simulated nodes through one Redis to one hub).
+    #[arg(long)]
+    fleet: bool,
+    /// Events the daemon publishes in the Redis part.
+    #[arg(long, default_value_t = 500_000)]
+    redis_events: u64,
+    /// Events of the plain one-PUBLISH-per-event client.
+    #[arg(long, default_value_t = 30_000)]
+    plain_events: u64,
+    /// Requests of `redis-benchmark` for the ceiling.
+    #[arg(long, default_value_t = 2_000_000)]
+    ceiling_requests: u64,
+    /// Simulated nodes of the fleet part.
+    #[arg(long, default_value_t = 100)]
+    fleet_nodes: usize,
+    /// Events per second of each simulated node.
+    #[arg(long, default_value_t = 100)]
+    fleet_rate: u64,
+    /// How long the simulated nodes publish, in seconds.
+    #[arg(long, default_value_t = 30)]
+    fleet_seconds: u64,
     /// Smaller sizes for a quick look: every size not given on the command line shrinks
     /// (lines 500,000, follower lines 300,000, followers 0,10, latency lines 1,000, peer
     /// lines 1,000,000, idle tasks 200, idle seconds 10).
@@ -224,12 +257,12 @@ struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// (capture, peers, idle): the parts to run; none named means all.
-    fn parts(&self) -> (bool, bool, bool) {
-        if self.capture || self.peers || self.idle {
-            (self.capture, self.peers, self.idle)
+    /// (capture, peers, idle, redis, fleet): the parts to run; none named means all.
+    fn parts(&self) -> (bool, bool, bool, bool, bool) {
+        if self.capture || self.peers || self.idle || self.redis || self.fleet {
+            (self.capture, self.peers, self.idle, self.redis, self.fleet)
         } else {
-            (true, true, true)
+            (true, true, true, true, true)
         }
     }
 
@@ -256,6 +289,18 @@ impl BenchArgs {
         }
         if default("idle_seconds") {
             self.idle_seconds = 10;
+        }
+        if default("redis_events") {
+            self.redis_events = 100_000;
+        }
+        if default("plain_events") {
+            self.plain_events = 10_000;
+        }
+        if default("ceiling_requests") {
+            self.ceiling_requests = 500_000;
+        }
+        if default("fleet_seconds") {
+            self.fleet_seconds = 10;
         }
     }
 }
@@ -342,6 +387,8 @@ fn main() {
     let r = match cli.mode {
         Some(Mode::Child(a)) => child(a),
         Some(Mode::Followers(a)) => followers(a),
+        Some(Mode::RpcChild(a)) => redis_parts::rpc_child(a),
+        Some(Mode::FleetNodes(a)) => redis_parts::fleet_nodes(a),
         None => bench(cli.bench),
     };
     if let Err(e) = r {
@@ -1004,8 +1051,22 @@ fn is_tmpfs(p: &Path) -> bool {
 
 /// Starts `corral serve` on a free loopback port with its home at `work/<home>`.
 fn start_daemon(ctx: &Ctx, corral: &Path, home: &str, max_mb: u64) -> Result<Daemon> {
+    start_daemon_with(ctx, corral, home, max_mb, &[], &[])
+}
+
+/// [`start_daemon`] with more environment and more `serve` arguments.
+fn start_daemon_with(
+    ctx: &Ctx,
+    corral: &Path,
+    home: &str,
+    max_mb: u64,
+    env: &[(String, String)],
+    args: &[&str],
+) -> Result<Daemon> {
     let mut cmd = Command::new(corral);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.arg("serve")
+        .args(args)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--home")
@@ -1400,7 +1461,7 @@ fn wait_cpu(p: &mut Child) -> f64 {
 
 fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     let a = &ctx.a;
-    let (capture, peers, idle) = a.parts();
+    let (capture, peers, idle, redis, fleet) = a.parts();
     // Peers are found (or installed) before anything is measured: a missing one fails now.
     let tools = if peers { find_peers(ctx)? } else { Vec::new() };
     let t_all = Instant::now();
@@ -1433,6 +1494,12 @@ fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     }
     if idle {
         rows.extend(idle_part(ctx, corral)?);
+    }
+    if redis {
+        rows.extend(redis_parts::publish_part(ctx, corral)?);
+    }
+    if fleet {
+        rows.extend(redis_parts::fleet_part(ctx, corral)?);
     }
     // CPU the rest of the machine used meanwhile: busy time (user + system, all CPUs)
     // minus what this process and everything it started and reaped used (pm2's daemon is
