@@ -1433,9 +1433,11 @@ fn proc_cpu(pid: u32) -> f64 {
     };
     // Fields after the command name (which may hold spaces): utime is field 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (the state letter, and -1 in tpgid, parse as 0 rather
+    // than being left out, which would shift utime and stime).
     let f: Vec<f64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -1716,9 +1718,11 @@ fn proc_cpu_with_children(pid: u32) -> f64 {
         return 0.0;
     };
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (the state letter, and -1 in tpgid, parse as 0 rather
+    // than being left out, which would shift utime and stime).
     let f: Vec<f64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -2607,9 +2611,10 @@ fn rss_threads(pid: u32) -> (u64, u64) {
 fn proc_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (see `proc_cpu`).
     let f: Vec<u64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0))
         .collect();
     if f.len() < 13 {
         return 0;
