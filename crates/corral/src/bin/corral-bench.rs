@@ -137,6 +137,9 @@ enum Mode {
     /// An rpc-server's connection lines, as fast as it can (hidden).
     #[command(hide = true)]
     RpcChild(redis_parts::RpcChildArgs),
+    /// The daemon's Redis publisher alone, as a library (hidden).
+    #[command(hide = true)]
+    PublisherAlone(redis_parts::PublisherArgs),
     /// Simulated nodes publishing to Redis like corral (hidden).
     #[command(hide = true)]
     FleetNodes(redis_parts::FleetNodesArgs),
@@ -389,6 +392,7 @@ fn main() {
         Some(Mode::Followers(a)) => followers(a),
         Some(Mode::RpcChild(a)) => redis_parts::rpc_child(a),
         Some(Mode::FleetNodes(a)) => redis_parts::fleet_nodes(a),
+        Some(Mode::PublisherAlone(a)) => redis_parts::publisher_alone(a),
         None => bench(cli.bench),
     };
     if let Err(e) = r {

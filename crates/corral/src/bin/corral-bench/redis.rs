@@ -420,6 +420,25 @@ pub fn publish_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
     drop(d);
     let _ = st;
 
+    // The publisher alone, in another process (no parsing, no capture beside it).
+    let out = Command::new(&ctx.exe)
+        .args(["publisher-alone", "--redis-url", &r.url()])
+        .args(["--events", &a.redis_events.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .context("running the publisher alone")?;
+    if !out.status.success() {
+        bail!(
+            "the publisher alone failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let alone: Value = serde_json::from_slice(&out.stdout).context("the publisher's report")?;
+    let alone_n = alone["published"].as_u64().unwrap_or(0);
+    let alone_rate = alone_n as f64 / alone["secs"].as_f64().unwrap_or(1.0);
+    let alone_lost = alone["dropped"].as_u64().unwrap_or(0) + alone["failed"].as_u64().unwrap_or(0);
+
     rows.push(Row::info(
         "redis: ceiling, `redis-benchmark -P 64 PUBLISH bench:ceiling xxx` (= `-t publish`: 50 clients, 3-byte payload)",
         format!("**{:.0} k PUBLISH/s**", ceiling / 1e3),
@@ -451,19 +470,31 @@ pub fn publish_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
             redis_cpu / t_done.as_secs_f64() * 100.0
         ),
     ));
+    rows.push(Row::info(
+        "redis: corral's publisher alone (its bus and sink as a library; a producer that never fills its queue)",
+        format!(
+            "**{:.1} k events/s** ({alone_n} events, {alone_lost} dropped or failed)",
+            alone_rate / 1e3
+        ),
+    ));
     rows.push(Row::target(
         "redis: corral versus the pipelined PUBLISH ceiling",
         format!(
-            "**{:.2}x** (in Redis commands: {:.2}x)",
+            "**{:.2}x** (in Redis commands: {:.2}x; the publisher alone: {:.2}x)",
             rate / ceiling,
-            cmds as f64 / secs / ceiling
+            cmds as f64 / secs / ceiling,
+            alone_rate / ceiling
         ),
         ">= 0.5x",
         rate >= 0.5 * ceiling,
     ));
     rows.push(Row::target(
         "redis: corral versus one PUBLISH per event",
-        format!("**{:.1}x**", rate / plain),
+        format!(
+            "**{:.1}x** (the publisher alone: {:.1}x)",
+            rate / plain,
+            alone_rate / plain
+        ),
         ">= 5x",
         rate >= 5.0 * plain,
     ));
@@ -501,6 +532,91 @@ pub fn rpc_child(a: RpcChildArgs) -> Result<()> {
     }
     w.flush()?;
     Ok(())
+}
+
+/// The daemon's publisher alone (hidden mode): its bus and Redis sink as a library, fed
+/// by a producer that keeps the sink's queue busy but never full (so nothing is dropped
+/// and the rate is the publisher's, not the producer's).
+#[derive(Args, Debug)]
+pub struct PublisherArgs {
+    #[arg(long)]
+    redis_url: String,
+    #[arg(long)]
+    events: u64,
+}
+
+pub fn publisher_alone(a: PublisherArgs) -> Result<()> {
+    use corral_core::event::{Component, EventKind, EventType, Level};
+    use corral_daemon::bus::{Bus, ObserverConfig};
+    use corral_daemon::sinks::redis::{Redis, RedisConfig};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let cfg = RedisConfig {
+            enabled: true,
+            url: Some(a.redis_url.clone()),
+            channel_prefix: PREFIX.into(),
+            ..RedisConfig::default()
+        };
+        let obs = ObserverConfig {
+            sampling: false,
+            ..ObserverConfig::default()
+        };
+        let bus = Bus::new("bench-node".into(), &obs);
+        let (redis, sink) = Redis::new(cfg, None, &bus);
+        bus.register(sink);
+        let t0 = Instant::now();
+        while !redis.status(None).connected {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("the publisher did not connect within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let queued = |b: &Bus| b.stats().sinks.iter().map(|s| s.queued).sum::<usize>();
+        let base = redis.status(None).published;
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        while sent < a.events {
+            if queued(&bus) > 4000 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            for _ in 0..500.min(a.events - sent) {
+                bus.emit(
+                    EventKind::new(
+                        Component::RpcBackend,
+                        Level::Info,
+                        EventType::Connect,
+                        "client connected",
+                    )
+                    .with("free_mem", 25_275_826_176u64)
+                    .with("seq", sent),
+                    "rpc0",
+                    "r-0001",
+                );
+                sent += 1;
+            }
+        }
+        loop {
+            let s = redis.status(None);
+            if s.published + s.dropped + s.failed >= base + a.events {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                bail!("the publisher did not finish within 300 s");
+            }
+            tokio::task::yield_now().await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let s = redis.status(None);
+        println!(
+            "{}",
+            json!({"published": s.published - base, "dropped": s.dropped, "failed": s.failed, "secs": secs})
+        );
+        anyhow::Ok(())
+    })
 }
 
 /// A crowd of simulated nodes (hidden mode): corral's own bus and Redis publisher per
