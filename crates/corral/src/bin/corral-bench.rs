@@ -17,6 +17,9 @@
 //!    and compares).
 //! 3. `--idle`: 1,000 tasks that have each printed 1,000 lines and sleep, with one idle
 //!    follower each; the daemon's RSS, threads and CPU over a quiet minute.
+//! 4. `--redis` and 5. `--fleet` (issue 10): the Redis publisher against redis-benchmark
+//!    and a plain client, and simulated nodes through one Redis to a hub (`redis_parts`,
+//!    in `corral-bench/redis.rs`).
 //!
 //! The child and the followers are hidden modes of this binary (`corral-bench child`,
 //! `corral-bench followers`), so that the followers run in another process than the
@@ -71,8 +74,8 @@ use std::time::{Duration, Instant};
     about = "Benchmark of corral: capture throughput versus a plain pipe, follower fan-out and \
              latency over loopback, the same capture under supervisord and pm2, and an idle \
              daemon with 1,000 tasks and followers, in one run.",
-    long_about = "Benchmark of corral, in one run. Three parts; each can be run alone (--capture,\n\
---peers, --idle, or any two of them); with none of these flags the run does all three.\n\
+    long_about = "Benchmark of corral, in one run. Five parts; each can be run alone (--capture,\n\
+--peers, --idle, --redis, --fleet, or several); with none of these flags the run does all.\n\
 \n\
 --capture (issue 2):\n\
   1. capture throughput of a child writing LINE_BYTES-byte lines block-buffered as fast as it\n\
@@ -112,10 +115,20 @@ sleeps again before the next; the CPU verdict takes the larger of the two.\n\
 Targets: RSS <= 200 MiB, <= 16 threads, <= 0.2% of one core. The bench raises its open-files\n\
 limit (inherited by the daemon) as the task count needs, and says so if the hard limit is\n\
 lower.\n\
+--redis: events/s published through a daemon's Redis publisher (an rpc task printing\n\
+  --redis-events connection lines, each an event) and through the publisher alone (a library\n\
+  in another process), beside `redis-benchmark -P 64 PUBLISH` (the ceiling) and `XADD`, and a\n\
+  client sending one synchronous PUBLISH per event; published + dropped + failed = emitted.\n\
+--fleet: --fleet-nodes simulated nodes (the daemon's bus, publisher and registration as a\n\
+  library, in another process) publish --fleet-rate events/s each for --fleet-seconds through\n\
+  one redis-server to a hub (`corral serve --hub`); a viewer follows the hub's events.\n\
+  Accounting (hub received vs the nodes' counters), latency node -> viewer (p50, p99), the\n\
+  hub's CPU and RSS. Targets: every event accounted for, p99 < 1 s. Both need redis-server\n\
+  and redis-benchmark (apt-get install redis-server redis-tools).\n\
 Verdicts are reported, never the exit status: it fails only when a run cannot be measured.\n\
 \n\
 `cargo run --release --bin corral-bench` also builds the daemon; scripts/bench.sh does the same.\n\
-Default run: about 5 minutes on 2 CPUs; --quick: under a minute (smaller sizes, fewer tasks,\n\
+Default run: about 7 minutes on 2 CPUs; --quick: under a minute (smaller sizes, fewer tasks,\n\
 a 10 s idle window).",
     args_conflicts_with_subcommands = true
 )]
@@ -1470,6 +1483,10 @@ fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     let (capture, peers, idle, redis, fleet) = a.parts();
     // Peers are found (or installed) before anything is measured: a missing one fails now.
     let tools = if peers { find_peers(ctx)? } else { Vec::new() };
+    if redis || fleet {
+        redis_parts::need("redis-server")?;
+        redis_parts::need("redis-benchmark")?;
+    }
     let t_all = Instant::now();
     let (busy0, ours0) = (machine_busy(), own_tree_cpu());
     let mut rows: Vec<Row> = Vec::new();
