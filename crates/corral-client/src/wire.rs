@@ -885,4 +885,7 @@ pub struct NodesAnswer {
     /// Remote events the hub took onto its timeline.
     #[serde(default)]
     pub events_received: u64,
+    /// Messages on the events channel that were not corral events (ignored).
+    #[serde(default)]
+    pub events_malformed: u64,
 }

@@ -132,6 +132,7 @@ impl Hub {
             last_error: conn.last_error.clone(),
             nodes: self.fleet().list(),
             events_received: self.inner.received.load(Ordering::Relaxed),
+            events_malformed: self.inner.malformed.load(Ordering::Relaxed),
         }
     }
 

@@ -17,6 +17,9 @@
 //!    and compares).
 //! 3. `--idle`: 1,000 tasks that have each printed 1,000 lines and sleep, with one idle
 //!    follower each; the daemon's RSS, threads and CPU over a quiet minute.
+//! 4. `--redis` and 5. `--fleet` (issue 10): the Redis publisher against redis-benchmark
+//!    and a plain client, and simulated nodes through one Redis to a hub (`redis_parts`,
+//!    in `corral-bench/redis.rs`).
 //!
 //! The child and the followers are hidden modes of this binary (`corral-bench child`,
 //! `corral-bench followers`), so that the followers run in another process than the
@@ -51,6 +54,9 @@
 //!   threads that a timer wakes just after a tick); the window starts once every task has
 //!   printed all its lines and every follower has received them.
 
+#[path = "corral-bench/redis.rs"]
+mod redis_parts;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
@@ -68,8 +74,8 @@ use std::time::{Duration, Instant};
     about = "Benchmark of corral: capture throughput versus a plain pipe, follower fan-out and \
              latency over loopback, the same capture under supervisord and pm2, and an idle \
              daemon with 1,000 tasks and followers, in one run.",
-    long_about = "Benchmark of corral, in one run. Three parts; each can be run alone (--capture,\n\
---peers, --idle, or any two of them); with none of these flags the run does all three.\n\
+    long_about = "Benchmark of corral, in one run. Five parts; each can be run alone (--capture,\n\
+--peers, --idle, --redis, --fleet, or several); with none of these flags the run does all.\n\
 \n\
 --capture (issue 2):\n\
   1. capture throughput of a child writing LINE_BYTES-byte lines block-buffered as fast as it\n\
@@ -109,10 +115,20 @@ sleeps again before the next; the CPU verdict takes the larger of the two.\n\
 Targets: RSS <= 200 MiB, <= 16 threads, <= 0.2% of one core. The bench raises its open-files\n\
 limit (inherited by the daemon) as the task count needs, and says so if the hard limit is\n\
 lower.\n\
+--redis: events/s published through a daemon's Redis publisher (an rpc task printing\n\
+  --redis-events connection lines, each an event) and through the publisher alone (a library\n\
+  in another process), beside `redis-benchmark -P 64 PUBLISH` (the ceiling) and `XADD`, and a\n\
+  client sending one synchronous PUBLISH per event; published + dropped + failed = emitted.\n\
+--fleet: --fleet-nodes simulated nodes (the daemon's bus, publisher and registration as a\n\
+  library, in another process) publish --fleet-rate events/s each for --fleet-seconds through\n\
+  one redis-server to a hub (`corral serve --hub`); a viewer follows the hub's events.\n\
+  Accounting (hub received vs the nodes' counters), latency node -> viewer (p50, p99), the\n\
+  hub's CPU and RSS. Targets: every event accounted for, p99 < 1 s. Both need redis-server\n\
+  and redis-benchmark (apt-get install redis-server redis-tools).\n\
 Verdicts are reported, never the exit status: it fails only when a run cannot be measured.\n\
 \n\
 `cargo run --release --bin corral-bench` also builds the daemon; scripts/bench.sh does the same.\n\
-Default run: about 5 minutes on 2 CPUs; --quick: under a minute (smaller sizes, fewer tasks,\n\
+Default run: about 7 minutes on 2 CPUs; --quick: under a minute (smaller sizes, fewer tasks,\n\
 a 10 s idle window).",
     args_conflicts_with_subcommands = true
 )]
@@ -131,6 +147,15 @@ enum Mode {
     /// A crowd of loopback followers (hidden).
     #[command(hide = true)]
     Followers(FollowerArgs),
+    /// An rpc-server's connection lines, as fast as it can (hidden).
+    #[command(hide = true)]
+    RpcChild(redis_parts::RpcChildArgs),
+    /// The daemon's Redis publisher alone, as a library (hidden).
+    #[command(hide = true)]
+    PublisherAlone(redis_parts::PublisherArgs),
+    /// Simulated nodes publishing to Redis like corral (hidden).
+    #[command(hide = true)]
+    FleetNodes(redis_parts::FleetNodesArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -154,6 +179,30 @@ struct BenchArgs {
     /// Length of the SSH part's idle window, in seconds.
     #[arg(long, default_value_t = 60)]
     ssh_idle_seconds: u64,
+    /// Run the Redis publishing part (corral versus redis-benchmark and a plain client).
+    #[arg(long)]
+    redis: bool,
+    /// Run the fleet part (simulated nodes through one Redis to one hub).
+    #[arg(long)]
+    fleet: bool,
+    /// Events the daemon publishes in the Redis part.
+    #[arg(long, default_value_t = 500_000)]
+    redis_events: u64,
+    /// Events of the plain one-PUBLISH-per-event client.
+    #[arg(long, default_value_t = 30_000)]
+    plain_events: u64,
+    /// Requests of `redis-benchmark` for the ceiling.
+    #[arg(long, default_value_t = 2_000_000)]
+    ceiling_requests: u64,
+    /// Simulated nodes of the fleet part.
+    #[arg(long, default_value_t = 100)]
+    fleet_nodes: usize,
+    /// Events per second of each simulated node.
+    #[arg(long, default_value_t = 100)]
+    fleet_rate: u64,
+    /// How long the simulated nodes publish, in seconds.
+    #[arg(long, default_value_t = 30)]
+    fleet_seconds: u64,
     /// Smaller sizes for a quick look: every size not given on the command line shrinks
     /// (lines 500,000, follower lines 300,000, followers 0,10, latency lines 1,000, peer
     /// lines 1,000,000, idle tasks 200, idle seconds 10).
@@ -234,12 +283,19 @@ struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// (capture, peers, idle, ssh): the parts to run; none named means all.
-    fn parts(&self) -> (bool, bool, bool, bool) {
-        if self.capture || self.peers || self.idle || self.ssh {
-            (self.capture, self.peers, self.idle, self.ssh)
+    /// (capture, peers, idle, ssh, redis, fleet): the parts to run; none named means all.
+    fn parts(&self) -> (bool, bool, bool, bool, bool, bool) {
+        if self.capture || self.peers || self.idle || self.ssh || self.redis || self.fleet {
+            (
+                self.capture,
+                self.peers,
+                self.idle,
+                self.ssh,
+                self.redis,
+                self.fleet,
+            )
         } else {
-            (true, true, true, true)
+            (true, true, true, true, true, true)
         }
     }
 
@@ -269,6 +325,18 @@ impl BenchArgs {
         }
         if default("ssh_idle_seconds") {
             self.ssh_idle_seconds = 10;
+        }
+        if default("redis_events") {
+            self.redis_events = 100_000;
+        }
+        if default("plain_events") {
+            self.plain_events = 10_000;
+        }
+        if default("ceiling_requests") {
+            self.ceiling_requests = 500_000;
+        }
+        if default("fleet_seconds") {
+            self.fleet_seconds = 10;
         }
     }
 }
@@ -355,6 +423,9 @@ fn main() {
     let r = match cli.mode {
         Some(Mode::Child(a)) => child(a),
         Some(Mode::Followers(a)) => followers(a),
+        Some(Mode::RpcChild(a)) => redis_parts::rpc_child(a),
+        Some(Mode::FleetNodes(a)) => redis_parts::fleet_nodes(a),
+        Some(Mode::PublisherAlone(a)) => redis_parts::publisher_alone(a),
         None => bench(cli.bench),
     };
     if let Err(e) = r {
@@ -1017,20 +1088,22 @@ fn is_tmpfs(p: &Path) -> bool {
 
 /// Starts `corral serve` on a free loopback port with its home at `work/<home>`.
 fn start_daemon(ctx: &Ctx, corral: &Path, home: &str, max_mb: u64) -> Result<Daemon> {
-    start_daemon_env(ctx, corral, home, max_mb, &[])
+    start_daemon_with(ctx, corral, home, max_mb, &[], &[])
 }
 
-/// [`start_daemon`] with more environment.
-fn start_daemon_env(
+/// [`start_daemon`] with more environment and more `serve` arguments.
+fn start_daemon_with(
     ctx: &Ctx,
     corral: &Path,
     home: &str,
     max_mb: u64,
-    env: &[(&str, String)],
+    env: &[(String, String)],
+    args: &[&str],
 ) -> Result<Daemon> {
     let mut cmd = Command::new(corral);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.arg("serve")
+        .args(args)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--home")
@@ -1397,9 +1470,11 @@ fn proc_cpu(pid: u32) -> f64 {
     };
     // Fields after the command name (which may hold spaces): utime is field 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (the state letter, and -1 in tpgid, parse as 0 rather
+    // than being left out, which would shift utime and stime).
     let f: Vec<f64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -1425,9 +1500,13 @@ fn wait_cpu(p: &mut Child) -> f64 {
 
 fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     let a = &ctx.a;
-    let (capture, peers, idle, ssh) = a.parts();
+    let (capture, peers, idle, ssh, redis, fleet) = a.parts();
     // Peers are found (or installed) before anything is measured: a missing one fails now.
     let tools = if peers { find_peers(ctx)? } else { Vec::new() };
+    if redis || fleet {
+        redis_parts::need("redis-server")?;
+        redis_parts::need("redis-benchmark")?;
+    }
     let t_all = Instant::now();
     let (busy0, ours0) = (machine_busy(), own_tree_cpu());
     let mut rows: Vec<Row> = Vec::new();
@@ -1461,6 +1540,12 @@ fn run_all(ctx: &Ctx, corral: &Path, tmpfs: bool) -> Result<()> {
     }
     if ssh {
         rows.extend(ssh_part(ctx, corral)?);
+    }
+    if redis {
+        rows.extend(redis_parts::publish_part(ctx, corral)?);
+    }
+    if fleet {
+        rows.extend(redis_parts::fleet_part(ctx, corral)?);
     }
     // CPU the rest of the machine used meanwhile: busy time (user + system, all CPUs)
     // minus what this process and everything it started and reaped used (pm2's daemon is
@@ -1677,9 +1762,11 @@ fn proc_cpu_with_children(pid: u32) -> f64 {
         return 0.0;
     };
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (the state letter, and -1 in tpgid, parse as 0 rather
+    // than being left out, which would shift utime and stime).
     let f: Vec<f64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -2568,9 +2655,10 @@ fn rss_threads(pid: u32) -> (u64, u64) {
 fn proc_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    // Every field keeps its place (see `proc_cpu`).
     let f: Vec<u64> = rest
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0))
         .collect();
     if f.len() < 13 {
         return 0;
@@ -3003,12 +3091,13 @@ fn ssh_part(ctx: &Ctx, corral: &Path) -> Result<Vec<Row>> {
     let a = &ctx.a;
     let dir = ctx.work.join("ssh");
     let (_sshd, config) = start_sshd(&dir)?;
-    let d = start_daemon_env(
+    let d = start_daemon_with(
         ctx,
         corral,
         "ssh-home",
         64,
-        &[("CORRAL_SSH_CONFIG", config.display().to_string())],
+        &[("CORRAL_SSH_CONFIG".into(), config.display().to_string())],
+        &[],
     )?;
     let file = dir.join("remote.log");
     std::fs::write(&file, b"")?;

@@ -184,6 +184,68 @@ mod tests {
     }
 
     #[test]
+    fn every_event_type_of_every_component_has_the_contract_json_and_its_channels() {
+        let ch = Channels::new("synapticllamas:llama_cpp");
+        let want_keys = [
+            "component",
+            "details",
+            "event_type",
+            "level",
+            "message",
+            "node",
+            "run_id",
+            "task",
+            "timestamp",
+        ];
+        for &c in Component::ALL {
+            for &t in EventType::ALL {
+                let e = Event::from_kind(
+                    EventKind::new(c, Level::Warning, t, "m").with("k", 1),
+                    1.5,
+                    "gpu-01",
+                    "coordinator",
+                    "r1",
+                );
+                let v: serde_json::Value = serde_json::from_str(&json(&e)).unwrap();
+                let mut keys: Vec<&str> =
+                    v.as_object().unwrap().keys().map(String::as_str).collect();
+                keys.sort_unstable();
+                assert_eq!(keys, want_keys, "{c} {t}: {v}");
+                assert_eq!(
+                    (&v["component"], &v["event_type"], &v["level"]),
+                    (
+                        &serde_json::Value::from(c.as_str()),
+                        &serde_json::Value::from(t.as_str()),
+                        &serde_json::Value::from("warning")
+                    ),
+                    "{v}"
+                );
+                assert_eq!(
+                    (v["timestamp"].as_f64(), &v["details"]["k"]),
+                    (Some(1.5), &1.into())
+                );
+                let channels = ch.of(&e);
+                assert_eq!(channels[0], "synapticllamas:llama_cpp:logs");
+                assert_eq!(
+                    channels.contains(&"synapticllamas:llama_cpp:metrics"),
+                    t == EventType::Metrics,
+                    "{c} {t}"
+                );
+            }
+        }
+        assert_eq!(
+            ch.list(),
+            [
+                "synapticllamas:llama_cpp:logs",
+                "synapticllamas:llama_cpp:coordinator",
+                "synapticllamas:llama_cpp:rpc_backends",
+                "synapticllamas:llama_cpp:metrics",
+                "synapticllamas:llama_cpp:raw",
+            ]
+        );
+    }
+
+    #[test]
     fn a_pipeline_publishes_then_appends_to_the_stream() {
         let ch = Channels::new("p");
         let mut pipe = redis::pipe();

@@ -32,7 +32,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events per pipeline: a long backlog goes as several, so that no reply waits too long.
-const PIPELINE_EVENTS: usize = 1000;
+const PIPELINE_EVENTS: usize = 500;
+/// Pipelines of one batch sent before the first reply is awaited.
+const IN_FLIGHT: usize = 4;
 
 /// The wait before try number `failures + 1` (none before the first).
 pub fn backoff(failures: u32) -> Duration {
@@ -70,6 +72,14 @@ pub fn describe(e: &redis::RedisError, tls: bool) -> String {
     }
     if tls && closed_by_server(e) {
         return format!("the server closed the TLS connection ({text})");
+    }
+    if text.contains("NOPERM") {
+        return format!(
+            "permission denied by the server's ACL ({}): the Redis user must be allowed \
+             PUBLISH on the prefix's channels and XADD on its stream, e.g. ACL SETUSER USER \
+             +publish +xadd +ping '&PREFIX:*' '~PREFIX:*'",
+            e.detail().unwrap_or(&text)
+        );
     }
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("WRONGPASS")
@@ -262,7 +272,9 @@ impl RedisSink {
         let wait = backoff(st.failures);
         let attempt = async {
             tokio::time::sleep(wait).await;
-            open(cfg).await
+            let mut conn = open(cfg).await?;
+            may_publish(&mut conn, cfg).await?;
+            Ok::<_, String>(conn)
         };
         tokio::pin!(attempt);
         let result = loop {
@@ -312,42 +324,58 @@ impl RedisSink {
         Step::Go
     }
 
-    /// Sends a batch as pipelines; a failure drops the connection and counts the rest
-    /// of the batch as failed.
+    /// Sends a batch as pipelines of [`PIPELINE_EVENTS`] events, up to [`IN_FLIGHT`] of
+    /// them at once on the one connection: Redis executes one while the next is encoded
+    /// and on its way (requests go out, and replies come back, in order, so the stream
+    /// keeps the events' order). Each pipeline's events count as published or failed by
+    /// its own reply; a failure drops the connection.
     async fn publish(&self, st: &mut State, cfg: &RedisConfig, batch: Batch) {
-        let Some(conn) = st.conn.as_mut() else {
+        use futures_util::StreamExt;
+        let Some(conn) = st.conn.clone() else {
             return;
         };
         if batch.dropped > 0 {
             self.handle.count_dropped(batch.dropped);
         }
         let ch = Channels::new(&cfg.channel_prefix);
-        let mut left = batch.events.len() as u64;
-        for chunk in batch.events.chunks(PIPELINE_EVENTS) {
-            let mut pipe = redis::pipe();
-            for s in chunk {
-                encode::append(&mut pipe, &ch, cfg.stream_maxlen, &s.event);
-            }
-            match pipe.query_async::<()>(conn).await {
-                Ok(()) => {
-                    self.handle.count_published(chunk.len() as u64);
-                    left -= chunk.len() as u64;
+        // A pipeline is encoded when there is room for it in flight.
+        let mut chunks = batch.events.chunks(PIPELINE_EVENTS);
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        let mut failed = 0;
+        let mut error = None;
+        loop {
+            while in_flight.len() < IN_FLIGHT {
+                let Some(chunk) = chunks.next() else { break };
+                let mut pipe = redis::pipe();
+                for s in chunk {
+                    encode::append(&mut pipe, &ch, cfg.stream_maxlen, &s.event);
                 }
+                let (n, mut c) = (chunk.len() as u64, conn.clone());
+                in_flight.push_back(async move { (n, pipe.query_async::<()>(&mut c).await) });
+            }
+            let Some((n, reply)) = in_flight.next().await else {
+                break;
+            };
+            match reply {
+                Ok(()) => self.handle.count_published(n),
                 Err(e) => {
-                    let msg = describe(&e, cfg.is_tls());
-                    self.handle.count_failed(left);
-                    self.handle.set_connected(false, Some(msg.clone()));
-                    tracing::warn!(
-                        server = %cfg.server(),
-                        "publishing to Redis failed: {msg}; reconnecting in the background"
-                    );
-                    st.conn = None;
-                    st.lost += left;
-                    // The first retry waits a little: the server may be restarting.
-                    st.failures = FIRST_TRIES;
-                    return;
+                    failed += n;
+                    error.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = error {
+            let msg = describe(&e, cfg.is_tls());
+            self.handle.count_failed(failed);
+            self.handle.set_connected(false, Some(msg.clone()));
+            tracing::warn!(
+                server = %cfg.server(),
+                "publishing to Redis failed: {msg}; reconnecting in the background"
+            );
+            st.conn = None;
+            st.lost += failed;
+            // The first retry waits a little: the server may be restarting.
+            st.failures = FIRST_TRIES;
         }
     }
 
@@ -450,6 +478,41 @@ pub(crate) async fn open(cfg: &RedisConfig) -> Result<redis::aio::MultiplexedCon
         .await
         .map_err(describe)?;
     Ok(conn)
+}
+
+/// Whether the connection's user may run what publishing needs (`PUBLISH` to each
+/// channel, `XADD` to the stream), found out without publishing anything: inside
+/// `MULTI` the server checks a command's ACL when it queues it (a forbidden one is
+/// answered `NOPERM` at once), and `DISCARD` then throws the queued commands away. A
+/// user that may not run `MULTI` itself is not probed (its `PUBLISH` would run for
+/// real): a missing permission then shows at the first publish instead.
+async fn may_publish(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cfg: &RedisConfig,
+) -> Result<(), String> {
+    let tls = cfg.is_tls();
+    if redis::cmd("MULTI").query_async::<()>(conn).await.is_err() {
+        return Ok(());
+    }
+    let ch = Channels::new(&cfg.channel_prefix);
+    let mut pipe = redis::pipe();
+    for c in ch.list() {
+        pipe.cmd("PUBLISH").arg(c).arg("{}").ignore();
+    }
+    pipe.cmd("XADD")
+        .arg(&ch.stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(cfg.stream_maxlen)
+        .arg("*")
+        .arg("data")
+        .arg("{}")
+        .ignore();
+    pipe.cmd("DISCARD").ignore();
+    pipe.query_async::<()>(conn)
+        .await
+        .map_err(|e| describe(&e, tls))?;
+    Ok(())
 }
 
 #[cfg(test)]
