@@ -9,7 +9,10 @@
 #     ~/.cache/corral-test, or $CORRAL_TEST_CACHE). Set LLAMA_SERVER_BIN to use your own;
 #   - redis-server and redis-cli (apt-get, when run as root and missing): the Redis
 #     publisher's tests start their own server on a free loopback port; openssl makes
-#     the test CA and certificate of its TLS tests.
+#     the test CA and certificate of its TLS tests;
+#   - Node.js, npm and chromium (apt-get, when run as root and missing), and the dashboard's
+#     npm packages (`npm ci --prefix dashboard`, from npm's cache once fetched): the
+#     dashboard's build is checked against its sources, and its tests drive a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +39,18 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || 
     echo "redis-server and openssl are required for the Redis tests: sudo apt-get install redis-server redis-tools openssl" >&2; exit 1
   fi
 fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null || ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing nodejs, npm and chromium"
+    apt-get update -qq && apt-get install -y -qq nodejs npm chromium >/dev/null
+  else
+    echo "Node.js, npm and Chromium are required for the dashboard's build check and browser tests: sudo apt-get install nodejs npm chromium" >&2; exit 1
+  fi
+fi
+
+say "dashboard: the checked-in build matches its sources"
+scripts/dashboard-build.sh --check
 
 say "llama.cpp binaries and test model inputs"
 eval "$(scripts/llama-deps.sh)"
