@@ -22,7 +22,11 @@ export function Chart({ data, series, height = 180, spark = false, bars = false,
       height,
       legend: { show: !spark },
       cursor: { show: !spark, points: { show: !spark } },
-      scales: { x: { time: true } },
+      // A few points (one request so far) still get a readable minute, not a range of years.
+      scales: {
+        x: { time: true, range: (u, min, max) => (min == null ? [0, 1] : max - min < 60 ? [max - 60, max + 5] : [min, max]) },
+        y: { range: (u, min, max) => [0, Math.max(1, max == null ? 1 : max * 1.1)] },
+      },
       axes: spark
         ? [{ show: false }, { show: false }]
         : [
@@ -37,7 +41,7 @@ export function Chart({ data, series, height = 180, spark = false, bars = false,
           width: spark ? 1.5 : 2,
           fill: spark ? s.color + '22' : undefined,
           spanGaps: true,
-          points: { show: !spark, size: 4 },
+          points: { show: !spark || data[0].length < 3, size: spark ? 3 : 4 },
           paths: bars ? uPlot.paths.bars({ size: [0.8, 40] }) : undefined,
         })),
       ],

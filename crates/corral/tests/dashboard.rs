@@ -49,7 +49,9 @@ fn prerequisites() {
          (scripts/test.sh does it)"
     );
     assert!(
-        repo().join("dashboard/node_modules/playwright-core").exists(),
+        repo()
+            .join("dashboard/node_modules/playwright-core")
+            .exists(),
         "playwright-core is needed by the dashboard's browser tests: npm ci --prefix dashboard \
          (scripts/test.sh does it)"
     );
@@ -87,14 +89,27 @@ async fn scenario(name: &str, env: &[(&str, String)]) {
 async fn the_dashboard_is_served_with_its_policy_and_the_api_wants_the_session() {
     let d = Daemon::start().await;
     let http = reqwest::Client::new();
-    let resp = http.get(format!("{}/", d.addr)).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/", d.addr))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let h = resp.headers().clone();
     assert_eq!(h["cache-control"], "no-cache");
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'self'"), "{csp}");
-    assert_eq!(h["content-encoding"], "gzip", "compressed for a client that takes gzip");
-    let html = resp.text().await.unwrap();
+    assert_eq!(
+        h["content-encoding"], "gzip",
+        "compressed for a client that takes gzip"
+    );
+    let mut html = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&resp.bytes().await.unwrap()[..]),
+        &mut html,
+    )
+    .expect("a gzip body");
     assert!(!html.contains("<script>"), "no inline script: {html}");
     let js = html
         .split('"')

@@ -44,7 +44,7 @@ function Detail({ ev, onClose }) {
         <b>{ev.event_type}</b> <span class="muted">{dateTime(ev.timestamp)}</span>
         <button type="button" onClick={onClose} aria-label="close details">×</button>
       </header>
-      <pre>{JSON.stringify(ev, null, 2)}</pre>
+      <pre>{JSON.stringify({ ...ev, local: undefined }, null, 2)}</pre>
       <h4>Log lines around it</h4>
       {err ? <p class="error-text">{err}</p> : null}
       {lines ? (

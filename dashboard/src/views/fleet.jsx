@@ -3,13 +3,12 @@
 
 import { useSignal } from '../signal.js';
 import { nodes, health } from '../store.js';
-import { Badge, When, now } from '../ui.jsx';
+import { Badge, When } from '../ui.jsx';
 import { Actions } from './overview.jsx';
 import { Events } from './events.jsx';
 
 export function Fleet() {
   const ans = useSignal(nodes);
-  const t = useSignal(now);
   const h = useSignal(health);
   if (!ans) return <p class="muted">This daemon is not a hub: start one with <code>corral serve --hub</code>.</p>;
   return (
@@ -20,7 +19,7 @@ export function Fleet() {
       </p>
       <div class="cards">
         {ans.nodes.map((n) => {
-          const r = n.record;
+          const r = n;
           const local = h && r.node === h.node;
           return (
             <article class={`card node n-${n.status}`} key={r.node} data-node={r.node} aria-label={`node ${r.node}`}>
@@ -31,7 +30,7 @@ export function Fleet() {
               <div class="kv-grid">
                 <span>last heartbeat</span>
                 <b>
-                  <When ts={r.last_seen} /> ({Math.max(0, Math.round(t - r.last_seen))} s ago)
+                  <When ts={r.last_seen} />
                 </b>
                 <span>version</span>
                 <b>{r.version}</b>

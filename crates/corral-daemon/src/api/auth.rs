@@ -182,7 +182,10 @@ impl Auth {
     fn session_mac(&self, expiry: u64, nonce: &str) -> Option<String> {
         let token = self.token.as_ref()?;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
-        let tag = ring::hmac::sign(&key, format!("corral-session-v1:{expiry}:{nonce}").as_bytes());
+        let tag = ring::hmac::sign(
+            &key,
+            format!("corral-session-v1:{expiry}:{nonce}").as_bytes(),
+        );
         Some(tag.as_ref().iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -221,7 +224,11 @@ impl Auth {
 
     /// A one-time link that logs a browser in: `http://<bound>/login/<code>`.
     pub fn login_url(&self) -> anyhow::Result<String> {
-        Ok(format!("http://{}/login/{}", self.bound, self.new_login_code()?))
+        Ok(format!(
+            "http://{}/login/{}",
+            self.bound,
+            self.new_login_code()?
+        ))
     }
 
     /// Spends a login code; on success, a new session for the cookie.
@@ -386,12 +393,18 @@ mod tests {
         let other = auth("127.0.0.1:7070", Some("another-token-another"), &[]);
         assert_eq!(code(other.check(&Method::GET, &h)), "unauthorized");
         let (expiry, rest) = session.split_once('.').unwrap();
-        let later = format!("{SESSION_COOKIE}={}.{rest}", expiry.parse::<u64>().unwrap() + 1);
+        let later = format!(
+            "{SESSION_COOKIE}={}.{rest}",
+            expiry.parse::<u64>().unwrap() + 1
+        );
         let h = headers(&[("host", "127.0.0.1:7070"), ("cookie", &later)]);
         assert_eq!(code(a.check(&Method::GET, &h)), "unauthorized");
         let nonce = rest.split_once('.').unwrap().0;
         let mac = a.session_mac(1, nonce).unwrap();
-        assert!(!a.session_valid(&format!("1.{nonce}.{mac}"), 2.0), "expired");
+        assert!(
+            !a.session_valid(&format!("1.{nonce}.{mac}"), 2.0),
+            "expired"
+        );
         assert!(a.session_valid(&format!("1.{nonce}.{mac}"), 0.5));
     }
 }

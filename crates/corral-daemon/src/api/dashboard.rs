@@ -20,7 +20,8 @@ mod files {
 }
 
 /// The policy on every dashboard answer.
-pub const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+pub const CSP: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 struct Asset {
     name: &'static str,
@@ -133,9 +134,15 @@ mod tests {
         assert!(!html.contains("<script>"), "no inline script");
         for (name, _) in files::FILES.iter().filter(|(n, _)| *n != "index.html") {
             assert!(name.starts_with("assets/"), "{name}");
-            assert!(html.contains(&format!("/{name}")), "index.html links {name}");
+            assert!(
+                html.contains(&format!("/{name}")),
+                "index.html links {name}"
+            );
         }
         let total: usize = ASSETS.iter().map(|a| a.gzip.len()).sum();
-        assert!(total < 300 * 1024, "the dashboard is {total} bytes compressed");
+        assert!(
+            total < 300 * 1024,
+            "the dashboard is {total} bytes compressed"
+        );
     }
 }
