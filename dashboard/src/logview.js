@@ -76,23 +76,36 @@ class Follower {
     es.onopen = () => this.model.setState(this.key(), 'live');
   }
 
-  /** After a run ends: when an event says the task did something, look for its next run. */
+  /**
+   * After a run ends (or before the first): this node's task list (which the store reads
+   * again whenever an event names the task) says when a new run starts; for another node,
+   * an event of that node's task makes us ask.
+   */
   waitForNextRun(prev) {
     if (this.unsub) this.unsub();
-    let seen = events.get().length;
-    const check = async () => {
-      const run = await this.currentRun();
-      if (this.closed || !run || run === prev) return;
+    const found = (run) => {
+      if (this.closed || !run || run === prev) return false;
       if (this.unsub) this.unsub();
       this.unsub = null;
-      this.open(run, null);
+      this.open(run, prev ? null : this.tail);
+      return true;
     };
+    if (!this.node) {
+      const look = (m) => {
+        const t = m.get(this.task);
+        return found(t && t.run_id);
+      };
+      this.unsub = tasks.subscribe(look);
+      if (!look(tasks.get())) this.currentRun().then((r) => this.unsub && found(r));
+      return;
+    }
+    let seen = events.get().length;
     this.unsub = events.subscribe((list) => {
-      const fresh = list.slice(Math.max(0, list.length - (list.length - seen)));
+      const fresh = list.slice(Math.min(seen, list.length));
       seen = list.length;
-      if (fresh.some((e) => e.task === this.task && (!this.node || e.node === this.node))) check();
+      if (fresh.some((e) => e.task === this.task && e.node === this.node)) this.currentRun().then(found);
     });
-    check();
+    this.currentRun().then(found);
   }
 
   key() {

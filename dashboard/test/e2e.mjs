@@ -70,7 +70,7 @@ async function mainWithSession(d, ctx) {
   // A task started from the CLI appears and goes ready without a reload.
   const t0 = Date.now();
   await d.cli(['run', '--name', 'clock', '--', 'python3', '-u', '-c',
-    'import time\nwhile True:\n    print("now %d" % int(time.time()*1000), flush=True)\n    time.sleep(0.2)']);
+    'import time\ni = 0\nwhile True:\n    i += 1\n    print("now %d %d" % (int(time.time()*1000), i), flush=True)\n    time.sleep(0.2)']);
   await waitFor('the clock card to be ready', async () => (await status(page, 'clock')) === 'ready');
   report.card_ready_ms = Date.now() - t0;
 
@@ -123,14 +123,14 @@ async function mainWithSession(d, ctx) {
   await page.fill('input.search', 'now');
   await waitFor('marks', async () => (await page.locator('.logbox mark').count()) > 3);
   await page.check('input[aria-label="regular expression"]');
-  await page.fill('input.search', 'now \\d{13}$');
+  await page.fill('input.search', 'now \\d{13} \\d+$');
   await waitFor('regex marks', async () => (await page.locator('.logbox mark').count()) > 3);
   await page.click('button[aria-label="previous match"]');
   await waitFor('a current match', async () => (await page.locator('.logbox .row.current').count()) === 1);
   await page.check('input[aria-label="only matching lines"]');
   await waitFor('only matching rows', async () => {
     const texts = await page.locator('.logbox .row .text').allTextContents();
-    return texts.length > 0 && texts.every((t) => /now \d{13}$/.test(t));
+    return texts.length > 0 && texts.every((t) => /now \d{13} \d+$/.test(t));
   });
   await page.uncheck('input[aria-label="only matching lines"]');
   await page.fill('input.search', '');
@@ -142,7 +142,7 @@ async function mainWithSession(d, ctx) {
   await page.check('input[aria-label="level none"]');
   const [dl] = await Promise.all([page.waitForEvent('download'), page.locator('a.button', { hasText: 'Download' }).first().click()]);
   const saved = readFileSync(await dl.path(), 'utf8');
-  need(/now \d{13}\n/.test(saved), `the download has the run's lines: ${saved.slice(0, 200)}`);
+  need(/now \d{13} \d+\n/.test(saved), `the download has the run's lines: ${saved.slice(0, 200)}`);
 
   // Gap-free resume across a daemon restart (the task goes on under its holder).
   const before = await page.locator('.statusbar').getAttribute('data-last-seq').then(Number);

@@ -178,20 +178,24 @@ export function shotsDir() {
 export async function recordLatency(page, prefix) {
   await page.evaluate((prefix) => {
     window.__lat = [];
-    window.__maxSeen = 0;
-    const re = new RegExp(prefix + '(\\d{13})');
+    const seen = new Set();
+    const re = new RegExp(prefix + '(\\d{13}) (\\d+)');
+    // Rows are added, or filled again as they scroll out and back (a pool): every change.
     const obs = new MutationObserver((muts) => {
       const now = Date.now();
       for (const m of muts) {
-        for (const n of m.addedNodes) {
-          if (!n.classList || !n.classList.contains('row')) continue;
+        const el = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+        const row = el && el.closest('.row');
+        for (const n of [row, ...m.addedNodes]) {
+          if (!n || !n.classList || !n.classList.contains('row')) continue;
           const t = re.exec(n.textContent);
-          if (t) {
+          if (t && !seen.has(t[2])) {
+            seen.add(t[2]);
             window.__lat.push(now - Number(t[1]));
           }
         }
       }
     });
-    obs.observe(document.querySelector('.logbox'), { childList: true });
+    obs.observe(document.querySelector('.logbox'), { childList: true, subtree: true });
   }, prefix);
 }
