@@ -4,6 +4,13 @@ import { useEffect, useRef } from 'preact/hooks';
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 
+/** The x range: the data's, or at least the last minute (one point is not a range of years). */
+function xRange(xs) {
+  const last = xs.length ? xs[xs.length - 1] : Date.now() / 1000;
+  const first = xs.length ? xs[0] : last;
+  return last - first < 60 ? { min: last - 60, max: last + 5 } : { min: first, max: last };
+}
+
 const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /**
@@ -24,7 +31,7 @@ export function Chart({ data, series, height = 180, spark = false, bars = false,
       cursor: { show: !spark, points: { show: !spark } },
       // A few points (one request so far) still get a readable minute, not a range of years.
       scales: {
-        x: { time: true, range: (u, min, max) => (min == null ? [0, 1] : max - min < 60 ? [max - 60, max + 5] : [min, max]) },
+        x: { time: true, auto: false },
         y: { range: (u, min, max) => [0, Math.max(1, max == null ? 1 : max * 1.1)] },
       },
       axes: spark
@@ -47,6 +54,7 @@ export function Chart({ data, series, height = 180, spark = false, bars = false,
       ],
     };
     plot.current = new uPlot(opts, data, el);
+    plot.current.setScale('x', xRange(data[0]));
     const ro = new ResizeObserver(() => {
       if (plot.current) plot.current.setSize({ width: Math.max(100, el.clientWidth), height });
     });
@@ -58,7 +66,10 @@ export function Chart({ data, series, height = 180, spark = false, bars = false,
     };
   }, [series.length, height, spark, bars]);
   useEffect(() => {
-    if (plot.current) plot.current.setData(data);
+    if (plot.current) {
+      plot.current.setData(data, false);
+      plot.current.setScale('x', xRange(data[0]));
+    }
   }, [data]);
   return <div class={spark ? 'chart spark' : 'chart'} ref={box} role="img" aria-label={label} data-points={data[0].length} />;
 }
