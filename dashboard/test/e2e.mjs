@@ -84,6 +84,8 @@ async function mainWithSession(d, ctx) {
     'import sys; print("ERROR to stderr", file=sys.stderr)',
   ].join('\n')]);
 
+  await d.cli(['run', '--name', 'evil', '--restart', 'no', '--', 'sh', '-c', 'echo "<img src=y onerror=alert(2)>" >&2; exit 3']);
+
   // A line printed appears in the page within one second.
   await openLogs(page, 'clock');
   await recordLatency(page, 'now ');
@@ -237,11 +239,15 @@ async function mainWithSession(d, ctx) {
   // Events, runs, metrics, Redis.
   await page.goto(`${d.addr}/#/events`);
   await waitFor('events', async () => (await page.locator('.timeline li').count()) > 3);
+
   await page.locator('.timeline li button').first().click();
   await page.waitForSelector('.detail');
   await shot(page, 'events');
   await page.goto(`${d.addr}/#/runs`);
-  await waitFor('runs', async () => (await page.locator('tr.run').count()) >= 4);
+  await waitFor('runs', async () => (await page.locator('tr.run').count()) >= 5);
+  // A run's error message (the stderr tail of a failed run) with markup in it is text.
+  await waitFor('the failed run\'s message', async () => ((await page.locator('.runs').textContent()) || '').includes('<img src=y onerror=alert(2)>'));
+  need((await page.locator('main img, main script').count()) === 0, 'no element from an error message');
   await shot(page, 'runs');
   await page.goto(`${d.addr}/#/redis`);
   await page.waitForSelector('input[role="switch"]');
