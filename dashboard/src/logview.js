@@ -393,6 +393,12 @@ export class Viewport {
       const rowEl = e.target.closest('.row');
       if (rowEl && rowEl.__row) this.onPick(rowEl.__row);
     });
+    // Keyboard: Enter opens the selected match (n/N move it), as a click does.
+    scroller.addEventListener('keydown', (e) => {
+      if (e.key !== 'Enter' || this.current < 0) return;
+      const row = this.model.rows[this.model.view[this.current]];
+      if (row) this.onPick(row);
+    });
     this.resize = new ResizeObserver(() => this.render());
     this.resize.observe(scroller);
   }
