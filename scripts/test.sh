@@ -17,6 +17,9 @@
 #   - podman, runc and busybox-static (apt-get, when run as root and missing): the
 #     container tests start their own Podman service (Docker API) with its storage in a
 #     temp dir, and make their image from busybox.
+#   - Node.js, npm and chromium (apt-get, when run as root and missing), and the dashboard's
+#     npm packages (`npm ci --prefix dashboard`, from npm's cache once fetched): the
+#     dashboard's build is checked against its sources, and its tests drive a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +65,17 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin
     echo "podman, runc and busybox-static are required for the container tests: sudo apt-get install --no-install-recommends podman runc busybox-static" >&2; exit 1
   fi
 fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null || ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing nodejs, npm and chromium"
+    apt-get update -qq && apt-get install -y -qq nodejs npm chromium >/dev/null
+  else
+    echo "Node.js, npm and Chromium are required for the dashboard's build check and browser tests: sudo apt-get install nodejs npm chromium" >&2; exit 1
+  fi
+fi
+
+say "dashboard: the checked-in build matches its sources"
+scripts/dashboard-build.sh --check
 
 say "llama.cpp binaries and test model inputs"
 eval "$(scripts/llama-deps.sh)"

@@ -286,6 +286,9 @@ pub struct Health {
     pub version: String,
     pub node: String,
     pub uptime_s: f64,
+    /// Whether this daemon is a hub (`serve --hub`: `/nodes` lists the fleet).
+    #[serde(default)]
+    pub hub: bool,
 }
 
 /// `POST /shutdown`: stop the daemon; with `leave_running`, its tasks stay up under their

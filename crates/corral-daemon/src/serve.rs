@@ -291,6 +291,14 @@ pub async fn serve_until(
         engine,
     });
     on_ready(bound);
+    // The dashboard is at `/`; this link (once, for two minutes) logs a browser in.
+    match state.auth.login_url() {
+        Ok(url) => tracing::info!(
+            "dashboard: open {url} (a one-time login link, valid for {} s; `corral login` prints another)",
+            api::LOGIN_LINK_TTL.as_secs()
+        ),
+        Err(e) => tracing::warn!("no dashboard login link: {e:#}"),
+    }
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));
     let leave_running = tokio::select! {
         r = &mut server => return served(r),

@@ -8,14 +8,17 @@
 //!    site's page cannot read from us, open a WebSocket, or act.
 //! 3. **A credential**: `Authorization: Bearer <token>` (the CLI reads `<home>/token`), or
 //!    the session cookie a one-time login link set (for the dashboard). Never a token in a
-//!    URL. `--insecure-no-auth` skips this step only.
+//!    URL. `--insecure-no-auth` skips this step only. A session is
+//!    `<expiry>.<nonce>.<HMAC-SHA256 of both, keyed by the token>`: it needs no state, so a
+//!    browser stays logged in across a daemon restart, and changing the token ends every
+//!    session.
 //! 4. **State changes are non-simple requests**: `POST`/`PUT`/`PATCH`/`DELETE` must carry
 //!    `Authorization` or the `X-Corral-Client` header. A cross-site form or a `text/plain`
 //!    POST can send neither, and we never answer the CORS preflight that would allow them.
 
 use super::ApiError;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,6 +27,8 @@ use std::time::{Duration, Instant};
 pub const SESSION_COOKIE: &str = "corral_session";
 /// How long a login link can be used (once).
 pub const LOGIN_LINK_TTL: Duration = Duration::from_secs(120);
+/// How long a session cookie lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct Auth {
     /// `None` under `--insecure-no-auth`.
@@ -32,7 +37,6 @@ pub struct Auth {
     fleet_token: Option<String>,
     bound: SocketAddr,
     allow_hosts: Vec<String>,
-    sessions: Mutex<HashSet<String>>,
     login_codes: Mutex<HashMap<String, Instant>>,
 }
 
@@ -59,7 +63,6 @@ impl Auth {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            sessions: Mutex::new(HashSet::new()),
             login_codes: Mutex::new(HashMap::new()),
         })
     }
@@ -170,14 +173,49 @@ impl Auth {
     }
 
     fn has_session(&self, headers: &HeaderMap) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::util::unix_now();
         headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().split_once('='))
-            .any(|(k, v)| k == SESSION_COOKIE && sessions.contains(v))
+            .any(|(k, v)| k == SESSION_COOKIE && self.session_valid(v, now))
+    }
+
+    /// The MAC of a session's expiry and nonce; `None` without a token (no sessions then).
+    fn session_mac(&self, expiry: u64, nonce: &str) -> Option<String> {
+        let token = self.token.as_ref()?;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+        let tag = ring::hmac::sign(
+            &key,
+            format!("corral-session-v1:{expiry}:{nonce}").as_bytes(),
+        );
+        Some(tag.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn session_valid(&self, cookie: &str, now: f64) -> bool {
+        let mut parts = cookie.splitn(3, '.');
+        let (Some(expiry), Some(nonce), Some(mac)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Ok(expiry) = expiry.parse::<u64>() else {
+            return false;
+        };
+        if (expiry as f64) <= now {
+            return false;
+        }
+        self.session_mac(expiry, nonce)
+            .is_some_and(|want| super::constant_time_eq(want.as_bytes(), mac.as_bytes()))
+    }
+
+    /// A new session cookie's value, valid for [`SESSION_TTL`].
+    fn new_session(&self) -> Option<String> {
+        let expiry = (crate::util::unix_now() as u64).saturating_add(SESSION_TTL.as_secs());
+        let nonce = crate::home::random_token().ok()?;
+        let mac = self.session_mac(expiry, &nonce)?;
+        Some(format!("{expiry}.{nonce}.{mac}"))
     }
 
     /// A new one-time login code (for `/login/{code}`).
@@ -187,6 +225,15 @@ impl Auth {
         codes.retain(|_, at| at.elapsed() < LOGIN_LINK_TTL);
         codes.insert(code.clone(), Instant::now());
         Ok(code)
+    }
+
+    /// A one-time link that logs a browser in: `http://<bound>/login/<code>`.
+    pub fn login_url(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "http://{}/login/{}",
+            self.bound,
+            self.new_login_code()?
+        ))
     }
 
     /// Spends a login code; on success, a new session for the cookie.
@@ -199,12 +246,11 @@ impl Auth {
         if at.elapsed() >= LOGIN_LINK_TTL {
             return None;
         }
-        let session = crate::home::random_token().ok()?;
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session.clone());
-        Some(session)
+        match self.token {
+            Some(_) => self.new_session(),
+            // No credential is needed: the link only opens the dashboard.
+            None => Some("none".into()),
+        }
     }
 
     /// The address the daemon is reached at, for links it prints.
@@ -224,7 +270,6 @@ mod tests {
             fleet_token: Some("the-fleet-token-of-the-tests".into()),
             bound: bound.parse().unwrap(),
             allow_hosts: allow.iter().map(|s| s.to_string()).collect(),
-            sessions: Mutex::new(HashSet::new()),
             login_codes: Mutex::new(HashMap::new()),
         }
     }
@@ -355,5 +400,25 @@ mod tests {
         assert_eq!(code(a.check(&Method::GET, &h)), "ok");
         // A state change by cookie must still be non-simple.
         assert_eq!(code(a.check(&Method::POST, &h)), "simple_request");
+        // The session needs no state: a daemon with the same token takes it ...
+        let again = auth("127.0.0.1:7070", Some("sekrit-sekrit-sekrit"), &[]);
+        assert_eq!(code(again.check(&Method::GET, &h)), "ok");
+        // ... another token, a changed cookie or an expired one does not.
+        let other = auth("127.0.0.1:7070", Some("another-token-another"), &[]);
+        assert_eq!(code(other.check(&Method::GET, &h)), "unauthorized");
+        let (expiry, rest) = session.split_once('.').unwrap();
+        let later = format!(
+            "{SESSION_COOKIE}={}.{rest}",
+            expiry.parse::<u64>().unwrap() + 1
+        );
+        let h = headers(&[("host", "127.0.0.1:7070"), ("cookie", &later)]);
+        assert_eq!(code(a.check(&Method::GET, &h)), "unauthorized");
+        let nonce = rest.split_once('.').unwrap().0;
+        let mac = a.session_mac(1, nonce).unwrap();
+        assert!(
+            !a.session_valid(&format!("1.{nonce}.{mac}"), 2.0),
+            "expired"
+        );
+        assert!(a.session_valid(&format!("1.{nonce}.{mac}"), 0.5));
     }
 }

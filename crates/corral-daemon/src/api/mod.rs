@@ -9,6 +9,7 @@
 mod alerts;
 mod auth;
 mod containers;
+mod dashboard;
 mod diagnostics;
 mod error;
 mod events;
@@ -23,7 +24,7 @@ pub mod remote;
 pub mod stream;
 mod tasks;
 
-pub use auth::Auth;
+pub use auth::{Auth, LOGIN_LINK_TTL};
 pub use error::ApiError;
 pub use stream::HEARTBEAT;
 
@@ -123,6 +124,8 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/login/{code}", get(login))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .route("/metrics", get(metrics::handler))
         .route_service(grpc::PATH, grpc::service(state.clone()))
         .fallback(not_found)
@@ -137,6 +140,7 @@ async fn health(State(st): State<Shared>) -> Json<corral_client::wire::Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         node: st.bus.node.clone(),
         uptime_s: (crate::util::unix_now() - st.started_at).round(),
+        hub: st.hub.is_some(),
     })
 }
 
@@ -176,8 +180,10 @@ async fn guard(State(st): State<Shared>, mut req: Request, next: Next) -> Respon
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let checked = if req.uri().path().starts_with("/login/") {
-        // The one-time code in the path is the credential.
+    let path = req.uri().path();
+    let checked = if path.starts_with("/login/") || dashboard::is_dashboard_path(path) {
+        // The one-time code in the path is the credential; the dashboard's files hold
+        // nothing secret (the page asks the API, which wants the session).
         st.auth.check_host_and_origin(req.headers())
     } else {
         st.auth.check(req.method(), req.headers())
@@ -258,12 +264,12 @@ async fn json_rejection(resp: Response) -> Response {
 /// HttpOnly, SameSite=Strict session cookie). The only credential ever put in a URL, and
 /// it works once, for two minutes.
 async fn login_link(State(st): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    let code = st
+    let url = st
         .auth
-        .new_login_code()
+        .login_url()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Json(serde_json::json!({
-        "url": format!("http://{}/login/{code}", st.auth.bound()),
+        "url": url,
         "expires_in_s": auth::LOGIN_LINK_TTL.as_secs(),
     })))
 }
