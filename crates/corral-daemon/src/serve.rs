@@ -291,12 +291,19 @@ pub async fn serve_until(
         engine,
     });
     on_ready(bound);
-    // The dashboard is at `/`; this link (once, for two minutes) logs a browser in.
+    // The dashboard is at `/`; this link (once, for two minutes) logs a browser in. It
+    // is a credential: it goes to the terminal only, never to `daemon.log` (the log
+    // `tracing` keeps), and a closed stderr just loses it.
     match state.auth.login_url() {
-        Ok(url) => tracing::info!(
-            "dashboard: open {url} (a one-time login link, valid for {} s; `corral login` prints another)",
-            api::LOGIN_LINK_TTL.as_secs()
-        ),
+        Ok(url) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "corral: dashboard: open {url} (a one-time login link, valid for {} s; \
+                 `corral login` prints another)",
+                api::LOGIN_LINK_TTL.as_secs()
+            );
+        }
         Err(e) => tracing::warn!("no dashboard login link: {e:#}"),
     }
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));

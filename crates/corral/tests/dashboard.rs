@@ -145,11 +145,17 @@ async fn the_dashboard_is_served_with_its_policy_and_the_api_wants_the_session()
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
-    // The daemon printed a login link for the dashboard.
-    wait_until("the login link in the daemon's log", DEADLINE, || {
+    // The daemon printed a login link for the dashboard, on its terminal only: the link
+    // is a credential, and never reaches daemon.log.
+    wait_until("the login link on the daemon's stderr", DEADLINE, || {
         d.stderr().contains("/login/")
     })
     .await;
+    let log = std::fs::read_to_string(d.daemon_log()).unwrap_or_default();
+    assert!(
+        !log.contains("/login/"),
+        "a login link in daemon.log: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
