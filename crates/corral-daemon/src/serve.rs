@@ -69,6 +69,10 @@ pub struct ServeOpts {
 
 pub use crate::home::default_home;
 
+/// The `tracing` target of what is for the terminal only (a credential such as the
+/// dashboard's login link): the process's logging keeps it out of `daemon.log`.
+pub const TERMINAL_ONLY: &str = "corral::terminal";
+
 pub fn node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -292,18 +296,13 @@ pub async fn serve_until(
     });
     on_ready(bound);
     // The dashboard is at `/`; this link (once, for two minutes) logs a browser in. It
-    // is a credential: it goes to the terminal only, never to `daemon.log` (the log
-    // `tracing` keeps), and a closed stderr just loses it.
+    // is a credential: it goes to the terminal only, never to `daemon.log`.
     match state.auth.login_url() {
-        Ok(url) => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "corral: dashboard: open {url} (a one-time login link, valid for {} s; \
-                 `corral login` prints another)",
-                api::LOGIN_LINK_TTL.as_secs()
-            );
-        }
+        Ok(url) => tracing::info!(
+            target: "corral::terminal",
+            "dashboard: open {url} (a one-time login link, valid for {} s; `corral login` prints another)",
+            api::LOGIN_LINK_TTL.as_secs()
+        ),
         Err(e) => tracing::warn!("no dashboard login link: {e:#}"),
     }
     let mut server = tokio::spawn(api::serve(listener, state, shutdown));

@@ -108,9 +108,16 @@ pub fn init(args: &LogArgs, file: Option<PathBuf>) -> anyhow::Result<Logging> {
     )
     .context("starting the log writer")?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // What is for the terminal only (the dashboard's login link, a credential) never
+    // reaches the file.
+    let not_terminal_only = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() != corral_daemon::serve::TERMINAL_ONLY
+    });
     let layers: Layers = vec![
         layer(args.log_format, tty, stderr.clone()),
-        layer(args.log_format, false, file.clone()),
+        layer(args.log_format, false, file.clone())
+            .with_filter(not_terminal_only)
+            .boxed(),
     ];
     let subscriber = tracing_subscriber::registry().with(layers.with_filter(filter));
     tracing::subscriber::set_global_default(subscriber)
