@@ -805,6 +805,11 @@ pub struct GpuProcess {
     /// The container the process runs in, when its cgroup names one (the full id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// How busy the process keeps the GPU's SMs, in percent, over the driver's last
+    /// samples (NVML's process utilization, or `nvidia-smi pmon`); null where the driver
+    /// keeps no samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_utilization_pct: Option<u32>,
 }
 
 /// A task as a node's registration lists it (enough for a fleet-wide `ps`).

@@ -272,7 +272,7 @@ pub async fn serve_until(
     });
     let (down, shutdown) = api::stream::Shutdown::new();
     let gpus = crate::gpu::Gpus::shared();
-    let mut metrics = api::metrics::registry(&sup, &events, &redis, &gpus);
+    let mut metrics = api::metrics::registry(&sup, &events, &redis, &gpus, &llama);
     if let Some(hub) = &hub {
         hub.register_metrics(&mut metrics);
     }

@@ -175,6 +175,21 @@ group = "1m"
     .await;
     assert_eq!(v["gpus"][0]["processes"][0]["task"], "trainer", "{v}");
     assert_eq!(v["gpus"][0]["processes"][0]["run_id"], run.as_str(), "{v}");
+    // `/metrics`: the task's GPU memory, labelled by task, run, model (none: not a
+    // llama server) and GPU. nvidia-smi gives no per-process utilization: no series.
+    let metrics = d.metrics().await;
+    let want = format!(
+        "corral_gpu_task_memory_bytes{{task=\"trainer\",run_id=\"{run}\",model=\"\",gpu=\"0\"}} {}",
+        1024u64 * 1024 * 1024
+    );
+    assert!(
+        metrics.lines().any(|l| l == want),
+        "no `{want}` in\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("corral_gpu_task_utilization_percent{"),
+        "{metrics}"
+    );
 
     // Memory above 90% for a second: one alert naming the GPU and who is on it.
     std::fs::write(tmp.path().join("mem_used"), "78000\n").unwrap();

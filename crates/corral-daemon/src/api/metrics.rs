@@ -28,6 +28,7 @@ pub fn registry(
     events: &Events,
     redis: &crate::sinks::redis::Redis,
     gpus: &Arc<crate::gpu::Gpus>,
+    llama: &crate::kinds::llama::Llama,
 ) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(crate::metrics::Capture));
@@ -40,6 +41,7 @@ pub fn registry(
     r.register_collector(Box::new(GpuSeries {
         sup: sup.clone(),
         gpus: gpus.clone(),
+        llama: llama.clone(),
     }));
     for kind in sup.kinds.all() {
         kind.register_metrics(&mut r);
@@ -210,6 +212,8 @@ impl Collector for Daemon {
 struct GpuSeries {
     sup: Arc<Supervisor>,
     gpus: Arc<crate::gpu::Gpus>,
+    /// For the `model` label of a llama task's series.
+    llama: crate::kinds::llama::Llama,
 }
 
 impl std::fmt::Debug for GpuSeries {
@@ -248,26 +252,50 @@ impl Collector for GpuSeries {
             "GPU memory in all.",
             per_gpu(|g| g.memory_total_bytes),
         )?;
-        let by_task: Vec<(String, String, String, u64)> = crate::gpu::task_memory(&snap)
+        // Labels of one task's run on one GPU: task, run, model (empty but for a llama
+        // server that named its model), GPU.
+        let labels = |task: String, run: String, gpu: u32| {
+            let model = self.llama.model_of(&task).unwrap_or_default();
+            [task, run, model, gpu.to_string()]
+        };
+        let memory: Vec<([String; 4], i64)> = crate::gpu::task_memory(&snap)
             .into_iter()
-            .map(|(task, run, gpu, b)| (task, run, gpu.to_string(), b))
+            .map(|(t, r, g, b)| (labels(t, r, g), b.min(i64::MAX as u64) as i64))
+            .collect();
+        let utilization: Vec<([String; 4], i64)> = crate::gpu::task_utilization(&snap)
+            .into_iter()
+            .map(|(t, r, g, u)| (labels(t, r, g), i64::from(u)))
             .collect();
         gauge(
             &mut enc,
             "corral_gpu_task_memory_bytes",
             "GPU memory used by each task's run on each GPU.",
-            by_task.iter().map(|(task, run, gpu, b)| {
-                (
-                    [
-                        ("task", task.as_str()),
-                        ("run_id", run.as_str()),
-                        ("gpu", gpu.as_str()),
-                    ],
-                    (*b).min(i64::MAX as u64) as i64,
-                )
-            }),
+            named(&memory),
+        )?;
+        gauge(
+            &mut enc,
+            "corral_gpu_task_utilization_percent",
+            "How busy each task's run keeps each GPU's SMs (its processes' newest samples; NVML only).",
+            named(&utilization),
         )
     }
+}
+
+/// A task's GPU series with their label names: task, run_id, model, gpu.
+fn named(rows: &[([String; 4], i64)]) -> Vec<([(&'static str, &str); 4], i64)> {
+    rows.iter()
+        .map(|([t, r, m, g], v)| {
+            (
+                [
+                    ("task", t.as_str()),
+                    ("run_id", r.as_str()),
+                    ("model", m.as_str()),
+                    ("gpu", g.as_str()),
+                ],
+                *v,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -302,7 +330,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bus = Bus::new("n".into(), &ObserverConfig::default());
         let events = crate::sinks::builtin(&bus, &ObserverConfig::default());
-        let (kinds, _) = crate::kinds::builtin(
+        let (kinds, llama) = crate::kinds::builtin(
             Default::default(),
             crate::ssh::Ssh::new(std::path::Path::new("/nonexistent"), None),
             crate::sources::container::engine::Engine::new(None),
@@ -335,7 +363,7 @@ mod tests {
             std::time::Duration::ZERO,
         ));
         gpus.snapshot().await;
-        let text = crate::metrics::render(&super::registry(&sup, &events, &redis, &gpus));
+        let text = crate::metrics::render(&super::registry(&sup, &events, &redis, &gpus, &llama));
         for (name, ty) in [
             ("corral_tasks", "gauge"),
             ("corral_task_restarts_total", "counter"),
@@ -363,6 +391,7 @@ mod tests {
             ("corral_gpu_memory_used_bytes", "gauge"),
             ("corral_gpu_memory_total_bytes", "gauge"),
             ("corral_gpu_task_memory_bytes", "gauge"),
+            ("corral_gpu_task_utilization_percent", "gauge"),
         ] {
             let line = format!("# TYPE {name} {ty}");
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");

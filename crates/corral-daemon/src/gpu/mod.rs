@@ -343,6 +343,23 @@ pub fn attribute_containers(
     }
 }
 
+/// SM utilization per task, run and GPU index (the sum over the run's processes there,
+/// at most 100), of an attributed snapshot; processes of no task, or with no sample, are
+/// left out.
+pub fn task_utilization(snap: &GpuSnapshot) -> Vec<(String, String, u32, u32)> {
+    let mut sum: std::collections::BTreeMap<(String, String, u32), u32> = Default::default();
+    for g in &snap.gpus {
+        for p in &g.processes {
+            if let (Some(task), Some(sm)) = (&p.task, p.sm_utilization_pct) {
+                let key = (task.clone(), p.run_id.clone().unwrap_or_default(), g.index);
+                let e = sum.entry(key).or_default();
+                *e = (*e + sm).min(100);
+            }
+        }
+    }
+    sum.into_iter().map(|((t, r, g), u)| (t, r, g, u)).collect()
+}
+
 /// GPU memory per task, run and GPU index (the sum over the run's processes there),
 /// of an attributed snapshot; processes of no task, or of unknown memory, are left out.
 pub fn task_memory(snap: &GpuSnapshot) -> Vec<(String, String, u32, u64)> {
@@ -549,6 +566,7 @@ mod tests {
             task: task.map(String::from),
             run_id: task.map(|t| format!("r-{t}")),
             container: None,
+            sm_utilization_pct: mem.map(|m: u64| (m / 2) as u32),
         };
         let snap = GpuSnapshot {
             available: true,
@@ -576,6 +594,14 @@ mod tests {
             vec![
                 ("llama".into(), "r-llama".into(), 0, 150),
                 ("llama".into(), "r-llama".into(), 1, 10),
+            ]
+        );
+        // Utilization: summed over a run's processes on a GPU, at most 100.
+        assert_eq!(
+            task_utilization(&snap),
+            vec![
+                ("llama".into(), "r-llama".into(), 0, 75),
+                ("llama".into(), "r-llama".into(), 1, 5),
             ]
         );
     }

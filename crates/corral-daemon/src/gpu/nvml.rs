@@ -5,7 +5,8 @@
 //! `nvmlInit_v2`, `nvmlShutdown`, `nvmlDeviceGetCount_v2`, `nvmlDeviceGetHandleByIndex_v2`,
 //! `nvmlDeviceGetName`, `nvmlDeviceGetUUID`, `nvmlDeviceGetUtilizationRates`,
 //! `nvmlDeviceGetMemoryInfo`, `nvmlDeviceGetTemperature`, `nvmlDeviceGetPowerUsage`,
-//! `nvmlDeviceGetComputeRunningProcesses_v3`, `nvmlErrorString`. The per-device ones are
+//! `nvmlDeviceGetComputeRunningProcesses_v3`, `nvmlDeviceGetProcessUtilization`,
+//! `nvmlErrorString`. The per-device ones are
 //! optional: a driver without one gives null for what it reads, like a call that fails.
 //!
 //! **Invariant:** nothing the library returns can make corral panic or read out of
@@ -63,6 +64,18 @@ struct ProcessInfo {
     compute_instance_id: c_uint,
 }
 
+/// `nvmlProcessUtilizationSample_t`: one process's utilization over one sample period.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct ProcessSample {
+    pid: c_uint,
+    time_stamp: c_ulonglong,
+    sm_util: c_uint,
+    mem_util: c_uint,
+    enc_util: c_uint,
+    dec_util: c_uint,
+}
+
 type FnVoid = unsafe extern "C" fn() -> Ret;
 type FnCount = unsafe extern "C" fn(*mut c_uint) -> Ret;
 type FnHandle = unsafe extern "C" fn(c_uint, *mut Device) -> Ret;
@@ -73,6 +86,7 @@ type FnTemp = unsafe extern "C" fn(Device, c_uint, *mut c_uint) -> Ret;
 type FnUint = unsafe extern "C" fn(Device, *mut c_uint) -> Ret;
 type FnProcs = unsafe extern "C" fn(Device, *mut c_uint, *mut ProcessInfo) -> Ret;
 type FnErr = unsafe extern "C" fn(Ret) -> *const c_char;
+type FnProcUtil = unsafe extern "C" fn(Device, *mut ProcessSample, *mut c_uint, c_ulonglong) -> Ret;
 
 /// The opened and initialised library. Shut down when dropped.
 pub struct Nvml {
@@ -87,6 +101,7 @@ pub struct Nvml {
     temperature: Option<FnTemp>,
     power: Option<FnUint>,
     processes: Option<FnProcs>,
+    process_utilization: Option<FnProcUtil>,
     /// Keeps the code the pointers above point into loaded; dropped last.
     _lib: Library,
 }
@@ -129,6 +144,7 @@ impl Nvml {
                 temperature: opt(&lib, b"nvmlDeviceGetTemperature\0"),
                 power: opt(&lib, b"nvmlDeviceGetPowerUsage\0"),
                 processes: opt(&lib, b"nvmlDeviceGetComputeRunningProcesses_v3\0"),
+                process_utilization: opt(&lib, b"nvmlDeviceGetProcessUtilization\0"),
                 _lib: lib,
             })
         }
@@ -190,10 +206,19 @@ impl Nvml {
             memory_total_bytes: mem.as_ref().map(|m| m.total),
             temperature_c,
             power_w,
-            processes: self
-                .processes
-                .map(|f| processes(f, dev))
-                .unwrap_or_default(),
+            processes: {
+                let mut ps = self
+                    .processes
+                    .map(|f| processes(f, dev))
+                    .unwrap_or_default();
+                if let Some(f) = self.process_utilization.filter(|_| !ps.is_empty()) {
+                    let sm = latest_sm(&process_samples(f, dev));
+                    for p in &mut ps {
+                        p.sm_utilization_pct = sm.get(&p.pid).copied();
+                    }
+                }
+                ps
+            },
         }
     }
 }
@@ -286,6 +311,42 @@ fn processes(f: FnProcs, dev: Device) -> Vec<GpuProcess> {
     Vec::new()
 }
 
+/// The driver's recent utilization samples of the processes on `dev` (the last few
+/// seconds it keeps); empty when it keeps none or cannot say.
+fn process_samples(f: FnProcUtil, dev: Device) -> Vec<ProcessSample> {
+    let mut n: c_uint = 0;
+    // SAFETY: a null buffer with a count of 0 asks only for the count; `n` is writable.
+    let r = unsafe { f(dev, std::ptr::null_mut(), &mut n, 0) };
+    if !(r == ERROR_INSUFFICIENT_SIZE || r == SUCCESS) || n == 0 {
+        return Vec::new();
+    }
+    // Room for samples that arrive between the two calls.
+    let cap = (n + 16).min(MAX_PROCESSES * 8);
+    let mut buf = vec![ProcessSample::default(); cap as usize];
+    let mut got = cap;
+    // SAFETY: `buf` holds `got` writable samples; NVML writes at most `got`.
+    if unsafe { f(dev, buf.as_mut_ptr(), &mut got, 0) } != SUCCESS {
+        return Vec::new();
+    }
+    buf.truncate((got as usize).min(cap as usize));
+    buf
+}
+
+/// Each process's SM utilization in its newest sample, at most 100.
+fn latest_sm(samples: &[ProcessSample]) -> std::collections::HashMap<u32, u32> {
+    let mut newest: std::collections::HashMap<u32, (u64, u32)> = Default::default();
+    for s in samples {
+        let e = newest.entry(s.pid).or_insert((s.time_stamp, s.sm_util));
+        if s.time_stamp >= e.0 {
+            *e = (s.time_stamp, s.sm_util);
+        }
+    }
+    newest
+        .into_iter()
+        .map(|(pid, (_, sm))| (pid, sm.min(100)))
+        .collect()
+}
+
 fn process(p: &ProcessInfo) -> GpuProcess {
     GpuProcess {
         pid: p.pid,
@@ -293,12 +354,32 @@ fn process(p: &ProcessInfo) -> GpuProcess {
         task: None,
         run_id: None,
         container: None,
+        sm_utilization_pct: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_sample_has_the_c_layout_and_the_newest_counts() {
+        // pid, 4 bytes of padding, timeStamp, smUtil, memUtil, encUtil, decUtil.
+        assert_eq!(std::mem::size_of::<ProcessSample>(), 32);
+        assert_eq!(std::mem::offset_of!(ProcessSample, time_stamp), 8);
+        assert_eq!(std::mem::offset_of!(ProcessSample, sm_util), 16);
+        assert_eq!(std::mem::offset_of!(ProcessSample, dec_util), 28);
+        let s = |pid, time_stamp, sm_util| ProcessSample {
+            pid,
+            time_stamp,
+            sm_util,
+            ..Default::default()
+        };
+        let sm = latest_sm(&[s(7, 100, 40), s(7, 300, 55), s(7, 200, 99), s(9, 50, 250)]);
+        assert_eq!(sm.get(&7), Some(&55));
+        assert_eq!(sm.get(&9), Some(&100), "clamped");
+        assert_eq!(sm.len(), 2);
+    }
 
     #[test]
     fn process_info_has_the_c_layout() {
@@ -339,6 +420,52 @@ mod tests {
     }
 
     // Stand-ins for the library's functions, with its exact signatures.
+
+    /// Three samples of two processes; a null buffer asks for the count.
+    unsafe extern "C" fn three_samples(
+        _: Device,
+        buf: *mut ProcessSample,
+        n: *mut c_uint,
+        _: c_ulonglong,
+    ) -> Ret {
+        const HAVE: c_uint = 3;
+        // SAFETY: the caller passes `*n` writable slots (none with a null buffer), as
+        // NVML's contract says.
+        unsafe {
+            if buf.is_null() || *n < HAVE {
+                *n = HAVE;
+                return ERROR_INSUFFICIENT_SIZE;
+            }
+            for (i, (pid, ts, sm)) in [(7, 1, 30), (7, 2, 45), (8, 1, 5)].into_iter().enumerate() {
+                *buf.add(i) = ProcessSample {
+                    pid,
+                    time_stamp: ts,
+                    sm_util: sm,
+                    ..Default::default()
+                };
+            }
+            *n = HAVE;
+        }
+        SUCCESS
+    }
+
+    /// A driver that keeps no samples.
+    unsafe extern "C" fn no_samples(
+        _: Device,
+        _: *mut ProcessSample,
+        _: *mut c_uint,
+        _: c_ulonglong,
+    ) -> Ret {
+        6 // NVML_ERROR_NOT_FOUND
+    }
+
+    #[test]
+    fn process_utilization_is_read_by_asking_the_count_first() {
+        let dev: Device = std::ptr::null_mut();
+        let sm = latest_sm(&process_samples(three_samples, dev));
+        assert_eq!((sm.get(&7), sm.get(&8)), (Some(&45), Some(&5)));
+        assert!(process_samples(no_samples, dev).is_empty());
+    }
 
     /// 100 processes: too few slots is NVML_ERROR_INSUFFICIENT_SIZE with the count needed.
     unsafe extern "C" fn hundred(_: Device, n: *mut c_uint, buf: *mut ProcessInfo) -> Ret {

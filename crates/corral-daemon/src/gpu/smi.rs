@@ -145,6 +145,7 @@ pub fn parse_apps(csv: &str) -> Vec<(String, GpuProcess)> {
                     task: None,
                     run_id: None,
                     container: None,
+                    sm_utilization_pct: None,
                 },
             ))
         })

@@ -159,6 +159,7 @@ mod tests {
                     task: Some("llm".into()),
                     run_id: Some("r1".into()),
                     container: None,
+                    sm_utilization_pct: None,
                 }],
                 ..Default::default()
             }],

@@ -167,6 +167,7 @@ mod tests {
                         task: Some("llama\x1b]0;x\x07".into()),
                         run_id: Some("1a2b3c4d".into()),
                         container: Some("5829187b80f3".to_string() + &"0".repeat(52)),
+                        sm_utilization_pct: None,
                     },
                     GpuProcess {
                         pid: 99,
@@ -174,6 +175,7 @@ mod tests {
                         task: None,
                         run_id: None,
                         container: None,
+                        sm_utilization_pct: None,
                     },
                 ],
             }],

@@ -287,6 +287,17 @@ impl Llama {
         }
     }
 
+    /// The model a llama task serves (the first, by its id), once its server said.
+    pub fn model_of(&self, task: &str) -> Option<String> {
+        let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        data.models
+            .get(task)?
+            .first()?
+            .get("id")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     pub fn status(&self, name: &str) -> Option<Value> {
         let inner = self.inner.get()?;
         let spec = inner.sup.spec(name).ok()?;

@@ -1118,6 +1118,7 @@ mod tests {
                     task: Some("llm".into()),
                     run_id: Some("r".into()),
                     container: None,
+                    sm_utilization_pct: None,
                 }],
                 ..Default::default()
             }],
