@@ -339,6 +339,10 @@ async function fleet() {
       return nodes.every((n) => names.includes(n));
     }, 30000);
     await shot(page, 'fleet');
+    // A task's log on another node, through the hub.
+    await page.goto(`${addr}/#/logs?task=trainer&node=${nodes[0]}`);
+    await waitFor(`${nodes[0]}'s trainer log through the hub`, async () => (await page.locator('.logbox .row', { hasText: 'epoch 1' }).count()) > 0, 30000);
+    await shot(page, 'fleet-logs');
   } finally {
     await ctx.close().catch(() => {});
   }

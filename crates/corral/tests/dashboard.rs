@@ -229,12 +229,25 @@ impl Drop for Redis {
 async fn a_browser_sees_a_hubs_fleet_of_two_nodes() {
     prerequisites();
     let r = Redis::start();
+    // The fleet token, so that the hub can follow the nodes' tasks (gRPC).
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet = secrets.path().join("fleet-token");
+    std::fs::write(&fleet, "fleet-token-of-the-dashboard-tests-0123\n").unwrap();
+    let fleet = fleet.to_str().unwrap().to_string();
     let node = |name: &'static str| {
         let env = r.env();
+        let fleet = fleet.clone();
         async move {
             Daemon::start_with(DaemonOpts {
                 env,
-                ..DaemonOpts::args(&["--node", name, "--node-heartbeat", "1s"])
+                ..DaemonOpts::args(&[
+                    "--node",
+                    name,
+                    "--node-heartbeat",
+                    "1s",
+                    "--fleet-token-file",
+                    &fleet,
+                ])
             })
             .await
         }
@@ -243,7 +256,15 @@ async fn a_browser_sees_a_hubs_fleet_of_two_nodes() {
     let b = node("gpu-b").await;
     let hub = Daemon::start_with(DaemonOpts {
         env: r.env(),
-        ..DaemonOpts::args(&["--hub", "--node", "hub", "--node-heartbeat", "1s"])
+        ..DaemonOpts::args(&[
+            "--hub",
+            "--node",
+            "hub",
+            "--node-heartbeat",
+            "1s",
+            "--fleet-token-file",
+            &fleet,
+        ])
     })
     .await;
     a.run_task("trainer", &[], &["sh", "-c", "echo epoch 1; sleep 600"])
