@@ -12,6 +12,7 @@ export const health = signal(null);
 export const tasks = signal(new Map()); // name -> TaskInfo
 export const llama = signal(new Map()); // name -> LlamaStatus
 export const backends = signal([]);
+export const gpu = signal(null); // GET /gpu: this machine's GPUs and their processes' tasks
 export const events = signal([]); // newest last, at most MAX_EVENTS
 export const connected = signal(false);
 /** name -> {tps: [[ts, prompt, eval]], requests: [ts], restarts: [ts]} */
@@ -47,7 +48,29 @@ async function flush() {
   await Promise.allSettled(work);
 }
 
+// The GPUs are read again whenever a task changes (an event arrived), and once more a
+// little later, since a process takes its GPU memory a moment after it starts (the
+// daemon's answer is cached for a second); never on a repeating timer.
+const GPU_AGAIN_MS = 2500;
+let gpuAgain = null;
+
+function loadGpuNowAndAgain() {
+  loadGpu();
+  clearTimeout(gpuAgain);
+  gpuAgain = setTimeout(loadGpu, GPU_AGAIN_MS);
+}
+
+async function loadGpu() {
+  try {
+    const g = await get('/gpu');
+    gpu.set(g && g.available ? g : null);
+  } catch {
+    /* none */
+  }
+}
+
 export async function loadTasks() {
+  loadGpuNowAndAgain();
   const list = await get('/tasks');
   const m = new Map();
   for (const t of list) m.set(t.name, t);
@@ -57,6 +80,7 @@ export async function loadTasks() {
 }
 
 async function loadTask(name) {
+  loadGpuNowAndAgain();
   try {
     const t = await get(`/tasks/${enc(name)}`);
     tasks.get().set(name, t);

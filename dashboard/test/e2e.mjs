@@ -339,12 +339,43 @@ async function fleet() {
       return nodes.every((n) => names.includes(n));
     }, 30000);
     await shot(page, 'fleet');
+    // A task's log on another node, through the hub.
+    await page.goto(`${addr}/#/logs?task=trainer&node=${nodes[0]}`);
+    await waitFor(`${nodes[0]}'s trainer log through the hub`, async () => (await page.locator('.logbox .row', { hasText: 'epoch 1' }).count()) > 0, 30000);
+    await shot(page, 'fleet-logs');
   } finally {
     await ctx.close().catch(() => {});
   }
 }
 
-const scenarios = { main, llama, fleet };
+// gpu: a GPU task's card shows what it holds on the GPU. This machine has no NVIDIA GPU:
+// a stand-in nvidia-smi (made by the Rust test) prints what the real one prints.
+async function gpu() {
+  const dir = process.env.CORRAL_FAKE_SMI_DIR;
+  need(dir, 'CORRAL_FAKE_SMI_DIR names the stand-in nvidia-smi');
+  const d = await Daemon.start(bin, [], {
+    PATH: `${dir}/bin:${process.env.PATH}`,
+    CORRAL_GPU_SOURCE: 'nvidia-smi',
+  });
+  const ctx = await browser();
+  try {
+    const page = await watchedPage(ctx, problems);
+    await page.goto(await d.loginUrl());
+    await page.waitForSelector('header.top nav');
+    await d.cli(['run', '--name', 'trainer', '--label', 'gpu=1', '--', 'sh', '-c', `echo $$ > ${dir}/pid; exec sleep 600`]);
+    await waitFor('the trainer card with its GPU memory', async () => {
+      const t = await card(page, 'trainer').locator('.gpu-use').textContent().catch(() => '');
+      return t === 'GPU 0: 3.0 GiB';
+    }, 30000);
+    await shot(page, 'overview-gpu');
+    await d.cli(['stop', 'trainer']);
+  } finally {
+    await ctx.close().catch(() => {});
+    await d.stop();
+  }
+}
+
+const scenarios = { main, llama, fleet, gpu };
 need(scenarios[scenario], `unknown scenario ${scenario}: one of ${Object.keys(scenarios).join(', ')}`);
 try {
   await scenarios[scenario]();

@@ -40,13 +40,14 @@ export async function browser() {
 
 /** A `corral serve` started here (its own home), which can be stopped and started again. */
 export class Daemon {
-  constructor(bin, home, extra = []) {
-    Object.assign(this, { bin, home, extra, child: null, port: 0, stderr: '' });
+  constructor(bin, home, extra = [], env = {}) {
+    Object.assign(this, { bin, home, extra, env, child: null, port: 0, stderr: '' });
   }
 
-  static async start(bin, extra = []) {
+  // `env`: more environment for the daemon, over the cleaned one.
+  static async start(bin, extra = [], env = {}) {
     const home = mkdtempSync(join(tmpdir(), 'corral-dash-home-'));
-    const d = new Daemon(bin, home, extra);
+    const d = new Daemon(bin, home, extra, env);
     await d.launch('127.0.0.1:0');
     return d;
   }
@@ -54,7 +55,7 @@ export class Daemon {
   async launch(listen) {
     const child = spawn(this.bin, ['serve', '--listen', listen, '--home', this.home, ...this.extra], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: cleanEnv(),
+      env: { ...cleanEnv(), ...this.env },
     });
     this.child = child;
     child.stderr.on('data', (b) => (this.stderr += b.toString()));

@@ -229,12 +229,25 @@ impl Drop for Redis {
 async fn a_browser_sees_a_hubs_fleet_of_two_nodes() {
     prerequisites();
     let r = Redis::start();
+    // The fleet token, so that the hub can follow the nodes' tasks (gRPC).
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet = secrets.path().join("fleet-token");
+    std::fs::write(&fleet, "fleet-token-of-the-dashboard-tests-0123\n").unwrap();
+    let fleet = fleet.to_str().unwrap().to_string();
     let node = |name: &'static str| {
         let env = r.env();
+        let fleet = fleet.clone();
         async move {
             Daemon::start_with(DaemonOpts {
                 env,
-                ..DaemonOpts::args(&["--node", name, "--node-heartbeat", "1s"])
+                ..DaemonOpts::args(&[
+                    "--node",
+                    name,
+                    "--node-heartbeat",
+                    "1s",
+                    "--fleet-token-file",
+                    &fleet,
+                ])
             })
             .await
         }
@@ -243,7 +256,15 @@ async fn a_browser_sees_a_hubs_fleet_of_two_nodes() {
     let b = node("gpu-b").await;
     let hub = Daemon::start_with(DaemonOpts {
         env: r.env(),
-        ..DaemonOpts::args(&["--hub", "--node", "hub", "--node-heartbeat", "1s"])
+        ..DaemonOpts::args(&[
+            "--hub",
+            "--node",
+            "hub",
+            "--node-heartbeat",
+            "1s",
+            "--fleet-token-file",
+            &fleet,
+        ])
     })
     .await;
     a.run_task("trainer", &[], &["sh", "-c", "echo epoch 1; sleep 600"])
@@ -257,6 +278,38 @@ async fn a_browser_sees_a_hubs_fleet_of_two_nodes() {
             ("CORRAL_TOKEN", hub.token.clone().unwrap()),
             ("CORRAL_NODES", "gpu-a,gpu-b".into()),
         ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_tasks_card_shows_what_it_holds_on_the_gpu() {
+    // No NVIDIA GPU here: a stand-in `nvidia-smi` answers corral's two queries in the
+    // format the real one prints, with the task's pid (written by the task) on GPU 0.
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+d={d}
+uuid=GPU-5a0c0d1e-3b1f-8c2d-6e4a-0123456789ab
+case "$1" in
+  --query-gpu=*) echo "0, NVIDIA H100 80GB HBM3, $uuid, 37, 3072, 81559, 41, 117.82" ;;
+  --query-compute-apps=*) if [ -s $d/pid ]; then echo "$(cat $d/pid), $uuid, 3072"; fi ;;
+esac
+"#,
+        d = tmp.path().display()
+    );
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(&smi, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    scenario(
+        "gpu",
+        &[(
+            "CORRAL_FAKE_SMI_DIR",
+            tmp.path().to_string_lossy().into_owned(),
+        )],
     )
     .await;
 }

@@ -2,7 +2,7 @@
 // and for llama servers their models, port, rpc backends and tokens per second.
 
 import { useSignal } from '../signal.js';
-import { tasks, llama, backends, series, health, isLlama } from '../store.js';
+import { tasks, llama, backends, series, health, gpu, isLlama } from '../store.js';
 import { post, taskBase } from '../api.js';
 import { Badge, Uptime, confirmAction, say, bytes } from '../ui.jsx';
 import { Chart } from '../chart.jsx';
@@ -114,6 +114,31 @@ function LlamaDetails({ t }) {
   );
 }
 
+const GIB = 1024 * 1024 * 1024;
+
+/// What a task's processes hold on this machine's GPUs, from the last `/gpu` answer.
+function GpuUse({ name }) {
+  const g = useSignal(gpu);
+  if (!g) return null;
+  const parts = [];
+  for (const d of g.gpus) {
+    const mine = d.processes.filter((p) => p.task === name);
+    if (!mine.length) continue;
+    const bytes = mine.reduce((s, p) => s + (p.used_memory_bytes || 0), 0);
+    const sm = mine.some((p) => p.sm_utilization_pct != null)
+      ? Math.min(100, mine.reduce((s, p) => s + (p.sm_utilization_pct || 0), 0))
+      : null;
+    parts.push(`GPU ${d.index}: ${(bytes / GIB).toFixed(1)} GiB${sm == null ? '' : `, ${sm}% SM`}`);
+  }
+  if (!parts.length) return null;
+  return (
+    <>
+      <span>gpu</span>
+      <b class="gpu-use">{parts.join('; ')}</b>
+    </>
+  );
+}
+
 export function Card({ t, node }) {
   return (
     <article class={`card c-${t.status}`} data-task={t.name} aria-label={`task ${t.name}`}>
@@ -138,6 +163,7 @@ export function Card({ t, node }) {
         ) : null}
         <span>kind</span>
         <b>{t.kind || 'command'}</b>
+        <GpuUse name={t.name} />
       </div>
       <div class="cmd" title={t.command}>{t.command}</div>
       {t.last_error ? <div class="error-text">{t.last_error}</div> : null}
