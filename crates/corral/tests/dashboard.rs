@@ -287,23 +287,7 @@ async fn a_gpu_tasks_card_shows_what_it_holds_on_the_gpu() {
     // No NVIDIA GPU here: a stand-in `nvidia-smi` answers corral's two queries in the
     // format the real one prints, with the task's pid (written by the task) on GPU 0.
     let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = format!(
-        r#"#!/bin/sh
-d={d}
-uuid=GPU-5a0c0d1e-3b1f-8c2d-6e4a-0123456789ab
-case "$1" in
-  --query-gpu=*) echo "0, NVIDIA H100 80GB HBM3, $uuid, 37, 3072, 81559, 41, 117.82" ;;
-  --query-compute-apps=*) if [ -s $d/pid ]; then echo "$(cat $d/pid), $uuid, 3072"; fi ;;
-esac
-"#,
-        d = tmp.path().display()
-    );
-    let smi = bin.join("nvidia-smi");
-    std::fs::write(&smi, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake_nvidia_smi(tmp.path(), 3072);
     scenario(
         "gpu",
         &[(

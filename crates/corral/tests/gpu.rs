@@ -62,33 +62,6 @@ async fn gpu_answers_quickly_and_says_why_there_is_none() {
     }
 }
 
-/// A stand-in `nvidia-smi` (this machine has no NVIDIA GPU): it answers the two queries
-/// corral makes in the format the real program prints with `--format=csv,noheader,nounits`
-/// (one H100; the used memory in MiB read from `mem_used`, the compute process from
-/// `pid` when that file exists). Returns the directory to put first on `PATH`.
-fn fake_nvidia_smi(dir: &std::path::Path) -> std::path::PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(dir.join("mem_used"), "1024\n").unwrap();
-    let script = format!(
-        r#"#!/bin/sh
-d={d}
-uuid=GPU-5a0c0d1e-3b1f-8c2d-6e4a-0123456789ab
-case "$1" in
-  --query-gpu=*) echo "0, NVIDIA H100 80GB HBM3, $uuid, 37, $(cat $d/mem_used), 81559, 41, 117.82" ;;
-  --query-compute-apps=*) if [ -s $d/pid ]; then echo "$(cat $d/pid), $uuid, $(cat $d/mem_used)"; fi ;;
-  *) echo "unexpected arguments: $*" >&2; exit 2 ;;
-esac
-"#,
-        d = dir.display()
-    );
-    let path = bin.join("nvidia-smi");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
 fn gpu_posts(got: &std::sync::Arc<std::sync::Mutex<Vec<Got>>>) -> Vec<serde_json::Value> {
     at(got, "/gpu")
         .iter()
@@ -100,7 +73,7 @@ fn gpu_posts(got: &std::sync::Arc<std::sync::Mutex<Vec<Got>>>) -> Vec<serde_json
 async fn a_gpu_tasks_run_publishes_the_gpu_state_and_gpu_memory_alerts_fire_and_resolve() {
     let (port, got) = receiver().await;
     let tmp = tempfile::tempdir().unwrap();
-    let bin = fake_nvidia_smi(tmp.path());
+    let bin = fake_nvidia_smi(tmp.path(), 1024);
     let cfg = tmp.path().join("corral.toml");
     std::fs::write(
         &cfg,

@@ -951,3 +951,33 @@ pub fn at(got: &Arc<std::sync::Mutex<Vec<Got>>>, path: &str) -> Vec<Got> {
         .cloned()
         .collect()
 }
+
+// ---- A stand-in nvidia-smi (no NVIDIA GPU where the tests run) ----
+
+/// A stand-in `nvidia-smi` (this machine has no NVIDIA GPU): it answers the two queries
+/// corral makes in the format the real program prints with `--format=csv,noheader,nounits`
+/// (one H100; the used memory in MiB read from `mem_used`, which starts at
+/// `mem_used_mib`, and the compute process from `pid` when that file exists, holding
+/// all of it). Returns the directory to put first on `PATH`.
+pub fn fake_nvidia_smi(dir: &Path, mem_used_mib: u64) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(dir.join("mem_used"), format!("{mem_used_mib}\n")).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+d={d}
+uuid=GPU-5a0c0d1e-3b1f-8c2d-6e4a-0123456789ab
+case "$1" in
+  --query-gpu=*) echo "0, NVIDIA H100 80GB HBM3, $uuid, 37, $(cat $d/mem_used), 81559, 41, 117.82" ;;
+  --query-compute-apps=*) if [ -s $d/pid ]; then echo "$(cat $d/pid), $uuid, $(cat $d/mem_used)"; fi ;;
+  *) echo "unexpected arguments: $*" >&2; exit 2 ;;
+esac
+"#,
+        d = dir.display()
+    );
+    let path = bin.join("nvidia-smi");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
