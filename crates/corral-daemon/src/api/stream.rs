@@ -7,7 +7,8 @@
 //! only moves them. Invariants:
 //! - an idle stream carries a heartbeat at least every [`HEARTBEAT`]: `: heartbeat` on
 //!   SSE, `{"heartbeat":TS}` on NDJSON;
-//! - at shutdown a stream hands out what its source has ready, then ends cleanly (the
+//! - at shutdown a stream hands out what its source has or gets within a short grace
+//!   (a stopped run's last records and end, still being read), then ends cleanly (the
 //!   body ends; no error).
 
 use axum::body::Body;
@@ -125,7 +126,15 @@ struct Plumbing<S> {
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     /// Bytes handed out since the task last yielded.
     unyielded: usize,
+    /// Set when the daemon began shutting down: until then the source may still hand
+    /// out what it has (a run's last records and its end, being read), then the stream
+    /// ends.
+    closing: Option<tokio::time::Instant>,
 }
+
+/// How long a stream may go on handing out what its source has once the daemon shuts
+/// down (its tasks are stopped by then: what is left is their last records and end).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Heartbeat deadlines fall on a grid of this step, so the idle streams of a daemon fire
 /// together, in one wake-up of the runtime, rather than a thousand times apart.
@@ -153,8 +162,15 @@ pub fn body<S: Source>(src: S, framing: Framing, shutdown: Shutdown) -> Body {
             tokio::time::Instant::now(),
         ))),
         unyielded: 0,
+        closing: None,
     };
     Body::from_stream(futures_util::stream::unfold(state, |mut p| async move {
+        if let Some(deadline) = p.closing {
+            let chunk = tokio::time::timeout_at(deadline, p.src.next())
+                .await
+                .ok()??;
+            return Some((Ok(chunk), p));
+        }
         if p.unyielded >= YIELD_AFTER {
             // A follower catching up always has its next chunk ready: without a turn
             // given back now and then, one connection would keep a runtime worker (and
@@ -166,7 +182,13 @@ pub fn body<S: Source>(src: S, framing: Framing, shutdown: Shutdown) -> Body {
         let chunk = tokio::select! {
             biased;
             chunk = p.src.next() => chunk?,
-            _ = p.shutdown.as_mut() => return None,
+            _ = p.shutdown.as_mut() => {
+                // What the source has, or gets within the grace, still goes out.
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                p.closing = Some(deadline);
+                let chunk = tokio::time::timeout_at(deadline, p.src.next()).await.ok()??;
+                return Some((Ok(chunk), p));
+            }
             _ = p.heartbeat.as_mut() => {
                 p.heartbeat.as_mut().reset(heartbeat_due(tokio::time::Instant::now()));
                 let hb = p.framing.heartbeat();
