@@ -62,15 +62,6 @@ fn lines(from: u32, to: u32, tag: &str) -> String {
     (from..to).map(|i| format!("{tag} line {i}\n")).collect()
 }
 
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
 /// Stops the task and returns its run's records (seqs dense from 1) and end.
 async fn stop_and_read(d: &Daemon, task: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
     d.cli(&["stop", task]).await.ok();

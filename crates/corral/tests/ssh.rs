@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -248,15 +247,6 @@ async fn wait_log_len(d: &Daemon, task: &str, run_id: &str, len: u64) {
 
 fn lines(from: u32, to: u32) -> String {
     (from..to).map(|i| format!("remote line {i}\n")).collect()
-}
-
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
 }
 
 fn stream_lines(records: &[serde_json::Value], stream: &str) -> String {

@@ -201,6 +201,9 @@ fn follow_stream(
         run_id: String,
         ready: VecDeque<pb::FollowReply>,
         shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        /// Set at the daemon's shutdown: what comes before it still goes out, as on
+        /// the HTTP streams ([`super::stream::SHUTDOWN_GRACE`]).
+        closing: Option<tokio::time::Instant>,
         done: bool,
     }
     let st = St {
@@ -208,6 +211,7 @@ fn follow_stream(
         run_id: log.run_id.clone(),
         ready: VecDeque::new(),
         shutdown: shutdown.pinned(),
+        closing: None,
         done: false,
     };
     stream::unfold(st, |mut st| async move {
@@ -218,10 +222,19 @@ fn follow_stream(
             if st.done {
                 return None;
             }
-            let item = tokio::select! {
-                biased;
-                item = st.f.next_raw() => item?,
-                _ = st.shutdown.as_mut() => return None,
+            let item = match st.closing {
+                Some(deadline) => tokio::time::timeout_at(deadline, st.f.next_raw())
+                    .await
+                    .ok()??,
+                None => tokio::select! {
+                    biased;
+                    item = st.f.next_raw() => item?,
+                    _ = st.shutdown.as_mut() => {
+                        st.closing =
+                            Some(tokio::time::Instant::now() + super::stream::SHUTDOWN_GRACE);
+                        continue;
+                    }
+                },
             };
             let item = match item {
                 RawItem::Records { batch, from, to } => {

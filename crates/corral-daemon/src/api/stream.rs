@@ -134,7 +134,7 @@ struct Plumbing<S> {
 
 /// How long a stream may go on handing out what its source has once the daemon shuts
 /// down (its tasks are stopped by then: what is left is their last records and end).
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+pub(super) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Heartbeat deadlines fall on a grid of this step, so the idle streams of a daemon fire
 /// together, in one wake-up of the runtime, rather than a thousand times apart.

@@ -545,25 +545,37 @@ pub struct PublisherArgs {
     events: u64,
 }
 
+/// The publisher's settings when the bench runs the daemon's bus and Redis sink as a
+/// library: publishing on, to `url` under the bench's prefix, and no sampling.
+fn library_settings(
+    url: &str,
+) -> (
+    corral_daemon::sinks::redis::RedisConfig,
+    corral_daemon::bus::ObserverConfig,
+) {
+    let cfg = corral_daemon::sinks::redis::RedisConfig {
+        enabled: true,
+        url: Some(url.to_string()),
+        channel_prefix: PREFIX.into(),
+        ..Default::default()
+    };
+    let obs = corral_daemon::bus::ObserverConfig {
+        sampling: false,
+        ..Default::default()
+    };
+    (cfg, obs)
+}
+
 pub fn publisher_alone(a: PublisherArgs) -> Result<()> {
     use corral_core::event::{Component, EventKind, EventType, Level};
-    use corral_daemon::bus::{Bus, ObserverConfig};
-    use corral_daemon::sinks::redis::{Redis, RedisConfig};
+    use corral_daemon::bus::Bus;
+    use corral_daemon::sinks::redis::Redis;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cfg = RedisConfig {
-            enabled: true,
-            url: Some(a.redis_url.clone()),
-            channel_prefix: PREFIX.into(),
-            ..RedisConfig::default()
-        };
-        let obs = ObserverConfig {
-            sampling: false,
-            ..ObserverConfig::default()
-        };
+        let (cfg, obs) = library_settings(&a.redis_url);
         let bus = Bus::new("bench-node".into(), &obs);
         let (redis, sink) = Redis::new(cfg, None, &bus);
         bus.register(sink);
@@ -644,23 +656,14 @@ pub struct FleetNodesArgs {
 
 pub fn fleet_nodes(a: FleetNodesArgs) -> Result<()> {
     use corral_core::event::{Component, EventKind, EventType, Level};
-    use corral_daemon::bus::{Bus, ObserverConfig};
-    use corral_daemon::sinks::redis::{Redis, RedisConfig, Registration};
+    use corral_daemon::bus::Bus;
+    use corral_daemon::sinks::redis::{Redis, Registration};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cfg = RedisConfig {
-            enabled: true,
-            url: Some(a.redis_url.clone()),
-            channel_prefix: PREFIX.into(),
-            ..RedisConfig::default()
-        };
-        let obs = ObserverConfig {
-            sampling: false,
-            ..ObserverConfig::default()
-        };
+        let (cfg, obs) = library_settings(&a.redis_url);
         let mut nodes = Vec::new();
         for i in 0..a.nodes {
             let name = format!("sim-{i:03}");
